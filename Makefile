@@ -1,0 +1,34 @@
+# Two commands: `make run` (install + train on the bundled iris data), `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+OUT    ?= out/iris
+
+export PYSPARK_PYTHON := $(abspath $(PY))
+export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
+
+.PHONY: run test install check-java clean
+
+$(PY):
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "kmeans-dist needs Python >= 3.10, found " + sys.version.split()[0]'
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP)
+
+check-java:
+	@command -v java >/dev/null 2>&1 || { echo "error: Java 17+ is required by Spark and was not found on PATH (install e.g. openjdk-17-jre-headless)"; exit 1; }
+
+run: check-java install
+	$(PY) jobs/train.py --input data/iris.csv --k 3 --seed 42 --output $(OUT) --overwrite --label-col species
+
+test: check-java install
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf out .pytest_cache

@@ -1,0 +1,47 @@
+"""The fused per-chunk loop, compiled by numba (imported by kernels.py when numba is present).
+
+One pass over a chunk's GEMM scores does argmin, inertia, rows moved, per-cluster weighted sums
+and counts, reading each row once. It accumulates in the same order and with the same operations
+as the numpy path in kernels.py, so both give bit-identical results. Kept in its own module, with
+``cache=True``, so executors compile it once per machine, not once per task.
+"""
+
+import numba
+import numpy as np
+
+
+@numba.njit(cache=True, nogil=True)
+def accumulate(scores, x, x_sq, w, has_w, prev, has_prev, lo, labels, sums, weights, counts, acc):
+    """Fold rows ``lo .. lo + len(scores)`` of the block into the running partials."""
+    m, k = scores.shape
+    d = x.shape[1]
+    inertia = acc[0]
+    moved = acc[1]
+    for r in range(m):
+        i = lo + r
+        best = 0
+        best_s = scores[r, 0]
+        for c in range(1, k):
+            s = scores[r, c]
+            if s < best_s:
+                best_s = s
+                best = c
+        labels[i] = best
+        dist = best_s + x_sq[i]
+        if dist < 0.0:
+            dist = 0.0
+        counts[best] += 1
+        if has_w:
+            wi = w[i]
+            inertia += dist * wi
+            weights[best] += wi
+            for j in range(d):
+                sums[best, j] += x[i, j] * wi
+        else:
+            inertia += dist
+            for j in range(d):
+                sums[best, j] += x[i, j]
+        if has_prev and prev[i] != best:
+            moved += 1.0
+    acc[0] = inertia
+    acc[1] = moved

@@ -1,0 +1,38 @@
+"""A block of rows: the unit every transport caches and every task iterates over. No Spark."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Block:
+    """Up to ``block_rows`` consecutive rows of one partition, ready for the kernels.
+
+    ``part`` and ``start`` locate the rows (partition index, offset of the first row inside the
+    partition); with the partition offsets a task gets from the driver they give each row a global
+    index that does not depend on block size. ``problems`` counts rows dropped while packing (see
+    data.py), by reason, with one example row for each reason.
+    """
+
+    part: int
+    start: int
+    x: np.ndarray  # (m, d) float64, C-contiguous
+    x_sq: np.ndarray  # (m,) squared norms of the rows of x
+    w: np.ndarray | None = None  # (m,) non-negative weights, None for unit weights
+    problems: dict[str, tuple[int, list]] = field(default_factory=dict)
+
+    @property
+    def rows(self) -> int:
+        return self.x.shape[0]
+
+
+def merge_problems(into: dict[str, tuple[int, list]], more: dict[str, tuple[int, list]]) -> None:
+    """Add counts of dropped rows per reason, keeping the first example seen."""
+    for reason, (count, example) in more.items():
+        if reason in into:
+            into[reason] = (into[reason][0] + count, into[reason][1])
+        else:
+            into[reason] = (count, example)

@@ -1,0 +1,212 @@
+"""DataFrame -> validated feature blocks, the form every transport iterates over.
+
+Rows are packed once, inside Spark, by ``mapInArrow`` into binary blocks (raw float64 bytes of up
+to ``block_rows`` rows per output row), so no Python object per row is ever made. Rows with a null,
+NaN or infinite feature, a bad weight, or (cosine) a zero vector are dropped while packing and
+counted by reason with one example; the estimator turns those counts into a clear error.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from typing import Iterator, Sequence
+
+import numpy as np
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from kmeans_dist import kernels
+from kmeans_dist.blocks import Block
+
+NUMERIC_TYPES = (T.ByteType, T.ShortType, T.IntegerType, T.LongType, T.FloatType, T.DoubleType,
+                 T.DecimalType)
+
+#: target bytes of feature data per block when ``block_rows`` is not given
+BLOCK_BYTES = 4 << 20
+
+BLOCK_SCHEMA = "part int, start long, rows long, x binary, x_sq binary, w binary, problems string"
+
+BAD_FEATURE = "null, NaN or infinite feature value"
+BAD_WEIGHT = "negative, null, NaN or infinite weight"
+ZERO_ROW = "all-zero row (cosine distance needs a non-zero vector)"
+
+
+def is_numeric(dtype: T.DataType) -> bool:
+    return isinstance(dtype, NUMERIC_TYPES)
+
+
+def resolve_features(
+    df: DataFrame, features: Sequence[str] | None, weight_col: str | None = None
+) -> list[str]:
+    """The feature columns to use: given ones checked, else every numeric column but the weight."""
+    types = {f.name: f.dataType for f in df.schema.fields}
+    if weight_col is not None:
+        _check_numeric(types, weight_col, "weight column")
+    if features is None:
+        chosen = [n for n, t in types.items() if is_numeric(t) and n != weight_col]
+        if not chosen:
+            raise ValueError(
+                f"no numeric columns to cluster; columns are {sorted(types)}"
+            )
+        return chosen
+    chosen = list(features)
+    if not chosen:
+        raise ValueError("features is empty: name at least one column")
+    dupes = sorted({c for c in chosen if chosen.count(c) > 1})
+    if dupes:
+        raise ValueError(f"feature columns listed twice: {dupes}")
+    for c in chosen:
+        _check_numeric(types, c, "feature column")
+    return chosen
+
+
+def _check_numeric(types: dict, name: str, what: str) -> None:
+    if name not in types:
+        raise ValueError(f"{what} '{name}' not found; columns are {sorted(types)}")
+    if not is_numeric(types[name]):
+        raise ValueError(
+            f"{what} '{name}' is not numeric (type {types[name].simpleString()})"
+        )
+
+
+def default_block_rows(d: int) -> int:
+    return max(1024, BLOCK_BYTES // (8 * max(d, 1)))
+
+
+def block_frame(
+    df: DataFrame,
+    features: Sequence[str],
+    *,
+    weight_col: str | None = None,
+    block_rows: int | None = None,
+    cosine: bool = False,
+    num_partitions: int | None = None,
+) -> DataFrame:
+    """A DataFrame with one row per block of validated features (see BLOCK_SCHEMA)."""
+    cols = [F.col(c).cast("double").alias(f"f{i}") for i, c in enumerate(features)]
+    if weight_col is not None:
+        cols.append(F.col(weight_col).cast("double").alias("w"))
+    selected = df.select(*cols)
+    if num_partitions is not None and num_partitions < selected.rdd.getNumPartitions():
+        selected = selected.coalesce(num_partitions)
+    rows = block_rows or default_block_rows(len(features))
+    packer = _Packer(list(features), weight_col, rows, cosine)
+    return selected.mapInArrow(packer, BLOCK_SCHEMA)
+
+
+def block_rdd(frame: DataFrame, d: int):
+    """The block frame as an RDD of ``Block`` (one Python object per block, not per row)."""
+    return frame.rdd.map(functools.partial(decode, d=d))
+
+
+def decode(row, d: int) -> Block:
+    """One row of the block frame -> Block (arrays are views on the row's bytes)."""
+    m = int(row.rows)
+    x = np.frombuffer(row.x, dtype=np.float64).reshape(m, d)
+    x_sq = np.frombuffer(row.x_sq, dtype=np.float64)
+    w = None if row.w is None else np.frombuffer(row.w, dtype=np.float64)
+    problems = {k: (v[0], v[1]) for k, v in json.loads(row.problems).items()}
+    return Block(int(row.part), int(row.start), x, x_sq, w, problems)
+
+
+class _Packer:
+    """The mapInArrow function: Arrow batches of one partition -> binary blocks."""
+
+    def __init__(self, features: list[str], weight_col: str | None, block_rows: int, cosine: bool):
+        self.features = features
+        self.weight_col = weight_col
+        self.block_rows = block_rows
+        self.cosine = cosine
+
+    def __call__(self, batches: Iterator) -> Iterator:
+        import pyarrow as pa
+        from pyspark import TaskContext
+
+        part = TaskContext.get().partitionId()
+        d = len(self.features)
+        pending_x: list[np.ndarray] = []
+        pending_w: list[np.ndarray] = []
+        pending_rows = 0
+        start = 0
+        problems: dict[str, list] = {}
+        for batch in batches:
+            x = np.empty((batch.num_rows, d))
+            for j in range(d):
+                x[:, j] = batch.column(j).to_numpy(zero_copy_only=False)
+            w = None
+            if self.weight_col is not None:
+                w = batch.column(d).to_numpy(zero_copy_only=False).astype(np.float64)
+            keep = self._valid_rows(x, w, problems)
+            x, w = x[keep], (None if w is None else w[keep])
+            if self.cosine:
+                x = kernels.normalize_rows(x)
+            pending_x.append(x)
+            if w is not None:
+                pending_w.append(w)
+            pending_rows += x.shape[0]
+            while pending_rows >= self.block_rows:
+                xs = np.concatenate(pending_x)
+                ws = np.concatenate(pending_w) if pending_w else None
+                n = self.block_rows
+                yield self._emit(pa, part, start, xs[:n], None if ws is None else ws[:n], problems)
+                problems = {}
+                start += n
+                pending_x = [xs[n:]]
+                pending_w = [] if ws is None else [ws[n:]]
+                pending_rows = xs.shape[0] - n
+        if pending_rows or problems:
+            xs = np.concatenate(pending_x) if pending_x else np.empty((0, d))
+            ws = np.concatenate(pending_w) if pending_w else None
+            yield self._emit(pa, part, start, xs, ws, problems)
+
+    def _valid_rows(self, x: np.ndarray, w: np.ndarray | None, problems: dict) -> np.ndarray:
+        keep = np.isfinite(x).all(axis=1)
+        self._note(problems, BAD_FEATURE, ~keep, x, w)
+        if w is not None:
+            bad_w = keep & ~(np.isfinite(w) & (w >= 0))
+            self._note(problems, BAD_WEIGHT, bad_w, x, w)
+            keep &= ~bad_w
+        if self.cosine:
+            zero = keep & ~np.any(x != 0, axis=1)
+            self._note(problems, ZERO_ROW, zero, x, w)
+            keep &= ~zero
+        return keep
+
+    def _note(self, problems: dict, reason: str, bad: np.ndarray, x, w) -> None:
+        count = int(np.count_nonzero(bad))
+        if not count:
+            return
+        if reason in problems:
+            problems[reason][0] += count
+            return
+        i = int(np.flatnonzero(bad)[0])
+        example = {c: _json_value(x[i, j]) for j, c in enumerate(self.features)}
+        if w is not None:
+            example[self.weight_col] = _json_value(w[i])
+        problems[reason] = [count, example]
+
+    def _emit(self, pa, part, start, x, w, problems):
+        x = np.ascontiguousarray(x)
+        return pa.RecordBatch.from_pydict(
+            {
+                "part": pa.array([part], pa.int32()),
+                "start": pa.array([start], pa.int64()),
+                "rows": pa.array([x.shape[0]], pa.int64()),
+                "x": pa.array([x.tobytes()], pa.binary()),
+                "x_sq": pa.array([kernels.squared_norms(x).tobytes()], pa.binary()),
+                "w": pa.array([None if w is None else w.tobytes()], pa.binary()),
+                "problems": pa.array([json.dumps(problems)], pa.string()),
+            }
+        )
+
+
+def _json_value(v: float):
+    """A value for an error message: None for null/NaN, a string for infinities."""
+    if math.isnan(v):
+        return None
+    if math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    return float(v)

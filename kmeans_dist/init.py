@@ -1,0 +1,149 @@
+"""Initial centroids: random rows, k-means++, k-means|| (the default), or given ones.
+
+Every sampling step draws per-row uniforms from (seed, step, global row index), so the same seed
+picks the same rows whatever the partitioning. Each strategy fails with a clear ValueError when the
+data has fewer than k distinct rows, which is how that case is detected at all.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kmeans_dist import kernels, tasks
+from kmeans_dist.transport.base import Transport
+
+INITS = ("k-means||", "k-means++", "random")
+
+#: further k-means|| rounds allowed when the usual ones found fewer than k distinct candidates
+MAX_EXTRA_ROUNDS = 50
+
+
+def too_few_distinct(k: int, distinct: int) -> ValueError:
+    return ValueError(f"k={k} is larger than the number of distinct rows ({distinct})")
+
+
+def _distinct_rows(rows: list[np.ndarray]) -> list[np.ndarray]:
+    seen: set[bytes] = set()
+    out = []
+    for r in rows:
+        key = r.tobytes()
+        if key not in seen:
+            seen.add(key)
+            out.append(r)
+    return out
+
+
+def _sample(transport: Transport, step: tasks.SampleStep) -> tasks.SampleResult:
+    parts = transport.run(tasks.sample, step)
+    cands = tasks.smallest([c for p in parts for c in p.candidates], step.n)
+    return tasks.SampleResult(kernels.sequential_sum(np.array([p.cost for p in parts])), cands)
+
+
+def random_rows(transport: Transport, k: int, seed: int, n_rows: int, offsets: list[int]) -> np.ndarray:
+    """k distinct rows drawn at random (weighted by row weight when there are weights)."""
+    want = k
+    while True:
+        found = _sample(transport, tasks.SampleStep(seed, 0, want, offsets)).candidates
+        distinct = _distinct_rows([c.row for c in found])
+        if len(distinct) >= k:
+            return np.array(distinct[:k])
+        if len(found) < want or want >= n_rows:
+            raise too_few_distinct(k, len(distinct))
+        want = min(n_rows, want * 4)
+
+
+def kmeans_plus_plus(transport: Transport, k: int, seed: int, offsets: list[int]) -> np.ndarray:
+    """Exact k-means++: each centre drawn with probability ∝ weight x d^2, one pass per centre."""
+    first = _sample(transport, tasks.SampleStep(seed, 1, 1, offsets)).candidates
+    centers = [first[0].row]
+    for i in range(1, k):
+        res = _sample(transport, tasks.SampleStep(seed, 1 + i, 1, offsets, np.array(centers)))
+        if not res.candidates or res.cost <= 0:
+            raise too_few_distinct(k, len(centers))
+        centers.append(res.candidates[0].row)
+    return np.array(centers)
+
+
+def kmeans_parallel(
+    transport: Transport, k: int, seed: int, offsets: list[int], steps: int = 2
+) -> np.ndarray:
+    """k-means|| (Bahmani et al. 2012): oversample about 2k rows per round, then reduce to k.
+
+    The candidates are weighted by how much row weight is nearest to each, and reduced on the
+    driver by weighted k-means++ followed by weighted Lloyd (as Spark MLlib does).
+    """
+    ell = 2.0 * k
+    first = _sample(transport, tasks.SampleStep(seed, 1, 1, offsets)).candidates
+    candidates = [first[0].row]
+    round_ = 0
+    while round_ < steps or (len(candidates) < k and round_ < steps + MAX_EXTRA_ROUNDS):
+        round_ += 1
+        added, cost = _oversample_round(transport, seed, round_, ell, offsets, np.array(candidates))
+        if cost <= 0:
+            break  # every row coincides with a candidate
+        candidates = _distinct_rows(candidates + added)
+    cand = np.array(candidates)
+    if len(cand) < k:
+        raise too_few_distinct(k, len(cand))
+    weights = np.sum(transport.run(tasks.nearest_weights, cand), axis=0)
+    return local_kmeans(cand, weights, k, seed)
+
+
+def _oversample_round(transport, seed, round_, ell, offsets, centers):
+    """Rows with u < ell * w d^2 / cost; asks again with a larger cap if a partition was cut short."""
+    cap = int(2 * ell + 10 * np.sqrt(ell) + 10)
+    while True:
+        parts = transport.run(
+            tasks.oversample, tasks.OversampleStep(seed, 1000 + round_, cap, offsets, centers)
+        )
+        cost = kernels.sequential_sum(np.array([p.cost for p in parts]))
+        threshold = -cost / ell  # keys are -(w d^2 / u); keep key < threshold
+        cut_short = any(
+            len(p.candidates) == cap and p.candidates[-1].key < threshold for p in parts
+        )
+        if not cut_short:
+            kept = sorted((c for p in parts for c in p.candidates if c.key < threshold),
+                          key=lambda c: c.index)
+            return [c.row for c in kept], cost
+        cap *= 4
+
+
+def local_kmeans(points: np.ndarray, weights: np.ndarray, k: int, seed: int,
+                 max_iter: int = 30) -> np.ndarray:
+    """Weighted k-means++ then weighted Lloyd on a small in-memory set (driver side)."""
+    rng = np.random.default_rng(seed)
+    p_sq = kernels.squared_norms(points)
+    w = np.where(weights > 0, weights, 0.0)
+    if w.sum() <= 0:
+        w = np.ones(len(points))
+    centers = [points[rng.choice(len(points), p=w / w.sum())]]
+    for _ in range(1, k):
+        mass = kernels.min_distances(points, p_sq, np.array(centers)) * w
+        if mass.sum() <= 0:
+            mass = (~_is_center(points, np.array(centers))).astype(float)
+        centers.append(points[rng.choice(len(points), p=mass / mass.sum())])
+    c = np.array(centers)
+    for _ in range(max_iter):
+        total, _ = kernels.block_partials(points, p_sq, w, c)
+        new, _ = kernels.update_centroids(total, c)
+        if np.array_equal(new, c):
+            break
+        c = new
+    return c
+
+
+def _is_center(points: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    return (kernels.min_distances(points, kernels.squared_norms(points), centers) == 0)
+
+
+def explicit(centroids, k: int, d: int, source: str = "init centroids") -> np.ndarray:
+    """Given centroids checked for shape (k x d) and finite values."""
+    c = np.asarray(centroids, dtype=np.float64)
+    if c.ndim != 2 or c.shape != (k, d):
+        raise ValueError(
+            f"{source} has shape {'x'.join(map(str, c.shape))}, expected {k}x{d} (k x features)"
+        )
+    if not np.isfinite(c).all():
+        r, col = np.argwhere(~np.isfinite(c))[0]
+        raise ValueError(f"{source} has a non-finite value {c[r, col]} at row {r}, column {col}")
+    return c.copy()

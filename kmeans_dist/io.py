@@ -1,0 +1,129 @@
+"""Files through Spark's Hadoop FileSystem (local paths, hdfs://, s3a://, ...), written atomically.
+
+Outputs are built in a hidden staging directory beside the target and renamed into place only when
+complete, so a failed run leaves nothing half-written and never touches the user's existing data
+unless ``overwrite`` was asked for.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from contextlib import contextmanager
+from typing import Iterator
+
+from pyspark.sql import DataFrame, SparkSession
+
+FORMATS = ("csv", "parquet")
+
+
+def _session() -> SparkSession:
+    spark = SparkSession.getActiveSession()
+    if spark is None:
+        raise RuntimeError("no active SparkSession: create one first (kmeans_dist.get_session())")
+    return spark
+
+
+def _fs_path(path: str):
+    spark = _session()
+    jvm = spark.sparkContext._jvm
+    jpath = jvm.org.apache.hadoop.fs.Path(path)
+    return jpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), jpath
+
+
+def exists(path: str) -> bool:
+    fs, p = _fs_path(path)
+    return bool(fs.exists(p))
+
+
+def delete(path: str) -> None:
+    fs, p = _fs_path(path)
+    fs.delete(p, True)
+
+
+def read_text(path: str, what: str = "file") -> str:
+    """A whole (small) file as UTF-8 text; FileNotFoundError naming ``what`` if it is missing."""
+    fs, p = _fs_path(path)
+    if not fs.exists(p) or fs.getFileStatus(p).isDirectory():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    stream = fs.open(p)
+    try:
+        jvm = _session().sparkContext._jvm
+        data = bytes(jvm.org.apache.commons.io.IOUtils.toByteArray(stream))
+    finally:
+        stream.close()
+    return data.decode("utf-8")
+
+
+def write_text(path: str, text: str) -> None:
+    """Write a small text file: to a temporary name first, then renamed over ``path``."""
+    fs, p = _fs_path(path)
+    jvm = _session().sparkContext._jvm
+    tmp = jvm.org.apache.hadoop.fs.Path(p.getParent(), f".{p.getName()}.{uuid.uuid4().hex}.tmp")
+    out = fs.create(tmp, True)
+    try:
+        out.write(bytearray(text.encode("utf-8")))
+    finally:
+        out.close()
+    if fs.exists(p):
+        fs.delete(p, False)
+    if not fs.rename(tmp, p):
+        fs.delete(tmp, False)
+        raise OSError(f"could not write {path}")
+
+
+def check_output_dir(path: str, overwrite: bool) -> None:
+    """Refuse an existing output directory unless ``overwrite`` (checked before any work)."""
+    if exists(path) and not overwrite:
+        raise ValueError(f"output directory {path} already exists (pass --overwrite to replace it)")
+
+
+@contextmanager
+def staged_dir(path: str, overwrite: bool = False) -> Iterator[str]:
+    """Yield a staging directory; on success it replaces ``path``, on error it is removed."""
+    check_output_dir(path, overwrite)
+    fs, p = _fs_path(path)
+    parent = p.getParent()
+    if parent is not None and not fs.exists(parent):
+        fs.mkdirs(parent)
+    jvm = _session().sparkContext._jvm
+    staging = jvm.org.apache.hadoop.fs.Path(parent, f".{p.getName()}.{uuid.uuid4().hex}.staging")
+    try:
+        if not fs.mkdirs(staging):
+            raise OSError(f"cannot write to {path}: could not create {staging.toString()}")
+    except Exception as exc:  # py4j wraps permission errors
+        raise ValueError(f"cannot write output directory {path}: {_first_line(exc)}") from None
+    try:
+        yield staging.toString()
+        if fs.exists(p):
+            fs.delete(p, True)
+        if not fs.rename(staging, p):
+            raise OSError(f"could not move the finished output into {path}")
+    finally:
+        if fs.exists(staging):
+            fs.delete(staging, True)
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def table_format(path: str, fmt: str | None) -> str:
+    """The input format: as given, else from the extension (a directory defaults to Parquet)."""
+    if fmt is not None:
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown format '{fmt}'; use one of {', '.join(FORMATS)}")
+        return fmt
+    ext = os.path.splitext(path.rstrip("/"))[1].lower().lstrip(".")
+    return ext if ext in FORMATS else "parquet"
+
+
+def read_table(path: str, fmt: str | None = None) -> DataFrame:
+    """CSV (with a header, types inferred) or Parquet as a DataFrame."""
+    fmt = table_format(path, fmt)
+    if not exists(path):
+        raise FileNotFoundError(f"input not found: {path}")
+    reader = _session().read
+    if fmt == "csv":
+        return reader.option("header", True).option("inferSchema", True).csv(path)
+    return reader.parquet(path)

@@ -1,0 +1,232 @@
+"""Per-block k-means math: pure numpy (numba optional), no Spark.
+
+Every function here works on one block of rows held as a C-contiguous float64 array, so it can
+be unit-tested against brute force and reused by any transport. Squared Euclidean distances come
+from one GEMM per chunk of rows: ||x||^2 - 2 x.c + ||c||^2 (no square root anywhere).
+
+Sums are accumulated row by row in row order (``np.bincount`` does exactly that, and so does the
+numba loop), so the numpy and numba paths give bit-identical results and a rerun over the same
+blocks is bit-identical too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+try:  # the fused loop is an optional accelerator; results are identical without it
+    from kmeans_dist import _fused
+except ImportError:  # pragma: no cover - exercised where numba is not installed
+    _fused = None
+
+#: rows per GEMM chunk: a (chunk x k) distance matrix stays cache-sized
+CHUNK_ROWS = 8192
+
+
+def use_numba(enabled: bool | None = None) -> bool:
+    """Whether the fused numba loop is available (and, when ``enabled`` is given, wanted)."""
+    return _fused is not None and (enabled is None or enabled)
+
+
+def squared_norms(x: np.ndarray) -> np.ndarray:
+    """Row-wise squared L2 norms, computed once per block and kept beside it."""
+    return np.einsum("ij,ij->i", x, x)
+
+
+def normalize_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (spherical k-means); zero rows are left as zeros."""
+    norms = np.sqrt(squared_norms(x))
+    return x / np.where(norms > 0, norms, 1.0)[:, None]
+
+
+def _chunk_scores(x: np.ndarray, centroids: np.ndarray, c_sq: np.ndarray) -> np.ndarray:
+    """||c||^2 - 2 x.c for a chunk: the squared distance less the row's own ||x||^2."""
+    scores = x @ centroids.T
+    scores *= -2.0
+    scores += c_sq
+    return scores
+
+
+def assign(
+    x: np.ndarray, x_sq: np.ndarray, centroids: np.ndarray, c_sq: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centroid of every row (first index on ties) and its squared distance (>= 0)."""
+    if c_sq is None:
+        c_sq = squared_norms(centroids)
+    m = x.shape[0]
+    labels = np.empty(m, dtype=np.int32)
+    dist = np.empty(m, dtype=np.float64)
+    for lo in range(0, m, CHUNK_ROWS):
+        hi = min(lo + CHUNK_ROWS, m)
+        scores = _chunk_scores(x[lo:hi], centroids, c_sq)
+        lab = np.argmin(scores, axis=1)
+        labels[lo:hi] = lab
+        dist[lo:hi] = scores[np.arange(hi - lo), lab] + x_sq[lo:hi]
+    np.maximum(dist, 0.0, out=dist)
+    return labels, dist
+
+
+def sequential_sum(values: np.ndarray) -> float:
+    """Left-to-right float64 sum (np.sum is pairwise): the order the numba loop uses."""
+    if values.size == 0:
+        return 0.0
+    return float(np.bincount(np.zeros(values.size, dtype=np.intp), weights=values)[0])
+
+
+@dataclass
+class Partials:
+    """What one block (or a merge of blocks) contributes to a Lloyd update."""
+
+    sums: np.ndarray  # (k, d) weighted sum of the rows assigned to each cluster
+    weights: np.ndarray  # (k,) sum of the weights of those rows (row counts when unweighted)
+    counts: np.ndarray  # (k,) int64 number of rows assigned to each cluster
+    inertia: float  # weighted sum of squared distances to the assigned centroid
+    moved: int  # rows whose cluster differs from the previous iteration's
+
+    @classmethod
+    def zeros(cls, k: int, d: int) -> "Partials":
+        return cls(np.zeros((k, d)), np.zeros(k), np.zeros(k, dtype=np.int64), 0.0, 0)
+
+    def add(self, other: "Partials") -> "Partials":
+        """Sum of two partials; callers fold in a fixed order so results are reproducible."""
+        return Partials(
+            self.sums + other.sums,
+            self.weights + other.weights,
+            self.counts + other.counts,
+            self.inertia + other.inertia,
+            self.moved + other.moved,
+        )
+
+
+def fold(parts: list[Partials]) -> Partials:
+    """Left fold of partials in the given (partition) order."""
+    total = parts[0]
+    for p in parts[1:]:
+        total = total.add(p)
+    return total
+
+
+def block_partials(
+    x: np.ndarray,
+    x_sq: np.ndarray,
+    w: np.ndarray | None,
+    centroids: np.ndarray,
+    prev_labels: np.ndarray | None = None,
+    *,
+    numba: bool | None = None,
+) -> tuple[Partials, np.ndarray]:
+    """Assign one block to its nearest centroids and return its partials and labels.
+
+    ``prev_labels`` are the block's labels from the previous iteration (None on the first one,
+    when every row counts as moved). ``w`` are row weights, or None for unit weights.
+    """
+    k, d = centroids.shape
+    m = x.shape[0]
+    c_sq = squared_norms(centroids)
+    if use_numba(numba):
+        return _fused_partials(x, x_sq, w, centroids, c_sq, prev_labels)
+    labels, dist = assign(x, x_sq, centroids, c_sq)
+    counts = np.bincount(labels, minlength=k).astype(np.int64)
+    if w is None:
+        weights = counts.astype(np.float64)
+        inertia = sequential_sum(dist)
+        sums = np.stack([np.bincount(labels, weights=x[:, j], minlength=k) for j in range(d)], axis=1)
+    else:
+        weights = np.bincount(labels, weights=w, minlength=k)
+        inertia = sequential_sum(dist * w)
+        sums = np.stack(
+            [np.bincount(labels, weights=x[:, j] * w, minlength=k) for j in range(d)], axis=1
+        )
+    sums = sums.reshape(k, d)
+    moved = m if prev_labels is None else int(np.count_nonzero(labels != prev_labels))
+    return Partials(sums, weights, counts, inertia, moved), labels
+
+
+def _fused_partials(x, x_sq, w, centroids, c_sq, prev_labels):
+    """GEMM per chunk in numpy, then one numba pass for argmin, inertia, sums and counts."""
+    k, d = centroids.shape
+    m = x.shape[0]
+    labels = np.empty(m, dtype=np.int32)
+    sums = np.zeros((k, d))
+    weights = np.zeros(k)
+    counts = np.zeros(k, dtype=np.int64)
+    acc = np.zeros(2)  # [inertia, moved], carried across chunks in row order
+    has_w = w is not None
+    has_prev = prev_labels is not None
+    w_arr = w if has_w else np.empty(0)
+    prev = prev_labels if has_prev else np.empty(0, dtype=np.int32)
+    for lo in range(0, m, CHUNK_ROWS):
+        hi = min(lo + CHUNK_ROWS, m)
+        scores = _chunk_scores(x[lo:hi], centroids, c_sq)
+        _fused.accumulate(
+            scores, x, x_sq, w_arr, has_w, prev, has_prev, lo, labels, sums, weights, counts, acc
+        )
+    if not has_w:
+        weights = counts.astype(np.float64)
+    moved = int(acc[1]) if has_prev else m
+    return Partials(sums, weights, counts, float(acc[0]), moved), labels
+
+
+def farthest(
+    x: np.ndarray, centroids: np.ndarray, labels: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and distances of the ``n`` rows farthest from their assigned centroid.
+
+    Distances are computed directly, (x - c)^2 summed, as scikit-learn does when it relocates
+    empty clusters; ties go to the lower row index. Returned farthest first.
+    """
+    diff = x - centroids[labels]
+    dist = np.einsum("ij,ij->i", diff, diff)
+    n = min(n, x.shape[0])
+    order = np.lexsort((np.arange(x.shape[0]), -dist))[:n]
+    return order, dist[order]
+
+
+def update_centroids(total: Partials, old: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """New centroids as weighted means; clusters with no weight keep their old centroid.
+
+    Returns the centroids and a boolean mask of the clusters that were empty.
+    """
+    empty = total.weights <= 0
+    safe = np.where(empty, 1.0, total.weights)
+    new = total.sums / safe[:, None]
+    new[empty] = old[empty]
+    return new, empty
+
+
+def center_shift(old: np.ndarray, new: np.ndarray) -> float:
+    """Sum over centroids of the squared distance each one moved (scikit-learn's quantity)."""
+    diff = new - old
+    return float(np.einsum("ij,ij->", diff, diff))
+
+
+def min_distances(x: np.ndarray, x_sq: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """Squared distance from every row to its nearest center (k-means++ / k-means|| weights)."""
+    return assign(x, x_sq, centers)[1]
+
+
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _splitmix64(z: np.ndarray) -> np.ndarray:
+    z = z + _GOLDEN
+    z = (z ^ (z >> np.uint64(30))) * _M1
+    z = (z ^ (z >> np.uint64(27))) * _M2
+    return z ^ (z >> np.uint64(31))
+
+
+def row_uniforms(seed: int, stream: int, first_row: int, m: int) -> np.ndarray:
+    """Uniforms in (0, 1) for global rows ``first_row .. first_row + m``.
+
+    Each value depends only on (seed, stream, global row index), never on how rows are split
+    into partitions or blocks, so seeded sampling gives the same rows on any partitioning.
+    """
+    with np.errstate(over="ignore"):
+        key = _splitmix64(np.array([seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))
+        key = _splitmix64(key ^ np.uint64(stream & 0xFFFFFFFFFFFFFFFF))
+        z = _splitmix64(np.arange(first_row, first_row + m, dtype=np.uint64) ^ key)
+    # 52 random bits + 1/2, scaled by 2^-52: exact in float64, so strictly inside (0, 1)
+    return ((z >> np.uint64(12)).astype(np.float64) + 0.5) / 4503599627370496.0

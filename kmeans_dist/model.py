@@ -1,0 +1,161 @@
+"""KMeansModel: the fitted centroids and how they were found; labels rows; saves as plain JSON."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Sequence
+
+import numpy as np
+from pyspark.sql import DataFrame
+from pyspark.sql import types as T
+
+from kmeans_dist import io, kernels
+
+FORMAT_VERSION = 1
+DISTANCES = ("euclidean", "cosine")
+
+
+class KMeansModel:
+    """k centroids over named features, with the fit's inertia, iterations and history."""
+
+    def __init__(
+        self,
+        centroids: np.ndarray,
+        features: Sequence[str],
+        *,
+        distance: str = "euclidean",
+        inertia: float | None = None,
+        n_iter: int = 0,
+        converged: bool = False,
+        stop: str | None = None,
+        cluster_sizes: Sequence[int] | None = None,
+        history: list[dict] | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> None:
+        self.centroids = np.asarray(centroids, dtype=np.float64)
+        self.features = list(features)
+        self.distance = distance
+        self.inertia = inertia
+        self.n_iter = n_iter
+        self.converged = converged
+        self.stop = stop
+        self.cluster_sizes = list(cluster_sizes) if cluster_sizes is not None else None
+        self.history = list(history or [])
+        self.params = dict(params or {})
+
+    @property
+    def k(self) -> int:
+        return self.centroids.shape[0]
+
+    def __repr__(self) -> str:
+        return (f"KMeansModel(k={self.k}, features={self.features}, distance={self.distance!r}, "
+                f"inertia={self.inertia}, n_iter={self.n_iter}, converged={self.converged})")
+
+    # ------------------------------------------------------------------ labelling
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Nearest-centroid labels of the rows of a numpy array (features in model order)."""
+        x = np.ascontiguousarray(x, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != len(self.features):
+            raise ValueError(f"expected rows of {len(self.features)} features, got shape {x.shape}")
+        if self.distance == "cosine":
+            x = kernels.normalize_rows(x)
+        return kernels.assign(x, kernels.squared_norms(x), self.centroids)[0]
+
+    def transform(self, df: DataFrame, prediction_col: str = "cluster") -> DataFrame:
+        """``df`` with an int column of each row's cluster (null where a feature is null/NaN/Inf)."""
+        from kmeans_dist.data import resolve_features
+
+        resolve_features(df, self.features)
+        if prediction_col in df.columns:
+            raise ValueError(f"column '{prediction_col}' already exists in the input")
+        schema = T.StructType(df.schema.fields + [T.StructField(prediction_col, T.IntegerType())])
+        return df.mapInArrow(_Labeller(self.features, self.centroids, self.distance), schema)
+
+    # ------------------------------------------------------------------ persistence
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "k": self.k,
+            "features": self.features,
+            "distance": self.distance,
+            "centroids": self.centroids.tolist(),
+            "inertia": self.inertia,
+            "n_iter": self.n_iter,
+            "converged": self.converged,
+            "stop": self.stop,
+            "cluster_sizes": self.cluster_sizes,
+            "params": self.params,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "model") -> "KMeansModel":
+        if not isinstance(d, dict) or "format_version" not in d:
+            raise ValueError(f"{source} is not a kmeans-dist model (no format_version)")
+        if d["format_version"] != FORMAT_VERSION:
+            raise ValueError(
+                f"{source} has format_version {d['format_version']!r}; this version reads "
+                f"{FORMAT_VERSION}"
+            )
+        try:
+            centroids = np.array(d["centroids"], dtype=np.float64)
+            features = list(d["features"])
+            if centroids.shape != (d["k"], len(features)):
+                raise ValueError(f"centroids have shape {centroids.shape}, expected "
+                                 f"({d['k']}, {len(features)})")
+            if d["distance"] not in DISTANCES:
+                raise ValueError(f"unknown distance {d['distance']!r}")
+            return cls(
+                centroids, features, distance=d["distance"], inertia=d.get("inertia"),
+                n_iter=d.get("n_iter", 0), converged=d.get("converged", False),
+                stop=d.get("stop"), cluster_sizes=d.get("cluster_sizes"),
+                params=d.get("params"),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{source} is not a valid kmeans-dist model: {exc}") from None
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def save(self, path: str) -> None:
+        """Write the model as JSON to a local or Hadoop-filesystem path (atomically)."""
+        io.write_text(path, self.to_json() + "\n")
+
+    @classmethod
+    def load(cls, path: str) -> "KMeansModel":
+        text = io.read_text(path, what="model file")
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"model file {path} is not JSON: {exc}") from None
+        return cls.from_dict(d, source=f"model file {path}")
+
+
+class _Labeller:
+    """The mapInArrow function behind ``transform``: append each row's nearest centroid."""
+
+    def __init__(self, features: list[str], centroids: np.ndarray, distance: str) -> None:
+        self.features = features
+        self.centroids = centroids
+        self.distance = distance
+
+    def __call__(self, batches):
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        for batch in batches:
+            x = np.empty((batch.num_rows, len(self.features)))
+            for j, name in enumerate(self.features):
+                col = pc.cast(batch.column(name), pa.float64())
+                x[:, j] = col.to_numpy(zero_copy_only=False)
+            ok = np.isfinite(x).all(axis=1)
+            if self.distance == "cosine":
+                x = kernels.normalize_rows(np.where(ok[:, None], x, 0.0))
+                ok &= np.any(x != 0, axis=1)
+            labels = np.zeros(batch.num_rows, dtype=np.int32)
+            if ok.any():
+                xo = np.ascontiguousarray(x[ok])
+                labels[ok] = kernels.assign(xo, kernels.squared_norms(xo), self.centroids)[0]
+            arr = pa.array(labels, mask=~ok, type=pa.int32())
+            yield pa.RecordBatch.from_arrays(
+                batch.columns + [arr], schema=batch.schema.append(pa.field("cluster", pa.int32()))
+            )

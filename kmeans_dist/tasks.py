@@ -1,0 +1,261 @@
+"""What runs on each partition: plain functions of (blocks, value) -> result. No Spark here.
+
+A transport ships one of these with a small driver-side value (broadcast on classic Spark) and
+returns one result per partition, in partition order. Every function drains its iterator (a
+Python task that leaves input unread makes Spark discard the worker) and folds blocks in order,
+so results are reproducible.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+
+from kmeans_dist import kernels
+from kmeans_dist.blocks import Block, merge_problems
+
+
+# --------------------------------------------------------------------------- labels kept in the worker
+class LabelCache:
+    """Each block's labels from the last iteration, kept in the (reused) Python worker process.
+
+    Only a speed-up: a task that finds no entry for the previous iteration (another worker ran the
+    block, a retry, an evicted entry) recomputes those labels from the previous centroids, which
+    gives exactly the same labels. Bounded in bytes, least recently used first out.
+    """
+
+    def __init__(self, max_bytes: int = 512 << 20) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[tuple, tuple[int, np.ndarray]] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, key: tuple, iteration: int) -> np.ndarray | None:
+        entry = self._entries.get(key)
+        if entry is None or entry[0] != iteration:
+            return None
+        self._entries.move_to_end(key)
+        return entry[1]
+
+    def put(self, key: tuple, iteration: int, labels: np.ndarray) -> None:
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self._bytes -= old[1].nbytes
+        self._entries[key] = (iteration, labels)
+        self._bytes += labels.nbytes
+        while self._bytes > self.max_bytes and self._entries:
+            _, (_, dropped) = self._entries.popitem(last=False)
+            self._bytes -= dropped.nbytes
+
+
+LABELS = LabelCache()
+
+
+# --------------------------------------------------------------------------- data summary
+@dataclass
+class Summary:
+    """One partition's rows, dropped rows and the moments used for scikit-learn's ``tol``."""
+
+    rows: int
+    weight: float
+    mean: np.ndarray
+    m2: np.ndarray  # sum of squared deviations from ``mean`` per feature
+    problems: dict
+
+    def add(self, other: "Summary") -> "Summary":
+        """Chan et al.'s parallel merge of means and squared deviations."""
+        n = self.rows + other.rows
+        problems = dict(self.problems)
+        merge_problems(problems, other.problems)
+        if n == 0:
+            return Summary(0, 0.0, self.mean, self.m2, problems)
+        delta = other.mean - self.mean
+        mean = self.mean + delta * (other.rows / n)
+        m2 = self.m2 + other.m2 + delta * delta * (self.rows * other.rows / n)
+        return Summary(n, self.weight + other.weight, mean, m2, problems)
+
+
+def summarize(blocks: Iterable[Block], d: int) -> Summary:
+    total = Summary(0, 0.0, np.zeros(d), np.zeros(d), {})
+    for b in blocks:
+        mean = b.x.mean(axis=0) if b.rows else np.zeros(d)
+        dev = b.x - mean
+        weight = float(b.rows if b.w is None else b.w.sum())
+        part = Summary(b.rows, weight, mean, np.einsum("ij,ij->j", dev, dev), b.problems)
+        total = total.add(part)
+    return total
+
+
+# --------------------------------------------------------------------------- Lloyd
+@dataclass
+class LloydStep:
+    run_id: str
+    iteration: int
+    centroids: np.ndarray
+    prev_centroids: np.ndarray | None
+    numba: bool | None = None
+
+
+def _previous_labels(b: Block, step: LloydStep) -> np.ndarray | None:
+    if step.prev_centroids is None:
+        return None
+    cached = LABELS.get((step.run_id, b.part, b.start), step.iteration - 1)
+    if cached is not None:
+        return cached
+    return kernels.assign(b.x, b.x_sq, step.prev_centroids)[0]
+
+
+def current_labels(b: Block, run_id: str, iteration: int, centroids: np.ndarray) -> np.ndarray:
+    """The block's labels under the centroids of ``iteration`` (cached, else recomputed)."""
+    cached = LABELS.get((run_id, b.part, b.start), iteration)
+    if cached is not None:
+        return cached
+    return kernels.assign(b.x, b.x_sq, centroids)[0]
+
+
+def lloyd(blocks: Iterable[Block], step: LloydStep) -> kernels.Partials:
+    """One Lloyd assignment over a partition: partial sums, weights, counts, inertia, moved."""
+    k, d = step.centroids.shape
+    total = kernels.Partials.zeros(k, d)
+    for b in blocks:
+        prev = _previous_labels(b, step)
+        part, labels = kernels.block_partials(
+            b.x, b.x_sq, b.w, step.centroids, prev, numba=step.numba
+        )
+        LABELS.put((step.run_id, b.part, b.start), step.iteration, labels)
+        total = total.add(part)
+    return total
+
+
+# --------------------------------------------------------------------------- empty clusters
+@dataclass
+class FarthestStep:
+    run_id: str
+    iteration: int
+    centroids: np.ndarray
+    n: int
+    offsets: list[int]
+
+
+@dataclass
+class Candidate:
+    """A row picked by a sampling or search task: its sort key, global index and values."""
+
+    key: float
+    index: int
+    row: np.ndarray
+    weight: float = 1.0
+    label: int = -1
+
+
+def farthest(blocks: Iterable[Block], step: FarthestStep) -> list[Candidate]:
+    """The partition's ``n`` rows farthest from their assigned centroid (key = -distance)."""
+    found: list[Candidate] = []
+    for b in blocks:
+        labels = current_labels(b, step.run_id, step.iteration, step.centroids)
+        idx, dist = kernels.farthest(b.x, step.centroids, labels, step.n)
+        base = step.offsets[b.part] + b.start
+        for i, di in zip(idx, dist):
+            w = 1.0 if b.w is None else float(b.w[i])
+            found.append(Candidate(-float(di), base + int(i), b.x[i].copy(), w, int(labels[i])))
+    return smallest(found, step.n)
+
+
+def smallest(cands: list[Candidate], n: int) -> list[Candidate]:
+    """The ``n`` candidates with the smallest key, ties to the lower global row index."""
+    return sorted(cands, key=lambda c: (c.key, c.index))[:n]
+
+
+# --------------------------------------------------------------------------- seeded sampling
+@dataclass
+class SampleStep:
+    """Weighted sampling without replacement keyed by global row index, so the same seed picks
+    the same rows on any partitioning. Each row's mass is its weight (``centers`` None: random
+    init, first k-means++ centre) or weight x squared distance to the nearest center (k-means++);
+    the exponential race key -log(u) / mass, smallest first, samples proportionally to mass.
+    """
+
+    seed: int
+    stream: int
+    n: int
+    offsets: list[int]
+    centers: np.ndarray | None = None
+
+
+@dataclass
+class SampleResult:
+    cost: float  # sum of w * d^2 to the nearest center (0 when centers is None)
+    candidates: list[Candidate]
+
+
+def _race_keys(b: Block, step: SampleStep, u: np.ndarray) -> tuple[np.ndarray, float]:
+    if step.centers is None:
+        mass = np.ones(b.rows) if b.w is None else b.w
+    else:
+        d2 = kernels.min_distances(b.x, b.x_sq, step.centers)
+        mass = d2 if b.w is None else d2 * b.w
+    with np.errstate(divide="ignore"):
+        keys = -np.log(u) / mass
+    return keys, kernels.sequential_sum(mass)
+
+
+def sample(blocks: Iterable[Block], step: SampleStep) -> SampleResult:
+    cost = 0.0
+    found: list[Candidate] = []
+    for b in blocks:
+        first = step.offsets[b.part] + b.start
+        u = kernels.row_uniforms(step.seed, step.stream, first, b.rows)
+        keys, block_cost = _race_keys(b, step, u)
+        cost += block_cost
+        n = min(step.n, b.rows)
+        idx = np.argpartition(keys, n - 1)[:n] if n < b.rows else np.arange(b.rows)
+        for i in idx:
+            if np.isfinite(keys[i]):
+                w = 1.0 if b.w is None else float(b.w[i])
+                found.append(Candidate(float(keys[i]), first + int(i), b.x[i].copy(), w))
+    return SampleResult(cost, smallest(found, step.n))
+
+
+@dataclass
+class OversampleStep:
+    """One k-means|| round: keep rows with u < l * w d^2 / cost, cost known only after the pass.
+
+    Each partition returns its cost and its ``cap`` rows with the largest ratio w d^2 / u; the
+    driver keeps those with ratio > cost / l. If a partition's smallest returned ratio is still
+    above that threshold, it may have had more rows to keep, and the driver asks again.
+    """
+
+    seed: int
+    stream: int
+    cap: int
+    offsets: list[int]
+    centers: np.ndarray
+
+
+def oversample(blocks: Iterable[Block], step: OversampleStep) -> SampleResult:
+    cost = 0.0
+    found: list[Candidate] = []
+    for b in blocks:
+        first = step.offsets[b.part] + b.start
+        u = kernels.row_uniforms(step.seed, step.stream, first, b.rows)
+        d2 = kernels.min_distances(b.x, b.x_sq, step.centers)
+        mass = d2 if b.w is None else d2 * b.w
+        cost += kernels.sequential_sum(mass)
+        keys = -(mass / u)  # smallest key = largest ratio
+        n = min(step.cap, b.rows)
+        idx = np.argpartition(keys, n - 1)[:n] if n < b.rows else np.arange(b.rows)
+        for i in idx:
+            if keys[i] < 0:
+                found.append(Candidate(float(keys[i]), first + int(i), b.x[i].copy()))
+    return SampleResult(cost, smallest(found, step.cap))
+
+
+def nearest_weights(blocks: Iterable[Block], centers: np.ndarray) -> np.ndarray:
+    """Total row weight nearest to each of ``centers`` (k-means|| candidate weights)."""
+    total = np.zeros(centers.shape[0])
+    for b in blocks:
+        labels = kernels.assign(b.x, b.x_sq, centers)[0]
+        total += np.bincount(labels, weights=b.w, minlength=centers.shape[0])
+    return total

@@ -1,0 +1,101 @@
+"""The train job: flags -> KMeans.fit -> model.json, assignments/ (Parquet), report.json."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+
+from kmeans_dist import cli, io
+from kmeans_dist.config import get_session
+from kmeans_dist.estimator import KMeans
+from kmeans_dist.init import INITS
+from kmeans_dist.model import DISTANCES, KMeansModel
+
+log = logging.getLogger("kmeans_dist")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = cli.OneLineParser(prog="train.py", description="Fit k-means with kmeans-dist.")
+    p.add_argument("--input", required=True, help="CSV (with header) or Parquet path")
+    p.add_argument("--k", required=True, type=int, help="number of clusters")
+    p.add_argument("--output", required=True, help="output directory (must not exist)")
+    p.add_argument("--features", type=cli.features_arg, help="a,b,c (default: numeric columns)")
+    p.add_argument("--format", choices=io.FORMATS, help="input format (default: from extension)")
+    p.add_argument("--init", default="k-means||",
+                   help=f"{' | '.join(INITS)} | CENTROIDS.csv (default k-means||)")
+    p.add_argument("--seed", type=int, help="seed for the init (default: random, recorded)")
+    p.add_argument("--max-iter", type=int, default=300)
+    p.add_argument("--tol", type=float, default=0.0,
+                   help="also stop when the centroid shift is at most tol x mean feature variance")
+    p.add_argument("--distance", default="euclidean", help=" | ".join(DISTANCES))
+    p.add_argument("--weight-col", help="non-negative row weights")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.add_argument("--label-col", help="a known label column to cross-tabulate in the summary")
+    p.add_argument("--master", help="Spark master when run with python (default local[*])")
+    return p
+
+
+def report(model: KMeansModel, seconds: float, rows: int) -> dict:
+    return {
+        "k": model.k,
+        "features": model.features,
+        "rows": rows,
+        "inertia": model.inertia,
+        "n_iter": model.n_iter,
+        "converged": model.converged,
+        "stop": model.stop,
+        "cluster_sizes": model.cluster_sizes,
+        "seconds": seconds,
+        "history": model.history,
+    }
+
+
+def run(args: argparse.Namespace) -> KMeansModel:
+    started = time.perf_counter()
+    estimator = KMeans(  # parameters are checked here, before Spark starts
+        args.k, init=args.init, seed=args.seed, max_iter=args.max_iter, tol=args.tol,
+        distance=args.distance, weight_col=args.weight_col,
+    )
+    spark = get_session(args.master, app_name="kmeans-dist train")
+    io.check_output_dir(args.output, args.overwrite)
+    df = io.read_table(args.input, args.format)
+    model = estimator.fit(df, args.features)
+    seconds = time.perf_counter() - started
+    labelled = model.transform(df)
+    with io.staged_dir(args.output, args.overwrite) as tmp:
+        model.save(f"{tmp}/model.json")
+        labelled.write.parquet(f"{tmp}/assignments")
+        io.write_text(f"{tmp}/report.json",
+                      json.dumps(report(model, seconds, sum(model.cluster_sizes)), indent=2) + "\n")
+    print(summary(model, seconds, args.output))
+    if args.label_col:
+        print(crosstab(spark.read.parquet(f"{args.output}/assignments"), args.label_col))
+    return model
+
+
+def summary(model: KMeansModel, seconds: float, output: str) -> str:
+    why = {"no_change": "no row changed cluster", "tol": "centroid shift within tol",
+           "max_iter": "max_iter reached (not converged)"}[model.stop]
+    lines = [
+        f"k={model.k} on {sum(model.cluster_sizes)} rows x {len(model.features)} features "
+        f"({', '.join(model.features)})",
+        f"inertia {model.inertia:.6g} after {model.n_iter} iterations: {why}; {seconds:.1f}s",
+        "cluster sizes: " + ", ".join(f"{i}: {n}" for i, n in enumerate(model.cluster_sizes)),
+        f"wrote {output}/model.json, {output}/assignments/, {output}/report.json",
+    ]
+    return "\n".join(lines)
+
+
+def crosstab(labelled, label_col: str) -> str:
+    """Rows per (cluster, label): how the clusters line up with a known labelling."""
+    if label_col not in labelled.columns:
+        raise ValueError(f"label column '{label_col}' not found; columns are {labelled.columns}")
+    table = labelled.groupBy("cluster").pivot(label_col).count().orderBy("cluster").fillna(0)
+    header = ["cluster"] + [c for c in table.columns if c != "cluster"]
+    rows = [[str(r[c]) for c in header] for r in table.collect()]
+    width = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    fmt = "  ".join(f"{{:>{w}}}" for w in width)
+    return "\n".join([f"clusters against {label_col}:", fmt.format(*header)]
+                     + [fmt.format(*r) for r in rows])
