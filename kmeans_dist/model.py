@@ -85,6 +85,7 @@ class KMeansModel:
             "stop": self.stop,
             "cluster_sizes": self.cluster_sizes,
             "params": self.params,
+            "history": self.history,
         }
 
     @classmethod
@@ -108,7 +109,7 @@ class KMeansModel:
                 centroids, features, distance=d["distance"], inertia=d.get("inertia"),
                 n_iter=d.get("n_iter", 0), converged=d.get("converged", False),
                 stop=d.get("stop"), cluster_sizes=d.get("cluster_sizes"),
-                params=d.get("params"),
+                history=d.get("history"), params=d.get("params"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{source} is not a valid kmeans-dist model: {exc}") from None

@@ -190,32 +190,41 @@ class SampleResult:
     candidates: list[Candidate]
 
 
-def _race_keys(b: Block, step: SampleStep, u: np.ndarray) -> tuple[np.ndarray, float]:
-    if step.centers is None:
-        mass = np.ones(b.rows) if b.w is None else b.w
-    else:
-        d2 = kernels.min_distances(b.x, b.x_sq, step.centers)
-        mass = d2 if b.w is None else d2 * b.w
-    with np.errstate(divide="ignore"):
-        keys = -np.log(u) / mass
-    return keys, kernels.sequential_sum(mass)
+def _mass(b: Block, centers: np.ndarray | None) -> np.ndarray:
+    """Each row's sampling mass: its weight, times d^2 to the nearest center when given."""
+    if centers is None:
+        return np.ones(b.rows) if b.w is None else b.w
+    d2 = kernels.min_distances(b.x, b.x_sq, centers)
+    return d2 if b.w is None else d2 * b.w
 
 
-def sample(blocks: Iterable[Block], step: SampleStep) -> SampleResult:
+def _smallest_keys(blocks: Iterable[Block], seed: int, stream: int, n: int, offsets: list[int],
+                   centers: np.ndarray | None, key_of) -> SampleResult:
+    """Per partition: total mass, and the ``n`` rows with the smallest finite key_of(mass, u)."""
     cost = 0.0
     found: list[Candidate] = []
     for b in blocks:
-        first = step.offsets[b.part] + b.start
-        u = kernels.row_uniforms(step.seed, step.stream, first, b.rows)
-        keys, block_cost = _race_keys(b, step, u)
-        cost += block_cost
-        n = min(step.n, b.rows)
-        idx = np.argpartition(keys, n - 1)[:n] if n < b.rows else np.arange(b.rows)
+        first = offsets[b.part] + b.start
+        mass = _mass(b, centers)
+        cost += kernels.sequential_sum(mass)
+        with np.errstate(divide="ignore"):
+            keys = key_of(mass, kernels.row_uniforms(seed, stream, first, b.rows))
+        m = min(n, b.rows)
+        idx = np.argpartition(keys, m - 1)[:m] if m < b.rows else np.arange(b.rows)
         for i in idx:
             if np.isfinite(keys[i]):
                 w = 1.0 if b.w is None else float(b.w[i])
                 found.append(Candidate(float(keys[i]), first + int(i), b.x[i].copy(), w))
-    return SampleResult(cost, smallest(found, step.n))
+    return SampleResult(cost, smallest(found, n))
+
+
+def _race_key(mass: np.ndarray, u: np.ndarray) -> np.ndarray:
+    return -np.log(u) / mass  # rows with no mass get +inf: never drawn
+
+
+def sample(blocks: Iterable[Block], step: SampleStep) -> SampleResult:
+    return _smallest_keys(blocks, step.seed, step.stream, step.n, step.offsets, step.centers,
+                          _race_key)
 
 
 @dataclass
@@ -234,22 +243,13 @@ class OversampleStep:
     centers: np.ndarray
 
 
+def _ratio_key(mass: np.ndarray, u: np.ndarray) -> np.ndarray:
+    return np.where(mass > 0, -(mass / u), np.inf)  # smallest key = largest ratio
+
+
 def oversample(blocks: Iterable[Block], step: OversampleStep) -> SampleResult:
-    cost = 0.0
-    found: list[Candidate] = []
-    for b in blocks:
-        first = step.offsets[b.part] + b.start
-        u = kernels.row_uniforms(step.seed, step.stream, first, b.rows)
-        d2 = kernels.min_distances(b.x, b.x_sq, step.centers)
-        mass = d2 if b.w is None else d2 * b.w
-        cost += kernels.sequential_sum(mass)
-        keys = -(mass / u)  # smallest key = largest ratio
-        n = min(step.cap, b.rows)
-        idx = np.argpartition(keys, n - 1)[:n] if n < b.rows else np.arange(b.rows)
-        for i in idx:
-            if keys[i] < 0:
-                found.append(Candidate(float(keys[i]), first + int(i), b.x[i].copy()))
-    return SampleResult(cost, smallest(found, step.cap))
+    return _smallest_keys(blocks, step.seed, step.stream, step.cap, step.offsets, step.centers,
+                          _ratio_key)
 
 
 def nearest_weights(blocks: Iterable[Block], centers: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Classic Spark: a cached RDD of numpy blocks, a broadcast value, one mapPartitions job."""
+"""Classic Spark: a cached RDD of numpy blocks and one mapPartitions job per task function."""
 
 from __future__ import annotations
 
@@ -10,23 +10,25 @@ from pyspark import RDD, StorageLevel
 from kmeans_dist.transport.base import TaskFn
 
 
-def _apply(fn: TaskFn, broadcast, blocks: Iterable) -> Iterable:
-    yield fn(blocks, broadcast.value)
+def _apply(fn: TaskFn, value: Any, blocks: Iterable) -> Iterable:
+    yield fn(blocks, value)
 
 
 class RDDTransport:
-    """Blocks cached in executor memory; each ``run`` is one Spark job with one task per partition."""
+    """Blocks cached on the executors; each ``run`` is one Spark job with one task per partition.
+
+    The driver's value (the centroids) travels inside the task closure. Spark broadcasts each
+    stage's serialized tasks to the executors once, and PySpark turns a closure over 1 MB into an
+    explicit broadcast variable, so large centroid sets are broadcast too. An explicit
+    ``sc.broadcast`` per iteration was measured at ~50-70 ms more per job on 2 cores than this.
+    """
 
     def __init__(self, rdd: RDD, storage_level: StorageLevel = StorageLevel.MEMORY_AND_DISK):
         self.rdd = rdd.persist(storage_level)
         self.num_partitions = rdd.getNumPartitions()
 
     def run(self, fn: TaskFn, value: Any) -> list:
-        broadcast = self.rdd.context.broadcast(value)
-        try:
-            return self.rdd.mapPartitions(functools.partial(_apply, fn, broadcast)).collect()
-        finally:
-            broadcast.destroy(blocking=False)
+        return self.rdd.mapPartitions(functools.partial(_apply, fn, value)).collect()
 
     def release(self) -> None:
         self.rdd.unpersist(blocking=False)

@@ -1,0 +1,425 @@
+"""End-to-end tests of the train job (jobs/train.py), run with its real flags and files.
+
+Every subprocess that starts Spark costs a JVM (15-40 s on a busy 2-core machine), so the module
+fixture ``runs`` starts them all together in the background on first use, and meanwhile runs the
+data-error cases through the same script inside the test's own SparkSession; each test then checks
+its own run. Errors caught by argument checking (before Spark starts) are cheap subprocesses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import math
+import os
+import re
+import runpy
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+JOB = "jobs/train.py"
+TIMEOUT = 300
+PARALLEL_RUNS = 3
+#: data errors run in the test's own SparkSession (see ``runs``); everything else is a subprocess
+IN_PROCESS = ["missing_feature", "non_numeric", "bad_init_shape", "k_too_large", "nan_feature"]
+
+IRIS_FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+MODEL_KEYS = {"format_version", "k", "features", "distance", "centroids", "inertia", "n_iter",
+              "converged", "cluster_sizes", "params"}
+REPORT_KEYS = {"history", "inertia", "n_iter", "converged", "cluster_sizes", "seconds"}
+HISTORY_KEYS = {"iteration", "inertia", "moved", "shift", "seconds"}
+ITERATION_LINE = re.compile(
+    r"iteration (\d+): inertia (\S+), moved (\d+), shift (\S+), (\S+) ?s\s*$", re.MULTILINE
+)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def job_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYSPARK_PYTHON"] = sys.executable
+    env["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    env.pop("PYSPARK_GATEWAY_PORT", None)  # never attach to the test session's own JVM
+    env.pop("PYSPARK_GATEWAY_SECRET", None)
+    return env
+
+
+def run_job(*args: str, spark: bool = True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, JOB, *map(str, args)]
+    if spark:
+        cmd += ["--master", "local[2]"]
+    return subprocess.run(cmd, cwd=ROOT, env=job_env(), capture_output=True, text=True,
+                          timeout=TIMEOUT)
+
+
+def last_line(text: str) -> str:
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+def describe(proc: subprocess.CompletedProcess) -> str:
+    return (f"exit code {proc.returncode}\n--- stdout ---\n{proc.stdout[-3000:]}"
+            f"\n--- stderr ---\n{proc.stderr[-5000:]}")
+
+
+def write_csv(path: Path, header: list[str], rows) -> Path:
+    with open(path, "w") as f:
+        f.write(",".join(header) + "\n")
+        for row in rows:
+            f.write(",".join(v if isinstance(v, str) else repr(float(v)) for v in row) + "\n")
+    return path
+
+
+def assert_user_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    """Exit code 2, last stderr line 'error: ...' naming every needle; returns that line."""
+    assert proc.returncode == 2, describe(proc)
+    line = last_line(proc.stderr)
+    assert line.startswith("error:"), describe(proc)
+    for needle in needles:
+        assert needle in line, f"{needle!r} not named in {line!r}"
+    assert "Traceback" not in proc.stderr, describe(proc)
+    return line
+
+
+def assert_nothing_written(out: Path) -> None:
+    assert not out.exists(), f"{out} was left behind: {sorted(os.listdir(out))}"
+    leftovers = [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
+    assert not leftovers, f"staging leftovers next to {out}: {leftovers}"
+
+
+# --------------------------------------------------------------------------- input data
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Inputs in a temporary directory: iris CSV (+ string label), weighted Parquet, bad CSVs."""
+    from sklearn.datasets import load_iris, make_blobs
+
+    d = tmp_path_factory.mktemp("train_job")
+    x, y = load_iris(return_X_y=True)
+    species = np.array(["setosa", "versicolor", "virginica"])[y]
+    # floats written with repr() read back bit-exactly, so sklearn sees the same numbers as Spark
+    iris = write_csv(d / "iris.csv", IRIS_FEATURES + ["species"],
+                     [[*map(float, r), s] for r, s in zip(x, species)])
+    init = x[[0, 1, 2]]  # three close setosa rows: a real run of ~12 Lloyd iterations
+    init_csv = write_csv(d / "init.csv", IRIS_FEATURES, init)
+    bad_init = write_csv(d / "bad_init.csv", IRIS_FEATURES, x[[0, 60]])  # 2 rows for k=3
+
+    bx, _ = make_blobs(n_samples=240, n_features=3, centers=3, cluster_std=2.0,
+                       center_box=(5.0, 25.0), random_state=7)
+    rng = np.random.default_rng(11)
+    w = rng.uniform(0.2, 3.0, size=len(bx))
+    features = ["x3", "x1"]  # not the column order, and x2 left out
+    bxf = bx[:, [2, 0]]
+    blobs_init = bxf[[0, 1, 2]]
+    blobs_init_csv = write_csv(d / "blobs_init.csv", features, blobs_init)
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({
+        "id": pa.array(np.arange(len(bx)), pa.int64()),
+        "x1": bx[:, 0], "x2": bx[:, 1], "x3": bx[:, 2], "w": w,
+        "tag": [f"t{i % 4}" for i in range(len(bx))],
+    })
+    # a Parquet file whose name says .csv: only --format parquet makes it readable
+    blobs = d / "points.csv"
+    pq.write_table(table, blobs)
+
+    tiny = write_csv(d / "tiny.csv", ["a", "b"], [[1, 2], [3, 4], [5, 6.5], [7, 8], [9, 10]])
+    holes = d / "holes.csv"
+    holes.write_text("a,b,name\n1.0,2.0,p\n3.0,,q\n5.0,6.5,r\n7.0,8.0,s\n")
+
+    return {
+        "dir": d, "iris": iris, "x": x, "species": species, "init": init, "init_csv": init_csv,
+        "bad_init": bad_init, "blobs": blobs, "bx": bxf, "w": w, "blobs_features": features,
+        "blobs_init": blobs_init, "blobs_init_csv": blobs_init_csv, "tiny": tiny, "holes": holes,
+    }
+
+
+# --------------------------------------------------------------------------- the Spark runs
+
+
+def _spark_runs(data) -> dict[str, tuple[list[str], Path]]:
+    d = data["dir"]
+    iris, tiny = str(data["iris"]), str(data["tiny"])
+
+    def out(name):
+        return d / name
+
+    runs = {
+        "csv": ["--input", iris, "--k", "3", "--init", data["init_csv"], "--seed", "5"],
+        "parquet_overwrite": [
+            "--input", data["blobs"], "--format", "parquet", "--k", "3",
+            "--features", ",".join(data["blobs_features"]), "--weight-col", "w",
+            "--init", data["blobs_init_csv"], "--overwrite",
+        ],
+        "exists": ["--input", tiny, "--k", "2"],
+        "missing_input": ["--input", d / "no_such_input.csv", "--k", "2"],
+        "missing_feature": ["--input", iris, "--k", "3", "--features", "sepal_length,petal_size"],
+        "non_numeric": ["--input", iris, "--k", "3", "--features", "sepal_length,species"],
+        "bad_init_shape": ["--input", iris, "--k", "3", "--init", data["bad_init"]],
+        "k_too_large": ["--input", tiny, "--k", "6"],
+        "nan_feature": ["--input", data["holes"], "--k", "2"],
+    }
+    return {name: ([str(a) for a in args] + ["--output", str(out(f"out_{name}"))],
+                   out(f"out_{name}")) for name, args in runs.items()}
+
+
+def run_job_in_process(*args: str) -> subprocess.CompletedProcess:
+    """Run jobs/train.py's __main__ in this process, in the active (test) SparkSession.
+
+    The same script, flags and error handling as a subprocess, minus a JVM start: for the data
+    errors, which only differ from one another after Spark has read the input.
+    """
+    argv = [JOB, *map(str, args), "--master", "local[2]"]
+    out, err = io.StringIO(), io.StringIO()
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level, sys.argv, list(sys.path))
+    code = 0
+    try:
+        sys.argv = argv
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                runpy.run_path(str(ROOT / JOB), run_name="__main__")
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        root.handlers[:], root.level, sys.argv, sys.path[:] = saved
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture(scope="module")
+def runs(data, request):
+    """Every Spark-starting run: name -> (process, output dir).
+
+    The subprocess runs start together in the background on first use; while they run, the test
+    SparkSession starts and the data-error cases run in it (set KMEANS_E2E_SUBPROCESS=1 to run
+    those as subprocesses too: a JVM each, ~15-30 s apiece on a busy 2-core machine).
+    """
+    specs = _spark_runs(data)
+    # existing output directories, each with a sentinel file
+    for name in ("exists", "parquet_overwrite"):
+        out = specs[name][1]
+        out.mkdir()
+        (out / "sentinel.txt").write_text("keep me\n")
+    in_process = [] if os.environ.get("KMEANS_E2E_SUBPROCESS") == "1" else IN_PROCESS
+    # slowest first
+    order = ["csv", "parquet_overwrite", "k_too_large", "nan_feature", "missing_feature",
+             "non_numeric", "bad_init_shape", "exists", "missing_input"]
+    with ThreadPoolExecutor(PARALLEL_RUNS) as pool:
+        futures = {name: pool.submit(run_job, *specs[name][0])
+                   for name in order if name not in in_process}
+        results = {}
+        if in_process:
+            request.getfixturevalue("spark")
+            for name in in_process:
+                results[name] = run_job_in_process(*specs[name][0])
+        results.update({name: f.result() for name, f in futures.items()})
+    return {name: (results[name], specs[name][1]) for name in order}
+
+
+def ok_run(runs, name):
+    proc, out = runs[name]
+    assert proc.returncode == 0, describe(proc)
+    return proc, out
+
+
+def listing(path: Path) -> list[str]:
+    """Visible entries of a directory (Hadoop's local filesystem adds hidden .crc files)."""
+    return sorted(p for p in os.listdir(path) if not p.startswith("."))
+
+
+def read_json(path: Path) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+# --------------------------------------------------------------------------- 1. CSV, explicit init
+
+
+def test_csv_fit_matches_sklearn_and_writes_contract(runs, data):
+    from sklearn.cluster import KMeans as SkKMeans
+
+    proc, out = ok_run(runs, "csv")
+    assert listing(out) == ["assignments", "model.json", "report.json"]
+    model = read_json(out / "model.json")
+    n = len(data["x"])
+
+    # every contract field, with the right type
+    assert MODEL_KEYS <= set(model), MODEL_KEYS - set(model)
+    assert model["format_version"] == 1 and type(model["format_version"]) is int
+    assert model["k"] == 3 and type(model["k"]) is int
+    # default features: the numeric columns, in file order; the string label is not one
+    assert model["features"] == IRIS_FEATURES
+    assert model["distance"] == "euclidean"
+    assert isinstance(model["centroids"], list) and len(model["centroids"]) == 3
+    assert all(isinstance(r, list) and len(r) == 4 for r in model["centroids"])
+    assert all(type(v) is float and math.isfinite(v) for r in model["centroids"] for v in r)
+    assert type(model["inertia"]) is float
+    assert type(model["n_iter"]) is int and 1 <= model["n_iter"] <= 300
+    assert type(model["converged"]) is bool and model["converged"] is True
+    sizes = model["cluster_sizes"]
+    assert isinstance(sizes, list) and all(type(s) is int for s in sizes)
+    assert len(sizes) == 3 and sum(sizes) == n
+    params = model["params"]
+    assert isinstance(params, dict)
+    assert params["k"] == 3 and params["init"] == str(data["init_csv"]) and params["seed"] == 5
+    assert params["max_iter"] == 300 and params["tol"] == 0.0
+    assert params["distance"] == "euclidean" and params["weight_col"] is None
+
+    # exactly scikit-learn's Lloyd from the same initial centroids
+    sk = SkKMeans(3, init=data["init"], n_init=1, algorithm="lloyd", tol=0, max_iter=300).fit(
+        data["x"])
+    np.testing.assert_allclose(np.array(model["centroids"]), sk.cluster_centers_,
+                               rtol=1e-9, atol=0)
+    assert model["inertia"] == pytest.approx(sk.inertia_, rel=1e-9)
+    assert sizes == np.bincount(sk.labels_, minlength=3).tolist()
+
+    # report.json
+    report = read_json(out / "report.json")
+    assert REPORT_KEYS <= set(report), REPORT_KEYS - set(report)
+    assert report["inertia"] == model["inertia"]
+    assert report["n_iter"] == model["n_iter"]
+    assert report["converged"] is model["converged"]
+    assert report["cluster_sizes"] == sizes
+    assert isinstance(report["seconds"], (int, float)) and report["seconds"] > 0
+    history = report["history"]
+    assert len(history) == model["n_iter"]
+    for i, entry in enumerate(history, start=1):
+        assert set(entry) == HISTORY_KEYS, entry
+        assert entry["iteration"] == i
+        assert type(entry["moved"]) is int and 0 <= entry["moved"] <= n
+        assert isinstance(entry["inertia"], float) and entry["inertia"] >= 0
+        assert isinstance(entry["shift"], float) and entry["shift"] >= 0
+        assert isinstance(entry["seconds"], (int, float)) and entry["seconds"] >= 0
+    assert history[-1]["moved"] == 0  # converged with tol=0: no row changed cluster
+    assert all(e["moved"] > 0 for e in history[:-1])
+
+    # one log line per iteration, numbered 1..n_iter, matching the history
+    logged = ITERATION_LINE.findall(proc.stderr)
+    assert [int(m[0]) for m in logged] == list(range(1, model["n_iter"] + 1)), proc.stderr
+    assert [int(m[2]) for m in logged] == [e["moved"] for e in history]
+    assert str(out) in proc.stdout  # the summary says where it wrote
+
+
+# --------------------------------------------------------------------------- 2. assignments
+
+
+def test_assignments_equal_model_transform(runs, data, spark):
+    from chispa import assert_df_equality
+    from pyspark.sql import types as T
+
+    from kmeans_dist.model import KMeansModel
+
+    _, out = ok_run(runs, "csv")
+    assignments = spark.read.parquet(str(out / "assignments"))
+    assert assignments.schema["cluster"].dataType == T.IntegerType()
+    assert assignments.columns == IRIS_FEATURES + ["species", "cluster"]  # label kept
+    assert dict(assignments.dtypes)["species"] == "string"
+
+    model = KMeansModel.load(str(out / "model.json"))
+    input_df = spark.read.option("header", True).option("inferSchema", True).csv(
+        str(data["iris"]))
+    expected = model.transform(input_df)
+    assert_df_equality(assignments, expected, ignore_row_order=True)
+
+    counts = {r["cluster"]: r["count"] for r in assignments.groupBy("cluster").count().collect()}
+    assert counts == {i: s for i, s in enumerate(read_json(out / "model.json")["cluster_sizes"])}
+
+
+# --------------------------------------------------------------------------- 3. Parquet, weights
+
+
+def test_parquet_features_and_weights(runs, data, spark):
+    from sklearn.cluster import KMeans as SkKMeans
+
+    _, out = ok_run(runs, "parquet_overwrite")
+    model = read_json(out / "model.json")
+    assert model["features"] == data["blobs_features"]  # as given, in that order
+    assert model["params"]["weight_col"] == "w"
+    assert np.array(model["centroids"]).shape == (3, 2)
+    assert sum(model["cluster_sizes"]) == len(data["bx"])
+
+    sk = SkKMeans(3, init=data["blobs_init"], n_init=1, algorithm="lloyd", tol=0,
+                  max_iter=300).fit(data["bx"], sample_weight=data["w"])
+    np.testing.assert_allclose(np.array(model["centroids"]), sk.cluster_centers_,
+                               rtol=1e-9, atol=0)
+    assert model["inertia"] == pytest.approx(sk.inertia_, rel=1e-9)
+
+    assignments = spark.read.parquet(str(out / "assignments"))
+    assert assignments.columns == ["id", "x1", "x2", "x3", "w", "tag", "cluster"]
+    assert assignments.count() == len(data["bx"])
+
+
+# --------------------------------------------------------------------------- 4. existing output
+
+
+def test_existing_output_dir_is_refused_and_untouched(runs):
+    proc, out = runs["exists"]
+    assert_user_error(proc, str(out), "--overwrite")
+    assert sorted(os.listdir(out)) == ["sentinel.txt"]
+    assert (out / "sentinel.txt").read_text() == "keep me\n"
+
+
+def test_overwrite_replaces_existing_output_dir(runs):
+    _, out = ok_run(runs, "parquet_overwrite")
+    assert listing(out) == ["assignments", "model.json", "report.json"]
+    assert not (out / "sentinel.txt").exists()
+    leftovers = [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
+    assert not leftovers
+
+
+# --------------------------------------------------------------------------- 5. user errors
+
+
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (["--k", "0"], ["k", "got 0"]),
+        (["--k", "2.5"], ["--k", "2.5"]),
+        (["--k", "2", "--init", "foo"], ["init", "foo"]),
+        (["--k", "2", "--distance", "manhattan"], ["distance", "manhattan"]),
+        (["--k", "2", "--max-iter", "0"], ["max_iter", "got 0"]),
+        (["--k", "2", "--tol", "-1"], ["tol", "-1"]),
+    ],
+    ids=["k=0", "k=2.5", "init=foo", "distance=manhattan", "max-iter=0", "tol=-1"],
+)
+def test_bad_parameters(tmp_path, data, args, needles):
+    out = tmp_path / "out"
+    proc = run_job("--input", data["iris"], *args, "--output", out)
+    assert_user_error(proc, *needles)
+    assert_nothing_written(out)
+
+
+@pytest.mark.parametrize(
+    "name, needles",
+    [
+        ("missing_input", ["no_such_input.csv"]),
+        ("missing_feature", ["petal_size"]),
+        ("non_numeric", ["species"]),
+        ("bad_init_shape", ["bad_init.csv"]),
+        ("k_too_large", ["k=6", "(5)"]),
+        ("nan_feature", ["feature"]),
+    ],
+)
+def test_bad_input(runs, data, name, needles):
+    proc, out = runs[name]
+    line = assert_user_error(proc, *needles)
+    if name == "missing_input":
+        assert str(data["dir"] / "no_such_input.csv") in line
+    if name == "bad_init_shape":
+        assert str(data["bad_init"]) in line
+    if name == "nan_feature":
+        assert "null" in line or "NaN" in line, line
+        assert "'b'" in line or '"b"' in line, f"the bad column is not named: {line}"
+    assert_nothing_written(out)
