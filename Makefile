@@ -25,7 +25,7 @@ check-java:
 	@command -v java >/dev/null 2>&1 || { echo "error: Java 17+ is required by Spark and was not found on PATH (install e.g. openjdk-17-jre-headless)"; exit 1; }
 
 run: check-java install
-	$(PY) jobs/train.py --input data/iris.csv --k 3 --seed 42 --output $(OUT) --overwrite --label-col species
+	$(PY) jobs/train.py --conf conf/local.yaml --input data/iris.csv --k 3 --seed 42 --output $(OUT) --overwrite --label-col species
 
 test: check-java install
 	$(PY) -m pytest -q

@@ -145,9 +145,9 @@ class KMeans:
             n_iter=result.n_iter, converged=result.converged, stop=result.stop,
             cluster_sizes=result.cluster_sizes, history=result.history, params=self.params(),
         )
-        model.seconds = time.perf_counter() - started
         log.info("fit done: k=%d, %d rows, inertia %.6g, %d iterations, stop=%s, %.1fs",
-                 self.k, summary.rows, model.inertia, model.n_iter, model.stop, model.seconds)
+                 self.k, summary.rows, model.inertia, model.n_iter, model.stop,
+                 time.perf_counter() - started)
         return model
 
     def _given_centroids(self, d: int) -> np.ndarray | None:

@@ -8,7 +8,7 @@ import logging
 import time
 
 from kmeans_dist import cli, io
-from kmeans_dist.config import get_session
+from kmeans_dist.config import get_session, load_conf
 from kmeans_dist.estimator import KMeans
 from kmeans_dist.init import INITS
 from kmeans_dist.model import DISTANCES, KMeansModel
@@ -33,6 +33,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-col", help="non-negative row weights")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--label-col", help="a known label column to cross-tabulate in the summary")
+    p.add_argument("--conf", dest="conf_file", help="a conf/*.yaml profile (flags win over it)")
     p.add_argument("--master", help="Spark master when run with python (default local[*])")
     return p
 
@@ -58,7 +59,11 @@ def run(args: argparse.Namespace) -> KMeansModel:
         args.k, init=args.init, seed=args.seed, max_iter=args.max_iter, tol=args.tol,
         distance=args.distance, weight_col=args.weight_col,
     )
-    spark = get_session(args.master, app_name="kmeans-dist train")
+    conf = load_conf(args.conf_file) if args.conf_file else {"master": None, "spark": {}}
+    spark = get_session(args.master or conf["master"], app_name="kmeans-dist train",
+                        conf=conf["spark"])
+    log.info("config: %s, master %s, default parallelism %d", args.conf_file or "built-in defaults",
+             spark.sparkContext.master, spark.sparkContext.defaultParallelism)
     io.check_output_dir(args.output, args.overwrite)
     df = io.read_table(args.input, args.format)
     model = estimator.fit(df, args.features)
