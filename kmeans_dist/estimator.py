@@ -13,7 +13,7 @@ from pyspark.sql import DataFrame
 from kmeans_dist import data, engine, io, kernels, tasks
 from kmeans_dist import init as inits
 from kmeans_dist.model import DISTANCES, KMeansModel
-from kmeans_dist.transport import RDDTransport, Transport
+from kmeans_dist.transport import TRANSPORTS, Transport
 
 log = logging.getLogger("kmeans_dist")
 
@@ -72,6 +72,7 @@ class KMeans:
         block_rows: int | None = None,
         num_partitions: int | None = None,
         use_numba: bool | None = None,
+        transport: str = "files",
     ) -> None:
         self.k = _check_int("k", k, 1)
         self.max_iter = _check_int("max_iter", max_iter, 1)
@@ -82,6 +83,8 @@ class KMeans:
             num_partitions = _check_int("num_partitions", num_partitions, 1)
         if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not tol >= 0:
             raise ValueError(f"tol must be a number >= 0, got {tol!r}")
+        if transport not in TRANSPORTS:
+            raise ValueError(f"unknown transport '{transport}'; use one of {', '.join(TRANSPORTS)}")
         if distance not in DISTANCES:
             raise ValueError(f"unknown distance '{distance}'; use one of {', '.join(DISTANCES)}")
         if isinstance(init, str):
@@ -103,6 +106,7 @@ class KMeans:
         self.block_rows = block_rows
         self.num_partitions = num_partitions
         self.use_numba = use_numba
+        self.transport = transport
 
     def params(self) -> dict[str, Any]:
         """The fit parameters, as recorded in the saved model."""
@@ -129,7 +133,7 @@ class KMeans:
             cosine=self.distance == "cosine",
             num_partitions=self.num_partitions or _default_partitions(df),
         )
-        transport = RDDTransport(data.block_rdd(frame, d))
+        transport = TRANSPORTS[self.transport](data.block_rdd(frame, d))
         try:
             summary, offsets = self._summarize(transport, d)
             centroids = self._initial_centroids(transport, given, summary.rows, offsets)

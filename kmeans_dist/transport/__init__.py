@@ -6,6 +6,10 @@ inits only ever call ``run``; everything Spark-specific (caching, broadcast, job
 """
 
 from kmeans_dist.transport.base import Transport
+from kmeans_dist.transport.local_files import LocalFilesTransport
 from kmeans_dist.transport.rdd import RDDTransport
 
-__all__ = ["Transport", "RDDTransport"]
+#: transport names accepted by ``KMeans(transport=...)``
+TRANSPORTS = {"files": LocalFilesTransport, "rdd": RDDTransport}
+
+__all__ = ["Transport", "RDDTransport", "LocalFilesTransport", "TRANSPORTS"]
