@@ -169,9 +169,7 @@ class KMeans:
     def _summarize(self, transport: Transport, d: int) -> tuple[tasks.Summary, list[int]]:
         """Caches the blocks (first pass) and checks what was dropped; returns row offsets."""
         parts = transport.run(tasks.summarize, d)
-        total = parts[0]
-        for p in parts[1:]:
-            total = total.add(p)
+        total = kernels.fold(parts)
         if total.problems:
             reason, (count, example) = next(iter(total.problems.items()))
             raise ValueError(f"{count} input rows have a {reason}, e.g. {example}")

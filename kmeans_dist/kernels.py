@@ -99,8 +99,8 @@ class Partials:
         )
 
 
-def fold(parts: list[Partials]) -> Partials:
-    """Left fold of partials in the given (partition) order."""
+def fold(parts: list):
+    """Left fold with ``.add`` in the given (partition) order (Partials, tasks.Summary)."""
     total = parts[0]
     for p in parts[1:]:
         total = total.add(p)

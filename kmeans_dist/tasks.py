@@ -98,15 +98,6 @@ class LloydStep:
     numba: bool | None = None
 
 
-def _previous_labels(b: Block, step: LloydStep) -> np.ndarray | None:
-    if step.prev_centroids is None:
-        return None
-    cached = LABELS.get((step.run_id, b.part, b.start), step.iteration - 1)
-    if cached is not None:
-        return cached
-    return kernels.assign(b.x, b.x_sq, step.prev_centroids)[0]
-
-
 def current_labels(b: Block, run_id: str, iteration: int, centroids: np.ndarray) -> np.ndarray:
     """The block's labels under the centroids of ``iteration`` (cached, else recomputed)."""
     cached = LABELS.get((run_id, b.part, b.start), iteration)
@@ -120,7 +111,9 @@ def lloyd(blocks: Iterable[Block], step: LloydStep) -> kernels.Partials:
     k, d = step.centroids.shape
     total = kernels.Partials.zeros(k, d)
     for b in blocks:
-        prev = _previous_labels(b, step)
+        prev = None
+        if step.prev_centroids is not None:
+            prev = current_labels(b, step.run_id, step.iteration - 1, step.prev_centroids)
         part, labels = kernels.block_partials(
             b.x, b.x_sq, b.w, step.centroids, prev, numba=step.numba
         )
