@@ -48,8 +48,8 @@ def _store(token: str, blocks: Iterable[Block]) -> list[dict]:
                 tmp = f"{path}.{uuid.uuid4().hex}.tmp.npy"
                 np.save(tmp, np.ascontiguousarray(arr))
                 os.replace(tmp, path)
-        handles.append({"part": b.part, "start": b.start, "rows": b.rows,
-                        "has_w": b.w is not None, "problems": b.problems})
+        handles.append({"part": b.part, "start": b.start, "has_w": b.w is not None,
+                        "problems": b.problems})
     return handles
 
 
@@ -66,10 +66,6 @@ def _open(token: str, handles: list[dict]) -> list[Block] | None:
             return None
         blocks.append(Block(h["part"], h["start"], x, x_sq, w, h["problems"]))
     return blocks
-
-
-def _handles_of(token: str, blocks: Iterator[Block]) -> Iterator[dict]:
-    yield from _store(token, blocks)
 
 
 def _from_files(fn: TaskFn, value: Any, token: str, handles: Iterator[dict]) -> Iterator:
@@ -96,7 +92,7 @@ class LocalFilesTransport:
     def __init__(self, rdd: RDD):
         self.source = rdd
         self.token = uuid.uuid4().hex
-        self.handles = rdd.mapPartitions(functools.partial(_handles_of, self.token))
+        self.handles = rdd.mapPartitions(functools.partial(_store, self.token))
         self.handles.persist(StorageLevel.MEMORY_AND_DISK)
         self.num_partitions = rdd.getNumPartitions()
         self.misses = 0
