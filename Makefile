@@ -8,7 +8,7 @@ OUT    ?= out/iris
 export PYSPARK_PYTHON := $(abspath $(PY))
 export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 
-.PHONY: run test install check-java clean
+.PHONY: run test bench package package-env install check-java clean
 
 $(PY):
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "kmeans-dist needs Python >= 3.10, found " + sys.version.split()[0]'
@@ -16,7 +16,7 @@ $(PY):
 
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,bench]'
 	@rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)
@@ -30,5 +30,17 @@ run: check-java install
 test: check-java install
 	$(PY) -m pytest -q
 
+# Speed against Spark MLlib and scikit-learn (not part of make test): writes BENCHMARKS.md
+bench: check-java install
+	$(PY) bench/run.py
+
+# dist/kmeans_dist.zip for spark-submit --py-files (pure Python, built from the sources)
+package: install
+	$(PY) -m kmeans_dist.packaging zip dist/kmeans_dist.zip
+
+# dist/kmeans_dist_env.tar.gz for --archives, when executors lack numpy/pyarrow/numba (venv-pack)
+package-env: install
+	$(PY) -m kmeans_dist.packaging env dist/kmeans_dist_env.tar.gz
+
 clean:
-	rm -rf out .pytest_cache
+	rm -rf out dist .pytest_cache

@@ -1,4 +1,8 @@
-"""What the jobs share: logging, flags, and turning a user error into one line and exit code 2."""
+"""What the jobs share: logging, Spark flags and session, and exit codes.
+
+Exit codes: 0 success; 2 bad input or usage (one ``error: ...`` line, nothing written); 1 anything
+unexpected (the traceback goes to the log, then one ``error: ...`` line).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,16 @@ import argparse
 import logging
 import sys
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
+
+from pyspark.sql import SparkSession
 
 #: exit code for bad input or parameters (nothing was written)
 EXIT_USAGE = 2
+#: exit code for an unexpected failure (a bug, a lost cluster, ...)
+EXIT_FAILURE = 1
+
+log = logging.getLogger("kmeans_dist")
 
 
 def setup_logging() -> None:
@@ -36,11 +46,56 @@ class OneLineParser(argparse.ArgumentParser):
         sys.exit(EXIT_USAGE)
 
 
+def add_spark_args(p: argparse.ArgumentParser) -> None:
+    """--conf, --master, --partitions: where and how wide to run (flags win over the file)."""
+    p.add_argument("--conf", dest="conf_file", help="a conf/*.yaml profile (flags win over it)")
+    p.add_argument("--master", help="Spark master when run with python (default local[*])")
+    p.add_argument("--partitions", type=int,
+                   help="partitions the data is cached in (default: the cluster's cores)")
+
+
+def start_session(args: argparse.Namespace, app_name: str) -> tuple[SparkSession, int]:
+    """The session the flags and conf file ask for, and the partition count to use; logs both."""
+    from kmeans_dist.config import get_session, load_conf
+
+    conf = load_conf(args.conf_file) if args.conf_file else {"master": None, "partitions": None,
+                                                             "spark": {}}
+    partitions = args.partitions if args.partitions is not None else conf["partitions"]
+    if partitions is not None and partitions < 1:
+        raise ValueError(f"--partitions must be >= 1, got {partitions}")
+    spark = get_session(args.master or conf["master"], app_name=app_name, conf=conf["spark"])
+    sc = spark.sparkContext
+    chosen = partitions or sc.defaultParallelism
+    log.info("config: %s; master %s; partitions %d%s", args.conf_file or "built-in defaults",
+             sc.master, chosen, "" if partitions else " (the cluster's cores)")
+    return spark, chosen
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """ValueError / FileNotFoundError -> 'error: ...' on stderr and exit 2 (no traceback)."""
+    """ValueError / FileNotFoundError -> one 'error: ...' line, exit 2 (no traceback); anything
+    else -> traceback in the log, then one 'error: ...' line, exit 1."""
     try:
         yield
     except (ValueError, FileNotFoundError) as exc:
-        sys.stderr.write(f"error: {str(exc).strip().splitlines()[0]}\n")
+        sys.stderr.write(f"error: {first_line(exc)}\n")
         sys.exit(EXIT_USAGE)
+    except Exception as exc:  # noqa: BLE001 - the job's last resort
+        log.exception("unexpected failure")
+        sys.stderr.write(f"error: unexpected {type(exc).__name__}: {first_line(exc)} "
+                         "(traceback above)\n")
+        sys.exit(EXIT_FAILURE)
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def main(parser: Callable[[], argparse.ArgumentParser],
+         run: Callable[[argparse.Namespace], object]) -> None:
+    """A job's whole __main__: logging, flags, run, exit codes."""
+    setup_logging()
+    args = parser().parse_args()
+    with user_errors():
+        run(args)

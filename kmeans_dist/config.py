@@ -22,8 +22,9 @@ DEFAULTS = {
 LOCAL_DEFAULTS = {"spark.ui.enabled": "false", "spark.driver.memory": "4g"}
 
 
-#: keys a conf file may hold
-CONF_KEYS = {"master": str, "spark": dict}
+#: keys a conf file may hold: the master, partitions for the fit (default: the cluster's cores),
+#: and spark.* settings
+CONF_KEYS = {"master": str, "partitions": int, "spark": dict}
 
 
 def load_conf(path: str) -> dict:
@@ -43,8 +44,11 @@ def load_conf(path: str) -> dict:
     for key, value in raw.items():
         if key not in CONF_KEYS:
             raise ValueError(f"conf file {path}: unknown key '{key}' (allowed: {sorted(CONF_KEYS)})")
-        if not isinstance(value, CONF_KEYS[key]):
-            raise ValueError(f"conf file {path}: '{key}' must be a {CONF_KEYS[key].__name__}")
+        if not isinstance(value, CONF_KEYS[key]) or isinstance(value, bool):
+            raise ValueError(f"conf file {path}: '{key}' must be a {CONF_KEYS[key].__name__}, "
+                             f"got {value!r}")
+    if raw.get("partitions", 1) < 1:
+        raise ValueError(f"conf file {path}: 'partitions' must be >= 1, got {raw['partitions']}")
     spark = raw.get("spark", {})
     for key, value in spark.items():
         if not (isinstance(key, str) and key.startswith("spark.")):
@@ -53,6 +57,7 @@ def load_conf(path: str) -> dict:
             raise ValueError(f"conf file {path}: spark setting '{key}' must be a single value")
     return {
         "master": raw.get("master"),
+        "partitions": raw.get("partitions"),
         "spark": {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in spark.items()},
     }
 
@@ -60,6 +65,17 @@ def load_conf(path: str) -> dict:
 def under_spark_submit() -> bool:
     """True when spark-submit started this Python (its JVM already exists)."""
     return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def settings_to_apply(conf: dict[str, str], existing: list[tuple[str, str]],
+                      local: bool) -> dict[str, str]:
+    """Our defaults, then the conf file's settings, minus every key already set elsewhere."""
+    settings = dict(DEFAULTS)
+    if local:
+        settings.update(LOCAL_DEFAULTS)
+    settings.update(conf)
+    taken = {key for key, _ in existing}
+    return {k: v for k, v in settings.items() if k not in taken}
 
 
 def get_session(master: str | None = None, app_name: str = "kmeans-dist",
@@ -70,17 +86,12 @@ def get_session(master: str | None = None, app_name: str = "kmeans-dist",
         return active
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.appName(app_name)
-    settings = dict(DEFAULTS)
-    if not under_spark_submit():
+    local = not under_spark_submit()
+    if local or master:
         builder = builder.master(master or "local[*]")
-        settings.update(LOCAL_DEFAULTS)
-    elif master:
-        builder = builder.master(master)
-    settings.update(conf or {})
-    existing = SparkConf()  # spark-submit's --conf and spark-defaults.conf: never overridden
-    for key, value in settings.items():
-        if not existing.contains(key):
-            builder = builder.config(key, value)
+    # spark-submit's --conf and spark-defaults.conf are in SparkConf() and are never overridden
+    for key, value in settings_to_apply(conf or {}, SparkConf().getAll(), local).items():
+        builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark

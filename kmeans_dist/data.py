@@ -63,6 +63,25 @@ def resolve_features(
     return chosen
 
 
+def check_model_features(
+    df: DataFrame, model_features: Sequence[str], columns: Sequence[str] | None = None
+) -> list[str]:
+    """The input columns holding a model's features (default: the same names), all checked:
+    every missing one is named at once, then any that is not numeric."""
+    columns = list(model_features if columns is None else columns)
+    if len(columns) != len(model_features):
+        raise ValueError(f"{len(columns)} feature columns given, but the model has "
+                         f"{len(model_features)} features ({', '.join(model_features)})")
+    types = {f.name: f.dataType for f in df.schema.fields}
+    missing = [c for c in columns if c not in types]
+    if missing:
+        raise ValueError(f"model features missing from the input: {', '.join(missing)}; "
+                         f"columns are {sorted(types)}")
+    for c in columns:
+        _check_numeric(types, c, "feature column")
+    return columns
+
+
 def _check_numeric(types: dict, name: str, what: str) -> None:
     if name not in types:
         raise ValueError(f"{what} '{name}' not found; columns are {sorted(types)}")

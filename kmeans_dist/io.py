@@ -14,7 +14,11 @@ from typing import Iterator
 
 from pyspark.sql import DataFrame, SparkSession
 
+from kmeans_dist.cli import first_line
+
 FORMATS = ("csv", "parquet")
+#: the marker a complete output directory carries (as Hadoop's committers write)
+SUCCESS = "_SUCCESS"
 
 
 def _session() -> SparkSession:
@@ -80,7 +84,8 @@ def check_output_dir(path: str, overwrite: bool) -> None:
 
 @contextmanager
 def staged_dir(path: str, overwrite: bool = False) -> Iterator[str]:
-    """Yield a staging directory; on success it replaces ``path``, on error it is removed."""
+    """Yield a staging directory; once the caller is done it gets a ``_SUCCESS`` marker and
+    replaces ``path``; on error it is removed and ``path`` is left as it was."""
     check_output_dir(path, overwrite)
     fs, p = _fs_path(path)
     parent = p.getParent()
@@ -92,9 +97,10 @@ def staged_dir(path: str, overwrite: bool = False) -> Iterator[str]:
         if not fs.mkdirs(staging):
             raise OSError(f"cannot write to {path}: could not create {staging.toString()}")
     except Exception as exc:  # py4j wraps permission errors
-        raise ValueError(f"cannot write output directory {path}: {_first_line(exc)}") from None
+        raise ValueError(f"cannot write output directory {path}: {first_line(exc)}") from None
     try:
         yield staging.toString()
+        fs.create(jvm.org.apache.hadoop.fs.Path(staging, SUCCESS), True).close()
         if fs.exists(p):
             fs.delete(p, True)
         if not fs.rename(staging, p):
@@ -102,10 +108,6 @@ def staged_dir(path: str, overwrite: bool = False) -> Iterator[str]:
     finally:
         if fs.exists(staging):
             fs.delete(staging, True)
-
-
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def table_format(path: str, fmt: str | None) -> str:

@@ -67,6 +67,18 @@ def assign(
     return labels, dist
 
 
+def row_distances(
+    x: np.ndarray, centroids: np.ndarray, labels: np.ndarray, cosine: bool = False
+) -> np.ndarray:
+    """Each row's distance to its centroid, computed directly (no GEMM cancellation):
+    Euclidean, or the cosine distance 1 - cos for rows already scaled to unit length."""
+    c = centroids[labels]
+    if cosine:
+        return 1.0 - np.einsum("ij,ij->i", x, normalize_rows(c))
+    diff = x - c
+    return np.sqrt(np.einsum("ij,ij->i", diff, diff))
+
+
 def sequential_sum(values: np.ndarray) -> float:
     """Left-to-right float64 sum (np.sum is pairwise): the order the numba loop uses."""
     if values.size == 0:

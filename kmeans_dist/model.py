@@ -61,15 +61,26 @@ class KMeansModel:
             x = kernels.normalize_rows(x)
         return kernels.assign(x, kernels.squared_norms(x), self.centroids)[0]
 
-    def transform(self, df: DataFrame, prediction_col: str = "cluster") -> DataFrame:
-        """``df`` with an int column of each row's cluster (null where a feature is null/NaN/Inf)."""
-        from kmeans_dist.data import resolve_features
+    def transform(self, df: DataFrame, prediction_col: str = "cluster",
+                  distance_col: str | None = None,
+                  features: Sequence[str] | None = None) -> DataFrame:
+        """``df`` plus an int column of each row's cluster and, if ``distance_col`` is given, a
+        double column of its distance to that centroid (Euclidean, or 1 - cos for cosine).
+        Both are null where a feature is null/NaN/Inf. ``features`` names the input columns that
+        hold the model's features, in the model's order (default: the model's feature names)."""
+        from kmeans_dist.data import check_model_features
 
-        resolve_features(df, self.features)
-        if prediction_col in df.columns:
-            raise ValueError(f"column '{prediction_col}' already exists in the input")
-        schema = T.StructType(df.schema.fields + [T.StructField(prediction_col, T.IntegerType())])
-        return df.mapInArrow(_Labeller(self.features, self.centroids, self.distance), schema)
+        columns = check_model_features(df, self.features, features)
+        added = [T.StructField(prediction_col, T.IntegerType())]
+        if distance_col is not None:
+            added.append(T.StructField(distance_col, T.DoubleType()))
+        for f in added:
+            if f.name in df.columns:
+                raise ValueError(f"column '{f.name}' already exists in the input")
+        schema = T.StructType(df.schema.fields + added)
+        return df.mapInArrow(
+            _Labeller(columns, self.centroids, self.distance, [f.name for f in added]), schema
+        )
 
     # ------------------------------------------------------------------ persistence
     def to_dict(self) -> dict[str, Any]:
@@ -132,31 +143,39 @@ class KMeansModel:
 
 
 class _Labeller:
-    """The mapInArrow function behind ``transform``: append each row's nearest centroid."""
+    """The mapInArrow function behind ``transform``: append each row's nearest centroid (and its
+    distance when a second output column is asked for)."""
 
-    def __init__(self, features: list[str], centroids: np.ndarray, distance: str) -> None:
-        self.features = features
+    def __init__(self, columns: list[str], centroids: np.ndarray, distance: str,
+                 outputs: list[str]) -> None:
+        self.columns = columns
         self.centroids = centroids
-        self.distance = distance
+        self.cosine = distance == "cosine"
+        self.outputs = outputs
 
     def __call__(self, batches):
         import pyarrow as pa
         import pyarrow.compute as pc
 
         for batch in batches:
-            x = np.empty((batch.num_rows, len(self.features)))
-            for j, name in enumerate(self.features):
+            x = np.empty((batch.num_rows, len(self.columns)))
+            for j, name in enumerate(self.columns):
                 col = pc.cast(batch.column(name), pa.float64())
                 x[:, j] = col.to_numpy(zero_copy_only=False)
             ok = np.isfinite(x).all(axis=1)
-            if self.distance == "cosine":
+            if self.cosine:
                 x = kernels.normalize_rows(np.where(ok[:, None], x, 0.0))
                 ok &= np.any(x != 0, axis=1)
             labels = np.zeros(batch.num_rows, dtype=np.int32)
+            dist = np.zeros(batch.num_rows)
             if ok.any():
                 xo = np.ascontiguousarray(x[ok])
                 labels[ok] = kernels.assign(xo, kernels.squared_norms(xo), self.centroids)[0]
-            arr = pa.array(labels, mask=~ok, type=pa.int32())
-            yield pa.RecordBatch.from_arrays(
-                batch.columns + [arr], schema=batch.schema.append(pa.field("cluster", pa.int32()))
-            )
+                if len(self.outputs) > 1:
+                    dist[ok] = kernels.row_distances(xo, self.centroids, labels[ok], self.cosine)
+            arrays = [pa.array(labels, mask=~ok, type=pa.int32()),
+                      pa.array(dist, mask=~ok, type=pa.float64())][: len(self.outputs)]
+            schema = batch.schema
+            for name, arr in zip(self.outputs, arrays):
+                schema = schema.append(pa.field(name, arr.type))
+            yield pa.RecordBatch.from_arrays(batch.columns + arrays, schema=schema)

@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import time
 
 from kmeans_dist import cli, io
-from kmeans_dist.config import get_session, load_conf
 from kmeans_dist.estimator import KMeans
 from kmeans_dist.init import INITS
 from kmeans_dist.model import DISTANCES, KMeansModel
-
-log = logging.getLogger("kmeans_dist")
-
 
 def parser() -> argparse.ArgumentParser:
     p = cli.OneLineParser(prog="train.py", description="Fit k-means with kmeans-dist.")
@@ -33,8 +28,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-col", help="non-negative row weights")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--label-col", help="a known label column to cross-tabulate in the summary")
-    p.add_argument("--conf", dest="conf_file", help="a conf/*.yaml profile (flags win over it)")
-    p.add_argument("--master", help="Spark master when run with python (default local[*])")
+    cli.add_spark_args(p)
     return p
 
 
@@ -59,13 +53,10 @@ def run(args: argparse.Namespace) -> KMeansModel:
         args.k, init=args.init, seed=args.seed, max_iter=args.max_iter, tol=args.tol,
         distance=args.distance, weight_col=args.weight_col,
     )
-    conf = load_conf(args.conf_file) if args.conf_file else {"master": None, "spark": {}}
-    spark = get_session(args.master or conf["master"], app_name="kmeans-dist train",
-                        conf=conf["spark"])
-    log.info("config: %s, master %s, default parallelism %d", args.conf_file or "built-in defaults",
-             spark.sparkContext.master, spark.sparkContext.defaultParallelism)
+    spark, partitions = cli.start_session(args, "kmeans-dist train")
     io.check_output_dir(args.output, args.overwrite)
     df = io.read_table(args.input, args.format)
+    estimator.num_partitions = partitions
     model = estimator.fit(df, args.features)
     seconds = time.perf_counter() - started
     labelled = model.transform(df)

@@ -8,25 +8,25 @@ its own run. Errors caught by argument checking (before Spark starts) are cheap 
 
 from __future__ import annotations
 
-import contextlib
-import io
+import functools
 import json
-import logging
 import math
 import os
 import re
-import runpy
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from jobutil import (assert_nothing_written, assert_user_error, describe, listing,
+                     write_csv)
+from jobutil import run_job as _run_job
+from jobutil import run_job_in_process as _run_job_in_process
+
 JOB = "jobs/train.py"
-TIMEOUT = 300
+run_job = functools.partial(_run_job, JOB)
+run_job_in_process = functools.partial(_run_job_in_process, JOB)
 PARALLEL_RUNS = 3
 #: data errors run in the test's own SparkSession (see ``runs``); everything else is a subprocess
 IN_PROCESS = ["missing_feature", "non_numeric", "bad_init_shape", "k_too_large", "nan_feature"]
@@ -42,58 +42,6 @@ ITERATION_LINE = re.compile(
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def job_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYSPARK_PYTHON"] = sys.executable
-    env["PYSPARK_DRIVER_PYTHON"] = sys.executable
-    env.pop("PYSPARK_GATEWAY_PORT", None)  # never attach to the test session's own JVM
-    env.pop("PYSPARK_GATEWAY_SECRET", None)
-    return env
-
-
-def run_job(*args: str, spark: bool = True) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, JOB, *map(str, args)]
-    if spark:
-        cmd += ["--master", "local[2]"]
-    return subprocess.run(cmd, cwd=ROOT, env=job_env(), capture_output=True, text=True,
-                          timeout=TIMEOUT)
-
-
-def last_line(text: str) -> str:
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    return lines[-1] if lines else ""
-
-
-def describe(proc: subprocess.CompletedProcess) -> str:
-    return (f"exit code {proc.returncode}\n--- stdout ---\n{proc.stdout[-3000:]}"
-            f"\n--- stderr ---\n{proc.stderr[-5000:]}")
-
-
-def write_csv(path: Path, header: list[str], rows) -> Path:
-    with open(path, "w") as f:
-        f.write(",".join(header) + "\n")
-        for row in rows:
-            f.write(",".join(v if isinstance(v, str) else repr(float(v)) for v in row) + "\n")
-    return path
-
-
-def assert_user_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
-    """Exit code 2, last stderr line 'error: ...' naming every needle; returns that line."""
-    assert proc.returncode == 2, describe(proc)
-    line = last_line(proc.stderr)
-    assert line.startswith("error:"), describe(proc)
-    for needle in needles:
-        assert needle in line, f"{needle!r} not named in {line!r}"
-    assert "Traceback" not in proc.stderr, describe(proc)
-    return line
-
-
-def assert_nothing_written(out: Path) -> None:
-    assert not out.exists(), f"{out} was left behind: {sorted(os.listdir(out))}"
-    leftovers = [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
-    assert not leftovers, f"staging leftovers next to {out}: {leftovers}"
 
 
 # --------------------------------------------------------------------------- input data
@@ -175,29 +123,6 @@ def _spark_runs(data) -> dict[str, tuple[list[str], Path]]:
                    out(f"out_{name}")) for name, args in runs.items()}
 
 
-def run_job_in_process(*args: str) -> subprocess.CompletedProcess:
-    """Run jobs/train.py's __main__ in this process, in the active (test) SparkSession.
-
-    The same script, flags and error handling as a subprocess, minus a JVM start: for the data
-    errors, which only differ from one another after Spark has read the input.
-    """
-    argv = [JOB, *map(str, args), "--master", "local[2]"]
-    out, err = io.StringIO(), io.StringIO()
-    root = logging.getLogger()
-    saved = (list(root.handlers), root.level, sys.argv, list(sys.path))
-    code = 0
-    try:
-        sys.argv = argv
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                runpy.run_path(str(ROOT / JOB), run_name="__main__")
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else 1
-    finally:
-        root.handlers[:], root.level, sys.argv, sys.path[:] = saved
-    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
-
-
 @pytest.fixture(scope="module")
 def runs(data, request):
     """Every Spark-starting run: name -> (process, output dir).
@@ -234,11 +159,6 @@ def ok_run(runs, name):
     return proc, out
 
 
-def listing(path: Path) -> list[str]:
-    """Visible entries of a directory (Hadoop's local filesystem adds hidden .crc files)."""
-    return sorted(p for p in os.listdir(path) if not p.startswith("."))
-
-
 def read_json(path: Path) -> dict:
     with open(path) as f:
         return json.load(f)
@@ -251,7 +171,7 @@ def test_csv_fit_matches_sklearn_and_writes_contract(runs, data):
     from sklearn.cluster import KMeans as SkKMeans
 
     proc, out = ok_run(runs, "csv")
-    assert listing(out) == ["assignments", "model.json", "report.json"]
+    assert listing(out) == ["_SUCCESS", "assignments", "model.json", "report.json"]
     model = read_json(out / "model.json")
     n = len(data["x"])
 
@@ -373,7 +293,7 @@ def test_existing_output_dir_is_refused_and_untouched(runs):
 
 def test_overwrite_replaces_existing_output_dir(runs):
     _, out = ok_run(runs, "parquet_overwrite")
-    assert listing(out) == ["assignments", "model.json", "report.json"]
+    assert listing(out) == ["_SUCCESS", "assignments", "model.json", "report.json"]
     assert not (out / "sentinel.txt").exists()
     leftovers = [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
     assert not leftovers

@@ -1,0 +1,31 @@
+"""Exit codes shared by every job: 2 for a user error (one line), 1 for anything unexpected."""
+
+import logging
+
+import pytest
+
+from kmeans_dist import cli
+
+
+def _exit(exc: Exception, capsys) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as stop:
+        with cli.user_errors():
+            raise exc
+    return stop.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("exc", [ValueError("k must be >= 1, got 0\nmore detail"),
+                                 FileNotFoundError("input not found: /x.csv")])
+def test_user_error_is_one_line_exit_2(capsys, exc):
+    code, err = _exit(exc, capsys)
+    assert code == 2
+    assert err == f"error: {str(exc).splitlines()[0]}\n"
+
+
+def test_unexpected_error_exit_1_traceback_in_log(capsys, caplog):
+    with caplog.at_level(logging.ERROR, logger="kmeans_dist"):
+        code, err = _exit(RuntimeError("executor lost\nJava stack..."), capsys)
+    assert code == 1
+    # the traceback goes to the log; the last line says what happened in one line
+    assert "Traceback" in caplog.text and "RuntimeError: executor lost" in caplog.text
+    assert err.splitlines()[-1] == "error: unexpected RuntimeError: executor lost (traceback above)"
