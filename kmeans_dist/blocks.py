@@ -23,6 +23,9 @@ class Block:
     x_sq: np.ndarray  # (m,) squared norms of the rows of x
     w: np.ndarray | None = None  # (m,) non-negative weights, None for unit weights
     problems: dict[str, tuple[int, list]] = field(default_factory=dict)
+    #: path prefix for this block's side files (labels) on executor-local disk, when the
+    #: transport keeps one (LocalFilesTransport); None keeps them in the worker's memory
+    scratch: str | None = None
 
     @property
     def rows(self) -> int:

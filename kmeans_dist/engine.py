@@ -24,6 +24,11 @@ log = logging.getLogger("kmeans_dist")
 STOP_NO_CHANGE = "no_change"
 STOP_TOL = "tol"
 STOP_MAX_ITER = "max_iter"
+STOP_CENTER_TOL = "center_tol"
+
+#: what happens to a cluster that lost all its rows: scikit-learn's relocation to the farthest
+#: rows, or Spark MLlib's "keep the old centre"
+EMPTY_POLICIES = ("farthest", "keep")
 
 
 @dataclass
@@ -86,10 +91,16 @@ def lloyd(
     offsets: list[int],
     max_iter: int = 300,
     tol_abs: float = 0.0,
+    center_tol: float = 0.0,
+    empty: str = "farthest",
     cosine: bool = False,
     numba: bool | None = None,
 ) -> LloydResult:
-    """Run Lloyd iterations from ``centroids`` until a stop rule holds."""
+    """Run Lloyd iterations from ``centroids`` until a stop rule holds.
+
+    ``tol_abs``: stop when the summed squared centre shift is at most it (scikit-learn's tol);
+    ``center_tol``: stop when no centre moved farther than it (Spark MLlib's tol).
+    """
     run_id = uuid.uuid4().hex
     centroids = np.array(centroids, dtype=np.float64)
     prev: np.ndarray | None = None
@@ -100,9 +111,9 @@ def lloyd(
         t0 = time.perf_counter()
         step = tasks.LloydStep(run_id, it, centroids, prev, numba)
         total = _partials(transport, step)
-        new, empty = kernels.update_centroids(total, centroids)
-        if empty.any():
-            total = relocate_empty(transport, step, total, empty, offsets)
+        new, empty_mask = kernels.update_centroids(total, centroids)
+        if empty_mask.any() and empty == "farthest":
+            total = relocate_empty(transport, step, total, empty_mask, offsets)
             new, _ = kernels.update_centroids(total, centroids)
         new = _finish(new, cosine)
         shift = kernels.center_shift(centroids, new)
@@ -121,6 +132,9 @@ def lloyd(
             break
         if tol_abs > 0 and shift <= tol_abs:
             stop = STOP_TOL
+            break
+        if center_tol > 0 and kernels.max_center_move_sq(prev, centroids) <= center_tol**2:
+            stop = STOP_CENTER_TOL
             break
     if total is None or not np.array_equal(prev, centroids):
         # the last update moved the centroids: score the rows against where they ended up

@@ -26,6 +26,12 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
     return int(value)
 
 
+def _check_nonnegative(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
+        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+    return float(value)
+
+
 def read_centroids_csv(path: str) -> np.ndarray:
     """Centroids from a CSV file of k rows x d columns (a header line is allowed)."""
     text = io.read_text(path, what="init centroid file")
@@ -55,7 +61,10 @@ class KMeans:
     init: ``"k-means||"`` (default), ``"k-means++"``, ``"random"`` (k distinct random rows), an
     array of k x d centroids, or the path of a CSV file of them. Stops when no row changes
     cluster, after ``max_iter`` iterations, or (``tol > 0``) when the total squared centroid shift
-    is at most ``tol`` times the mean feature variance (scikit-learn's meaning).
+    is at most ``tol`` times the mean feature variance (scikit-learn's meaning), or
+    (``center_tol > 0``) when no centroid moved farther than ``center_tol`` (Spark MLlib's tol).
+    ``empty_clusters``: ``"farthest"`` moves an empty cluster to the row farthest from its
+    centroid (scikit-learn), ``"keep"`` leaves its centroid where it was (Spark MLlib).
     """
 
     def __init__(
@@ -72,7 +81,9 @@ class KMeans:
         block_rows: int | None = None,
         num_partitions: int | None = None,
         use_numba: bool | None = None,
-        transport: str = "files",
+        transport: str = "resident",
+        center_tol: float = 0.0,
+        empty_clusters: str = "farthest",
     ) -> None:
         self.k = _check_int("k", k, 1)
         self.max_iter = _check_int("max_iter", max_iter, 1)
@@ -81,8 +92,12 @@ class KMeans:
             block_rows = _check_int("block_rows", block_rows, 1)
         if num_partitions is not None:
             num_partitions = _check_int("num_partitions", num_partitions, 1)
-        if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not tol >= 0:
-            raise ValueError(f"tol must be a number >= 0, got {tol!r}")
+        self.tol = _check_nonnegative("tol", tol)
+        self.center_tol = _check_nonnegative("center_tol", center_tol)
+        if empty_clusters not in engine.EMPTY_POLICIES:
+            raise ValueError(f"unknown empty_clusters '{empty_clusters}'; use one of "
+                             f"{', '.join(engine.EMPTY_POLICIES)}")
+        self.empty_clusters = empty_clusters
         if transport not in TRANSPORTS:
             raise ValueError(f"unknown transport '{transport}'; use one of {', '.join(TRANSPORTS)}")
         if distance not in DISTANCES:
@@ -100,7 +115,6 @@ class KMeans:
             seed = int(np.random.SeedSequence().entropy % (2**63))
         self.seed = _check_int("seed", seed, 0)
         self.init = init
-        self.tol = float(tol)
         self.distance = distance
         self.weight_col = weight_col
         self.block_rows = block_rows
@@ -119,6 +133,8 @@ class KMeans:
             "distance": self.distance,
             "weight_col": self.weight_col,
             "init_steps": self.init_steps,
+            "center_tol": self.center_tol,
+            "empty_clusters": self.empty_clusters,
         }
 
     # ------------------------------------------------------------------ fitting
@@ -140,6 +156,7 @@ class KMeans:
             tol_abs = self.tol * float(np.mean(summary.m2 / summary.rows)) if self.tol else 0.0
             result = engine.lloyd(
                 transport, centroids, offsets=offsets, max_iter=self.max_iter, tol_abs=tol_abs,
+                center_tol=self.center_tol, empty=self.empty_clusters,
                 cosine=self.distance == "cosine", numba=self.use_numba,
             )
         finally:

@@ -213,6 +213,12 @@ def center_shift(old: np.ndarray, new: np.ndarray) -> float:
     return float(np.einsum("ij,ij->", diff, diff))
 
 
+def max_center_move_sq(old: np.ndarray, new: np.ndarray) -> float:
+    """The squared distance the centroid that moved most went (MLlib compares it to tol^2)."""
+    diff = new - old
+    return float(np.einsum("ij,ij->i", diff, diff).max())
+
+
 def min_distances(x: np.ndarray, x_sq: np.ndarray, centers: np.ndarray) -> np.ndarray:
     """Squared distance from every row to its nearest center (k-means++ / k-means|| weights)."""
     return assign(x, x_sq, centers)[1]

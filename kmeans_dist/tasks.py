@@ -8,6 +8,7 @@ so results are reproducible.
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Iterable
@@ -51,6 +52,36 @@ class LabelCache:
 
 
 LABELS = LabelCache()
+
+
+def _label_file(b: Block, run_id: str, iteration: int) -> str:
+    return f"{b.scratch}.labels-{run_id}-{iteration}.npy"
+
+
+def stored_labels(b: Block, run_id: str, iteration: int) -> np.ndarray | None:
+    """The block's labels of ``iteration`` if kept: beside its block files, else in memory."""
+    if b.scratch is None:
+        return LABELS.get((run_id, b.part, b.start), iteration)
+    try:
+        return np.load(_label_file(b, run_id, iteration))
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def keep_labels(b: Block, run_id: str, iteration: int, labels: np.ndarray) -> None:
+    """Keep this iteration's labels for the next one; two generations are kept on disk, so a
+    retried task of this iteration still finds the previous one."""
+    if b.scratch is None:
+        LABELS.put((run_id, b.part, b.start), iteration, labels)
+        return
+    path = _label_file(b, run_id, iteration)
+    tmp = f"{path}.{os.getpid()}.tmp.npy"
+    np.save(tmp, labels)
+    os.replace(tmp, path)
+    try:
+        os.remove(_label_file(b, run_id, iteration - 2))
+    except FileNotFoundError:
+        pass
 
 
 # --------------------------------------------------------------------------- data summary
@@ -100,7 +131,7 @@ class LloydStep:
 
 def current_labels(b: Block, run_id: str, iteration: int, centroids: np.ndarray) -> np.ndarray:
     """The block's labels under the centroids of ``iteration`` (cached, else recomputed)."""
-    cached = LABELS.get((run_id, b.part, b.start), iteration)
+    cached = stored_labels(b, run_id, iteration)
     if cached is not None:
         return cached
     return kernels.assign(b.x, b.x_sq, centroids)[0]
@@ -117,7 +148,7 @@ def lloyd(blocks: Iterable[Block], step: LloydStep) -> kernels.Partials:
         part, labels = kernels.block_partials(
             b.x, b.x_sq, b.w, step.centroids, prev, numba=step.numba
         )
-        LABELS.put((step.run_id, b.part, b.start), step.iteration, labels)
+        keep_labels(b, step.run_id, step.iteration, labels)
         total = total.add(part)
     return total
 

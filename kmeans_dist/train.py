@@ -73,6 +73,7 @@ def run(args: argparse.Namespace) -> KMeansModel:
 
 def summary(model: KMeansModel, seconds: float, output: str) -> str:
     why = {"no_change": "no row changed cluster", "tol": "centroid shift within tol",
+           "center_tol": "no centroid moved more than center_tol",
            "max_iter": "max_iter reached (not converged)"}[model.stop]
     lines = [
         f"k={model.k} on {sum(model.cluster_sizes)} rows x {len(model.features)} features "

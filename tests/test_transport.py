@@ -1,12 +1,20 @@
-"""Transports: executor-local files and the cached RDD give the same results; misses recover."""
+"""Transports: resident tasks, executor-local files and the cached RDD give the same results;
+lost tasks, missing files and missing slots recover."""
 
 import functools
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
+from pyspark import cloudpickle
 
 from kmeans_dist import KMeans, data, kernels, tasks
-from kmeans_dist.transport import LocalFilesTransport, RDDTransport
+from kmeans_dist.transport import LocalFilesTransport, RDDTransport, ResidentTransport
+from kmeans_dist.transport import resident
 from kmeans_dist.transport.local_files import _remove
 
 
@@ -29,7 +37,7 @@ def test_transports_and_kernels_agree_bit_for_bit(points):
     df, x, _ = points
     ref = _fit(df, x, transport="rdd", use_numba=False, block_rows=100)
     assert ref.n_iter > 2
-    for transport in ("files", "rdd"):
+    for transport in ("resident", "files", "rdd"):
         for use_numba in (False, True):
             m = _fit(df, x, transport=transport, use_numba=use_numba, block_rows=100)
             assert np.array_equal(m.centroids, ref.centroids), (transport, use_numba)
@@ -79,3 +87,114 @@ def test_rdd_transport_runs_one_result_per_partition_in_order(points):
 def test_unknown_transport_is_refused():
     with pytest.raises(ValueError, match="unknown transport 'ftp'"):
         KMeans(2, transport="ftp")
+
+
+# --------------------------------------------------------------------------- resident tasks
+def _lloyd_steps(transport, x, steps=3):
+    """A few Lloyd partials from fixed centroids, as the engine would request them."""
+    c = x[[0, 500, 1000]]
+    out = []
+    for it in range(1, steps + 1):
+        out.append(kernels.fold(transport.run(
+            tasks.lloyd, tasks.LloydStep("r", it, c + it * 0.1, None))))
+    return out
+
+
+def _same(a, b):
+    return all(np.array_equal(p.sums, q.sums) and p.inertia == q.inertia
+               and np.array_equal(p.counts, q.counts) for p, q in zip(a, b))
+
+
+# the workers cannot import this test module: ship its functions by value
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def _exit_once(blocks, marker: str):
+    """Kills its Python worker the first time it runs on partition 1 (a lost executor)."""
+    from pyspark import TaskContext
+
+    blocks = list(blocks)
+    if TaskContext.get().partitionId() == 1 and not os.path.exists(marker):
+        Path(marker).touch()
+        os._exit(1)
+    return sum(b.rows for b in blocks)
+
+
+def _resident(df, **kw):
+    frame = data.block_frame(df, ["a", "b", "c"], weight_col="w", block_rows=100)
+    return ResidentTransport(data.block_rdd(frame, 3), **kw)
+
+
+@pytest.mark.parametrize("slots_known", [True, False])
+def test_resident_without_enough_slots_falls_back_to_jobs(points, monkeypatch, slots_known):
+    df, x, _ = points  # 3 partitions on local[2]: the third task never gets a slot
+    if not slots_known:  # then the third task's missing connection is what tells
+        monkeypatch.setattr(resident, "task_slots", lambda sc: None)
+    transport = _resident(df, connect_timeout=3)
+    try:
+        assert transport.fallback is not None
+        got = _lloyd_steps(transport, x)
+    finally:
+        transport.release()
+    ref = RDDTransport(data.block_rdd(data.block_frame(
+        df, ["a", "b", "c"], weight_col="w", block_rows=100), 3))
+    try:
+        assert _same(got, _lloyd_steps(ref, x))
+    finally:
+        ref.release()
+
+
+def test_resident_task_lost_without_retries_falls_back(points, tmp_path):
+    df, x, _ = points
+    two = df.coalesce(2)
+    transport = _resident(two)
+    try:
+        assert transport.fallback is None
+        before = _lloyd_steps(transport, x)
+        # the test session allows no task retries: the lost task ends the resident job
+        rows = transport.run(_exit_once, str(tmp_path / "died"))
+        assert len(rows) == 2 and sum(rows) == len(x)
+        assert transport.fallback is not None and (tmp_path / "died").exists()
+        after = _lloyd_steps(transport, x)
+    finally:
+        transport.release()
+    assert _same(before, after)
+
+
+RETRY_SCRIPT = """
+import os, sys
+import numpy as np
+sys.path.insert(0, {tests!r})
+from pyspark import cloudpickle
+from kmeans_dist import get_session, data
+from kmeans_dist.transport import ResidentTransport
+import test_transport
+from test_transport import _exit_once, _lloyd_steps, _same
+cloudpickle.register_pickle_by_value(test_transport)
+
+spark = get_session("local[2,3]", conf={{"spark.default.parallelism": "2"}})
+rng = np.random.default_rng(7)
+x = np.concatenate([rng.normal(c, 1.0, size=(400, 3)) for c in (0.0, 4.0, 9.0)])
+rows = [tuple(map(float, r)) + (1.0,) for r in x]
+df = spark.sparkContext.parallelize(rows, 2).toDF(["a", "b", "c", "w"])
+frame = data.block_frame(df, ["a", "b", "c"], weight_col="w", block_rows=100)
+t = ResidentTransport(data.block_rdd(frame, 3))
+before = _lloyd_steps(t, x)
+assert t.run(_exit_once, {marker!r}) == [600, 600]
+after = _lloyd_steps(t, x)
+print("RESULT", t.fallback is None, t.reconnects, _same(before, after))
+t.release()
+spark.stop()
+"""
+
+
+def test_resident_task_lost_is_retried_by_spark_and_reconnects(tmp_path):
+    tests = str(Path(__file__).resolve().parent)
+    script = RETRY_SCRIPT.format(tests=tests, marker=str(tmp_path / "died"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYSPARK_GATEWAY")}
+    env["PYSPARK_PYTHON"] = sys.executable
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True,
+                          text=True, timeout=300, env=env, cwd=tests)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    # still resident (no fallback), one task reconnected, and identical partials
+    assert "RESULT True 1 True" in proc.stdout, proc.stdout + proc.stderr[-3000:]

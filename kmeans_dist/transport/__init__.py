@@ -8,8 +8,9 @@ inits only ever call ``run``; everything Spark-specific (caching, broadcast, job
 from kmeans_dist.transport.base import Transport
 from kmeans_dist.transport.local_files import LocalFilesTransport
 from kmeans_dist.transport.rdd import RDDTransport
+from kmeans_dist.transport.resident import ResidentTransport
 
 #: transport names accepted by ``KMeans(transport=...)``
-TRANSPORTS = {"files": LocalFilesTransport, "rdd": RDDTransport}
+TRANSPORTS = {"resident": ResidentTransport, "files": LocalFilesTransport, "rdd": RDDTransport}
 
-__all__ = ["Transport", "RDDTransport", "LocalFilesTransport", "TRANSPORTS"]
+__all__ = ["Transport", "RDDTransport", "LocalFilesTransport", "ResidentTransport", "TRANSPORTS"]

@@ -32,8 +32,12 @@ def _root(token: str) -> str:
     return os.path.join(local, "kmeans_dist", token)
 
 
+def _base(token: str, part: int, start: int) -> str:
+    return os.path.join(_root(token), f"p{part}-{start}")
+
+
 def _paths(token: str, part: int, start: int) -> tuple[str, str, str]:
-    base = os.path.join(_root(token), f"p{part}-{start}")
+    base = _base(token, part, start)
     return base + ".x.npy", base + ".xsq.npy", base + ".w.npy"
 
 
@@ -64,7 +68,8 @@ def _open(token: str, handles: list[dict]) -> list[Block] | None:
             w = np.asarray(np.load(pw, mmap_mode="r")) if h["has_w"] else None
         except FileNotFoundError:
             return None
-        blocks.append(Block(h["part"], h["start"], x, x_sq, w, h["problems"]))
+        blocks.append(Block(h["part"], h["start"], x, x_sq, w, h["problems"],
+                            scratch=_base(token, h["part"], h["start"])))
     return blocks
 
 
@@ -76,6 +81,8 @@ def _from_files(fn: TaskFn, value: Any, token: str, handles: Iterator[dict]) -> 
 def _from_source(fn: TaskFn, value: Any, token: str, blocks: Iterator[Block]) -> Iterator:
     blocks = list(blocks)
     _store(token, blocks)
+    for b in blocks:
+        b.scratch = _base(token, b.part, b.start)
     yield fn(blocks, value)
 
 

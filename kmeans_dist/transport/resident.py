@@ -1,0 +1,295 @@
+"""Blocks kept inside long-running Python tasks, driven over a socket: no Spark job per iteration.
+
+Each Spark job costs a fixed ~30 ms per task wave before any data moves (scheduling, shipping the
+task, starting it in a Python worker, returning its result), which is most of an iteration once the
+data is kept on the executors. Here one Spark job starts one task per partition; each task builds
+its partition's blocks from the source (Spark's lineage, so a retried task rebuilds them), keeps
+them in its Python worker, connects back to a socket on the driver and then runs every task
+function the driver sends until told to stop. An iteration is then one message out and one back per
+partition.
+
+Fault tolerance stays Spark's: if a resident task dies, Spark retries it (``spark.task.maxFailures``)
+and the new attempt reconnects; the driver resends the pending request to it. Where the resident
+job cannot run (not enough free task slots for every partition at once, the driver unreachable from
+the executors, or the job fails for good), the transport falls back to ``LocalFilesTransport`` (one
+Spark job per request) and gives the same results.
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import logging
+import pickle
+import queue
+import secrets
+import socket
+import struct
+import threading
+import time
+from typing import Any, Iterator
+
+from pyspark import RDD, cloudpickle
+
+from kmeans_dist.transport.base import TaskFn
+from kmeans_dist.transport.local_files import LocalFilesTransport
+
+log = logging.getLogger("kmeans_dist")
+
+_LEN = struct.Struct("!Q")
+#: seconds to wait for every partition's task to connect before falling back
+CONNECT_TIMEOUT = 60.0
+#: seconds a lost task's retry has to reconnect before the transport falls back
+RECONNECT_TIMEOUT = 120.0
+
+
+class ResidentUnavailable(RuntimeError):
+    """The resident tasks cannot serve (any more): use per-request Spark jobs instead."""
+
+
+# --------------------------------------------------------------------------- wire format
+def _send(sock: socket.socket, obj: Any) -> None:
+    data = cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    sock.sendall(_LEN.pack(len(data)) + data)
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        r = sock.recv_into(view[got:], n - got)
+        if r == 0:
+            raise ConnectionError("connection closed")
+        got += r
+    return bytes(buf)
+
+
+def _recv_bytes(sock: socket.socket) -> bytes:
+    (n,) = _LEN.unpack(_recv_exact(sock, _LEN.size))
+    return _recv_exact(sock, n)
+
+
+def _recv(sock: socket.socket) -> Any:
+    return pickle.loads(_recv_bytes(sock))
+
+
+# --------------------------------------------------------------------------- executor side
+def _serve(host: str, port: int, token: str, blocks: Iterator) -> Iterator[int]:
+    """The resident task: hold this partition's blocks and answer the driver's requests."""
+    from pyspark import TaskContext
+
+    ctx = TaskContext.get()
+    part, attempt = ctx.partitionId(), ctx.attemptNumber()
+    with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT) as sock:
+        sock.settimeout(None)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        _send(sock, ("hello", token, part, attempt))
+        held = list(blocks)  # drained: Spark discards a worker that leaves input unread
+        _send(sock, ("ready", part))
+        while True:
+            data = _recv_bytes(sock)
+            try:
+                request = pickle.loads(data)
+                if request is None:
+                    break
+                result = ("ok", request[1](held, request[2]))
+            except Exception as exc:  # noqa: BLE001 - reported to the driver, which re-raises
+                result = ("error", f"{type(exc).__name__}: {exc}")
+            _send(sock, result)
+    yield 0
+
+
+# --------------------------------------------------------------------------- driver side
+class ResidentTransport:
+    """Long-running tasks hold the blocks; requests go over sockets; falls back to files."""
+
+    def __init__(self, rdd: RDD, connect_timeout: float = CONNECT_TIMEOUT,
+                 reconnect_timeout: float = RECONNECT_TIMEOUT):
+        self.source = rdd
+        self.num_partitions = rdd.getNumPartitions()
+        self.reconnect_timeout = reconnect_timeout
+        self.fallback: LocalFilesTransport | None = None
+        self.reconnects = 0
+        self._seq = 0
+        self._conns: dict[int, socket.socket] = {}
+        self._arrivals: queue.Queue = queue.Queue()
+        self._token = secrets.token_hex(16)
+        self._group = f"kmeans_dist-resident-{self._token[:8]}"
+        self._job_error: BaseException | None = None
+        self._job_done = threading.Event()
+        self._closed = False
+        sc = rdd.context
+        slots = task_slots(sc)
+        if slots is not None and slots < self.num_partitions:
+            self._job = None
+            self._fall_back(f"{self.num_partitions} partitions but {slots} free task slots")
+            return
+        host = _driver_host(sc)
+        self._server = socket.create_server((host, 0))
+        self._server.settimeout(0.5)
+        port = self._server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+        self._job = threading.Thread(
+            target=self._run_job, args=(rdd.mapPartitions(
+                functools.partial(_serve, host, port, self._token)),), daemon=True)
+        self._job.start()
+        try:
+            self._wait_for(set(range(self.num_partitions)), connect_timeout)
+        except ResidentUnavailable as exc:
+            self._fall_back(str(exc))
+
+    # ------------------------------------------------------------------ the Spark job
+    def _run_job(self, served: RDD) -> None:
+        sc = served.context
+        sc.setJobGroup(self._group, f"kmeans_dist: {self.num_partitions} resident tasks",
+                       interruptOnCancel=True)
+        try:
+            served.collect()
+        except BaseException as exc:  # noqa: BLE001 - reported to the driver's thread
+            self._job_error = exc
+        finally:
+            self._job_done.set()
+            self._arrivals.put(None)  # wake a waiter
+
+    def _accept(self) -> None:
+        """Accept connections; each is checked and followed in a thread of its own."""
+        while not self._closed:
+            try:
+                conn, _ = self._server.accept()
+            except (socket.timeout, OSError):
+                continue
+            threading.Thread(target=self._handshake, args=(conn,), daemon=True).start()
+
+    def _handshake(self, conn: socket.socket) -> None:
+        """Keep a connection whose hello carries the token; report it, then when it is ready."""
+        try:
+            conn.settimeout(30)
+            kind, token, part, _attempt = _recv(conn)
+            if kind != "hello" or not hmac.compare_digest(str(token), self._token):
+                conn.close()
+                return
+            self._arrivals.put(("hello", part, None))
+            conn.settimeout(None)  # building the blocks may take a while on big partitions
+            _recv(conn)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._arrivals.put(("ready", part, conn))
+        except (OSError, ValueError, EOFError, pickle.UnpicklingError):
+            conn.close()
+
+    def _wait_for(self, parts: set[int], timeout: float) -> None:
+        """Until every partition in ``parts`` has a ready connection, else ResidentUnavailable:
+        each task must connect within ``timeout`` (all slots taken, or an unreachable driver,
+        otherwise hold them off for good); building its blocks may then take as long as it needs,
+        while the job lives."""
+        deadline = time.monotonic() + timeout
+        unseen, unready = set(parts), set(parts)
+        while unready:
+            if unseen and time.monotonic() > deadline:
+                raise ResidentUnavailable(
+                    f"{len(unseen)} of {self.num_partitions} resident tasks did not connect in "
+                    f"{timeout:.0f}s (fewer free task slots than partitions, or the driver is not "
+                    "reachable from the executors)")
+            try:
+                item = self._arrivals.get(timeout=1.0)
+            except queue.Empty:
+                continue
+            if item is None:
+                if self._job_done.is_set():
+                    raise ResidentUnavailable(f"the resident job ended: {self._job_error}")
+                continue
+            kind, part, conn = item
+            unseen.discard(part)
+            if kind == "ready":
+                old = self._conns.pop(part, None)
+                if old is not None:
+                    old.close()
+                self._conns[part] = conn
+                unready.discard(part)
+
+    def _fall_back(self, why: str) -> None:
+        log.warning("resident tasks unavailable (%s); running one Spark job per iteration",
+                    why.splitlines()[0])
+        self._stop_job()
+        self.fallback = LocalFilesTransport(self.source)
+
+    # ------------------------------------------------------------------ requests
+    def run(self, fn: TaskFn, value: Any) -> list:
+        if self.fallback is not None:
+            return self.fallback.run(fn, value)
+        try:
+            return self._request(fn, value)
+        except ResidentUnavailable as exc:
+            self._fall_back(str(exc))
+            return self.fallback.run(fn, value)
+
+    def _request(self, fn: TaskFn, value: Any) -> list:
+        self._seq += 1
+        request = (self._seq, fn, value)  # the number tells requests apart in a debugger
+        results: dict[int, Any] = {}
+        pending = set(range(self.num_partitions))
+        while pending:
+            lost = set()
+            for part in sorted(pending):
+                try:
+                    _send(self._conns[part], request)
+                except OSError:
+                    lost.add(part)
+            for part in sorted(pending - lost):
+                try:
+                    status, payload = _recv(self._conns[part])
+                except (OSError, EOFError, ConnectionError):
+                    lost.add(part)
+                    continue
+                if status == "error":
+                    raise RuntimeError(f"task failed on partition {part}: {payload}")
+                results[part] = payload
+            pending = lost
+            if lost:
+                self.reconnects += len(lost)
+                log.warning("lost %d resident task(s) %s; waiting for Spark to retry them",
+                            len(lost), sorted(lost))
+                self._wait_for(lost, self.reconnect_timeout)
+        return [results[p] for p in range(self.num_partitions)]
+
+    # ------------------------------------------------------------------ shutdown
+    def _stop_job(self) -> None:
+        if self._job is None:
+            return
+        self._closed = True
+        for conn in self._conns.values():
+            try:
+                _send(conn, None)
+            except OSError:
+                pass
+        self._job.join(timeout=30)
+        if self._job.is_alive():
+            self.source.context.cancelJobGroup(self._group)
+            self._job.join(timeout=30)
+        for conn in self._conns.values():
+            conn.close()
+        self._conns.clear()
+        self._server.close()
+
+    def release(self) -> None:
+        if self.fallback is not None:
+            self.fallback.release()
+        else:
+            self._stop_job()
+
+
+def task_slots(sc) -> int | None:
+    """How many tasks the cluster can run at once right now (None if Spark does not say)."""
+    try:
+        jsc = sc._jsc.sc()
+        return int(jsc.maxNumConcurrentTasks(
+            jsc.resourceProfileManager().defaultResourceProfile()))
+    except Exception:  # noqa: BLE001 - a private Spark API: treat as unknown
+        return None
+
+
+def _driver_host(sc) -> str:
+    """The address executors reach the driver at (loopback in local mode)."""
+    if sc.master.startswith("local"):
+        return "127.0.0.1"
+    return sc.getConf().get("spark.driver.host", socket.gethostname())

@@ -1,0 +1,174 @@
+"""A real Spark standalone cluster (one master, two 1-core workers) on 127.0.0.1 for the tests.
+
+Started with the installed pyspark's ``spark-class``; every process runs in its own session and
+is stopped by its own pid (its process group, so executor JVMs started by a worker go with it).
+``no_site_python`` writes the executors' Python: the venv's interpreter with ``-S``, so the
+editable install (a ``.pth`` file in site-packages) is invisible and ``kmeans_dist`` can only
+come from what ``--py-files`` ships.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyspark
+import pytest
+
+SPARK_BIN = Path(pyspark.__file__).resolve().parent / "bin"
+HOST = "127.0.0.1"
+#: environment a test must not pass on to Spark processes it starts
+DROPPED_ENV = ("PYSPARK_GATEWAY_PORT", "PYSPARK_GATEWAY_SECRET", "PYSPARK_SUBMIT_ARGS",
+               "PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON", "PYTHONPATH")
+START_TIMEOUT = 60.0
+
+
+@dataclass
+class Cluster:
+    """A running standalone cluster: where to submit, where its logs and work dirs are."""
+
+    master_url: str
+    status_url: str
+    work_dir: Path
+    log_dir: Path
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def spark_env(**extra: str) -> dict[str, str]:
+    """The test's environment without PySpark/Python settings that must not leak, bound to HOST."""
+    env = {k: v for k, v in os.environ.items() if k not in DROPPED_ENV}
+    env["SPARK_LOCAL_IP"] = HOST
+    env.update(extra)
+    return env
+
+
+def log_tail(path: Path, lines: int = 40) -> str:
+    """The last ``lines`` lines of a log file, headed by its name."""
+    text = path.read_text(errors="replace").splitlines() if path.exists() else ["(no log)"]
+    return f"--- {path.name} ---\n" + "\n".join(text[-lines:])
+
+
+def stop(proc: subprocess.Popen, timeout: float = 15.0) -> None:
+    """SIGTERM the process group led by ``proc``; once ``proc`` exits (or ``timeout`` s pass),
+    SIGKILL whatever is left of that group (e.g. executor JVMs of a worker); reap ``proc``."""
+    with suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout)
+    with suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+@contextmanager
+def spawn(cmd: list[str], log: Path, env: dict[str, str], cwd: Path | None = None
+          ) -> Iterator[subprocess.Popen]:
+    """Run ``cmd`` in a new session with stdout+stderr to ``log``; stopped on exit, always."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+                                start_new_session=True)
+    try:
+        yield proc
+    finally:
+        stop(proc)
+
+
+def run_logged(cmd: list[str], log: Path, env: dict[str, str], cwd: Path,
+               timeout: float) -> int:
+    """Run ``cmd`` to completion (its group is killed after ``timeout`` s); its exit code."""
+    with spawn(cmd, log, env, cwd) as proc:
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{cmd[0]} still running after {timeout:.0f} s\n{log_tail(log)}")
+
+
+def alive_workers(status_url: str) -> int:
+    """How many ALIVE workers the master's JSON status lists (0 while it is not up)."""
+    try:
+        with urllib.request.urlopen(status_url, timeout=2) as resp:
+            status = json.load(resp)
+    except (OSError, ValueError):
+        return 0
+    return sum(w.get("state") == "ALIVE" for w in status.get("workers", []))
+
+
+@contextmanager
+def standalone(base: Path, workers: int = 2) -> Iterator[Cluster]:
+    """A master and ``workers`` workers (1 core, 2 GiB each), up until the block exits."""
+    spark_class = str(SPARK_BIN / "spark-class")
+    port, webui = free_port(), free_port()
+    cluster = Cluster(f"spark://{HOST}:{port}", f"http://{HOST}:{webui}/json/",
+                      base / "work", base / "logs")
+    cluster.work_dir.mkdir(parents=True)
+    cluster.log_dir.mkdir(parents=True)
+    (base / "local").mkdir()
+    env = spark_env(SPARK_LOCAL_DIRS=str(base / "local"))
+    logs = [cluster.log_dir / "master.log"]
+    with ExitStack() as stack:
+        # entered in order, so the workers are stopped before the master
+        stack.enter_context(spawn(
+            [spark_class, "org.apache.spark.deploy.master.Master", "--host", HOST,
+             "--port", str(port), "--webui-port", str(webui)], logs[0], env))
+        for i in range(workers):
+            logs.append(cluster.log_dir / f"worker{i}.log")
+            stack.enter_context(spawn(
+                [spark_class, "org.apache.spark.deploy.worker.Worker", "--host", HOST,
+                 "--port", str(free_port()), "--webui-port", str(free_port()),
+                 "--cores", "1", "--memory", "2g", "--work-dir", str(cluster.work_dir),
+                 cluster.master_url], logs[-1], env))
+        deadline = time.monotonic() + START_TIMEOUT
+        while alive_workers(cluster.status_url) < workers:
+            if time.monotonic() > deadline:
+                pytest.fail(f"standalone cluster: fewer than {workers} ALIVE workers after "
+                            f"{START_TIMEOUT:.0f} s\n" + "\n".join(map(log_tail, logs)))
+            time.sleep(0.5)
+        yield cluster
+
+
+def no_site_python(path: Path) -> Path:
+    """Write an executable wrapper: this venv's Python with ``-S`` (no ``.pth`` files, so no
+    editable install) and site-packages appended to PYTHONPATH (numpy, pyarrow, numba stay
+    importable). Each call appends its working directory to ``path.log``."""
+    site_packages = sysconfig.get_paths()["purelib"]
+    path.write_text(
+        "#!/bin/sh\n"
+        f'echo "$PWD" >> "{path}.log"\n'
+        f'PYTHONPATH="${{PYTHONPATH:+$PYTHONPATH:}}{site_packages}"\n'
+        "export PYTHONPATH\n"
+        f'exec "{sys.executable}" -S "$@"\n'
+    )
+    path.chmod(0o755)
+    return path
+
+
+def wrapper_calls(wrapper: Path) -> list[Path]:
+    """The working directory of every run of a ``no_site_python`` wrapper so far."""
+    log = Path(f"{wrapper}.log")
+    return [Path(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+@pytest.fixture(scope="module")
+def standalone_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A standalone master + 2 workers for the module; stopped even when a test fails."""
+    started = time.perf_counter()
+    with standalone(tmp_path_factory.mktemp("standalone")) as cluster:
+        print(f"\nstandalone cluster up in {time.perf_counter() - started:.1f} s")
+        yield cluster
