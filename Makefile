@@ -32,7 +32,7 @@ test: check-java install
 
 # Speed against Spark MLlib and scikit-learn (not part of make test): writes BENCHMARKS.md
 bench: check-java install
-	$(PY) bench/run.py
+	$(PY) bench/run.py --json bench/results.json
 
 # dist/kmeans_dist.zip for spark-submit --py-files (pure Python, built from the sources)
 package: install

@@ -12,8 +12,7 @@ class Block:
     """Up to ``block_rows`` consecutive rows of one partition, ready for the kernels.
 
     ``part`` and ``start`` locate the rows (partition index, offset of the first row inside the
-    partition); with the partition offsets a task gets from the driver they give each row a global
-    index that does not depend on block size. ``problems`` counts rows dropped while packing (see
+    partition); they key the block's cached labels and side files. ``problems`` counts rows dropped while packing (see
     data.py), by reason, with one example row for each reason.
     """
 

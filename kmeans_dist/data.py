@@ -3,7 +3,8 @@
 Rows are packed once, inside Spark, by ``mapInArrow`` into binary blocks (raw float64 bytes of up
 to ``block_rows`` rows per output row), so no Python object per row is ever made. Rows with a null,
 NaN or infinite feature, a bad weight, or (cosine) a zero vector are dropped while packing and
-counted by reason with one example; the estimator turns those counts into a clear error.
+counted by reason with one example; the estimator turns those counts into a clear error, or
+(``invalid="skip"``) fits on the rest and records the counts.
 """
 
 from __future__ import annotations
@@ -31,7 +32,18 @@ BLOCK_SCHEMA = "part int, start long, rows long, x binary, x_sq binary, w binary
 
 BAD_FEATURE = "null, NaN or infinite feature value"
 BAD_WEIGHT = "negative, null, NaN or infinite weight"
-ZERO_ROW = "all-zero row (cosine distance needs a non-zero vector)"
+ZERO_ROW = "zero vector (cosine distance needs a non-zero row)"
+
+
+def dropped_counts(problems: dict[str, tuple[int, dict]]) -> dict[str, int]:
+    """{reason: rows dropped} from the packer's {reason: (count, example row)}."""
+    return {reason: int(count) for reason, (count, _) in problems.items()}
+
+
+def describe_dropped(dropped: dict[str, int]) -> str:
+    """'5 dropped: 3 with a <reason>; 2 with a <reason>', for messages and summaries."""
+    reasons = "; ".join(f"{n} with a {reason}" for reason, n in dropped.items())
+    return f"{sum(dropped.values())} dropped: {reasons}"
 
 
 def is_numeric(dtype: T.DataType) -> bool:
@@ -158,7 +170,7 @@ class _Packer:
             w = None
             if self.weight_col is not None:
                 w = batch.column(d).to_numpy(zero_copy_only=False).astype(np.float64)
-            keep = self._valid_rows(x, w, problems)
+            keep = self._valid_rows(x, w, problems, batch)
             x, w = x[keep], (None if w is None else w[keep])
             if self.cosine:
                 x = kernels.normalize_rows(x)
@@ -181,20 +193,23 @@ class _Packer:
             ws = np.concatenate(pending_w) if pending_w else None
             yield self._emit(pa, part, start, xs, ws, problems)
 
-    def _valid_rows(self, x: np.ndarray, w: np.ndarray | None, problems: dict) -> np.ndarray:
+    def _valid_rows(self, x: np.ndarray, w: np.ndarray | None, problems: dict,
+                    batch) -> np.ndarray:
         keep = np.isfinite(x).all(axis=1)
-        self._note(problems, BAD_FEATURE, ~keep, x, w)
+        self._note(problems, BAD_FEATURE, ~keep, batch)
         if w is not None:
             bad_w = keep & ~(np.isfinite(w) & (w >= 0))
-            self._note(problems, BAD_WEIGHT, bad_w, x, w)
+            self._note(problems, BAD_WEIGHT, bad_w, batch)
             keep &= ~bad_w
         if self.cosine:
             zero = keep & ~np.any(x != 0, axis=1)
-            self._note(problems, ZERO_ROW, zero, x, w)
+            self._note(problems, ZERO_ROW, zero, batch)
             keep &= ~zero
         return keep
 
-    def _note(self, problems: dict, reason: str, bad: np.ndarray, x, w) -> None:
+    def _note(self, problems: dict, reason: str, bad: np.ndarray, batch) -> None:
+        """Count the ``bad`` rows under ``reason``; the first one seen is kept as the example
+        (read from the Arrow batch, where a null is still distinguishable from NaN)."""
         count = int(np.count_nonzero(bad))
         if not count:
             return
@@ -202,10 +217,9 @@ class _Packer:
             problems[reason][0] += count
             return
         i = int(np.flatnonzero(bad)[0])
-        example = {c: _json_value(x[i, j]) for j, c in enumerate(self.features)}
-        if w is not None:
-            example[self.weight_col] = _json_value(w[i])
-        problems[reason] = [count, example]
+        names = self.features + ([] if self.weight_col is None else [self.weight_col])
+        problems[reason] = [count, {c: _json_value(batch.column(j)[i].as_py())
+                                    for j, c in enumerate(names)}]
 
     def _emit(self, pa, part, start, x, w, problems):
         x = np.ascontiguousarray(x)
@@ -222,10 +236,12 @@ class _Packer:
         )
 
 
-def _json_value(v: float):
-    """A value for an error message: None for null/NaN, a string for infinities."""
-    if math.isnan(v):
+def _json_value(v: float | None) -> float | str | None:
+    """A value for an error message: None for null, a string for NaN and the infinities."""
+    if v is None:
         return None
+    if math.isnan(v):
+        return "NaN"
     if math.isinf(v):
         return "inf" if v > 0 else "-inf"
     return float(v)

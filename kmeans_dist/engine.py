@@ -13,6 +13,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -45,8 +46,10 @@ class LloydResult:
         return self.stop != STOP_MAX_ITER
 
 
-def _partials(transport: Transport, step: tasks.LloydStep) -> kernels.Partials:
-    return kernels.fold(transport.run(tasks.lloyd, step))
+def _partials(transport: Transport, steps: list[tasks.LloydStep]) -> list[kernels.Partials]:
+    """Every model's partials from one pass, each folded in partition order."""
+    per_part = transport.run(tasks.lloyd_many, steps)
+    return [kernels.fold([p[i] for p in per_part]) for i in range(len(steps))]
 
 
 def _finish(centroids: np.ndarray, cosine: bool) -> np.ndarray:
@@ -58,18 +61,18 @@ def relocate_empty(
     step: tasks.LloydStep,
     total: kernels.Partials,
     empty: np.ndarray,
-    offsets: list[int],
 ) -> kernels.Partials:
     """Give each empty cluster one of the rows farthest from its centroid, as scikit-learn does.
 
-    The rows are found across all partitions (farthest first, ties to the lower global row) and
+    The rows are found across all partitions (farthest first, ties broken by the rows' content, so the choice is the same on any
+    partitioning) and
     moved out of their cluster's sums into the empty cluster's.
     """
     empties = np.flatnonzero(empty)
     found = tasks.smallest(
         [c for part in transport.run(
             tasks.farthest,
-            tasks.FarthestStep(step.run_id, step.iteration, step.centroids, len(empties), offsets),
+            tasks.FarthestStep(step.run_id, step.iteration, step.centroids, len(empties)),
         ) for c in part],
         len(empties),
     )
@@ -84,69 +87,126 @@ def relocate_empty(
     return kernels.Partials(sums, weights, counts, total.inertia, total.moved)
 
 
-def lloyd(
-    transport: Transport,
-    centroids: np.ndarray,
-    *,
-    offsets: list[int],
-    max_iter: int = 300,
-    tol_abs: float = 0.0,
-    center_tol: float = 0.0,
-    empty: str = "farthest",
-    cosine: bool = False,
-    numba: bool | None = None,
-) -> LloydResult:
-    """Run Lloyd iterations from ``centroids`` until a stop rule holds.
+@dataclass
+class _Run:
+    """One model's state in a (shared) Lloyd loop."""
 
-    ``tol_abs``: stop when the summed squared centre shift is at most it (scikit-learn's tol);
-    ``center_tol``: stop when no centre moved farther than it (Spark MLlib's tol).
-    """
-    run_id = uuid.uuid4().hex
-    centroids = np.array(centroids, dtype=np.float64)
+    run_id: str
+    centroids: np.ndarray
+    name: str = ""  # prefix of its log lines when several models share the loop
     prev: np.ndarray | None = None
-    history: list[dict] = []
-    stop = STOP_MAX_ITER
-    total = None
-    for it in range(1, max_iter + 1):
+    total: kernels.Partials | None = None
+    stop: str | None = None
+    history: list[dict] = field(default_factory=list)
+
+    def step(self, it: int, numba: bool | None) -> tasks.LloydStep:
+        return tasks.LloydStep(self.run_id, it, self.centroids, self.prev, numba)
+
+    def state(self) -> dict:
+        """What a checkpoint keeps: enough to continue exactly where this run is."""
+        return {"centroids": self.centroids.tolist(),
+                "prev": None if self.prev is None else self.prev.tolist(),
+                "stop": self.stop, "history": self.history}
+
+    def restore(self, state: dict) -> None:
+        self.centroids = np.array(state["centroids"], dtype=np.float64)
+        self.prev = None if state["prev"] is None else np.array(state["prev"], dtype=np.float64)
+        self.stop = state["stop"]
+        self.history = list(state["history"])
+
+
+@dataclass
+class Rules:
+    """When a model stops and what an empty cluster does (see ``lloyd``)."""
+
+    max_iter: int = 300
+    tol_abs: float = 0.0
+    center_tol: float = 0.0
+    empty: str = "farthest"
+    cosine: bool = False
+
+
+def lloyd(transport: Transport, centroids: np.ndarray, *,
+          numba: bool | None = None, **rules) -> LloydResult:
+    """Run Lloyd iterations from ``centroids`` until a stop rule holds (see ``lloyd_many``)."""
+    return lloyd_many(transport, [centroids], numba=numba, **rules)[0]
+
+
+def lloyd_many(
+    transport: Transport,
+    starts: list[np.ndarray],
+    *,
+    numba: bool | None = None,
+    resume: list[dict] | None = None,
+    on_iteration: Callable[[int, list[dict]], None] | None = None,
+    **rules,
+) -> list[LloydResult]:
+    """Fit one model per start in the same passes over the data: each pass computes the partials
+    of every model still running, and a model retires when one of its stop rules holds. Each
+    model's result is exactly what fitting it alone gives.
+
+    Rules (keywords): ``max_iter``; ``tol_abs``: stop when the summed squared centre shift is at
+    most it (scikit-learn's tol); ``center_tol``: stop when no centre moved farther than it
+    (Spark MLlib's tol); ``empty``: "farthest" or "keep"; ``cosine``.
+
+    ``on_iteration(iteration, states)`` is called after every iteration with each model's state;
+    passing those states back as ``resume`` continues exactly as if never interrupted.
+    """
+    rule = Rules(**rules)
+    run_id = uuid.uuid4().hex
+    runs = [_Run(f"{run_id}-{i}", np.array(c, dtype=np.float64),
+                 f"model {i} (k={len(c)}): " if len(starts) > 1 else "")
+            for i, c in enumerate(starts)]
+    for r, state in zip(runs, resume or []):
+        r.restore(state)
+    done = max((len(r.history) for r in runs), default=0)
+    for it in range(done + 1, rule.max_iter + 1):
+        active = [r for r in runs if r.stop is None]
+        if not active:
+            break
         t0 = time.perf_counter()
-        step = tasks.LloydStep(run_id, it, centroids, prev, numba)
-        total = _partials(transport, step)
-        new, empty_mask = kernels.update_centroids(total, centroids)
-        if empty_mask.any() and empty == "farthest":
-            total = relocate_empty(transport, step, total, empty_mask, offsets)
-            new, _ = kernels.update_centroids(total, centroids)
-        new = _finish(new, cosine)
-        shift = kernels.center_shift(centroids, new)
-        seconds = time.perf_counter() - t0
-        history.append(
-            {"iteration": it, "inertia": _inertia(total, cosine), "moved": int(total.moved),
-             "shift": shift, "seconds": seconds}
-        )
-        log.info(
-            "iteration %d: inertia %.6g, moved %d, shift %.3g, %.2fs",
-            it, history[-1]["inertia"], total.moved, shift, seconds,
-        )
-        prev, centroids = centroids, new
-        if total.moved == 0:
-            stop = STOP_NO_CHANGE
-            break
-        if tol_abs > 0 and shift <= tol_abs:
-            stop = STOP_TOL
-            break
-        if center_tol > 0 and kernels.max_center_move_sq(prev, centroids) <= center_tol**2:
-            stop = STOP_CENTER_TOL
-            break
-    if total is None or not np.array_equal(prev, centroids):
-        # the last update moved the centroids: score the rows against where they ended up
-        total = _partials(transport, tasks.LloydStep(run_id, len(history) + 1, centroids, prev, numba))
-    return LloydResult(
-        centroids=centroids,
-        inertia=_inertia(total, cosine),
-        n_iter=len(history),
-        stop=stop,
-        cluster_sizes=[int(c) for c in total.counts],
-        history=history,
-    )
+        steps = [r.step(it, numba) for r in active]
+        for r, step, total in zip(active, steps, _partials(transport, steps)):
+            _advance(transport, r, step, total, rule, t0)
+        if on_iteration is not None:
+            on_iteration(it, [r.state() for r in runs])
+    for r in runs:
+        r.stop = r.stop or STOP_MAX_ITER
+    # a model whose last update moved its centroids: score the rows against where they ended up
+    rescore = [r for r in runs if r.total is None or not np.array_equal(r.prev, r.centroids)]
+    if rescore:
+        steps = [r.step(len(r.history) + 1, numba) for r in rescore]
+        for r, total in zip(rescore, _partials(transport, steps)):
+            r.total = total
+    return [
+        LloydResult(centroids=r.centroids, inertia=_inertia(r.total, rule.cosine),
+                    n_iter=len(r.history), stop=r.stop,
+                    cluster_sizes=[int(c) for c in r.total.counts], history=r.history)
+        for r in runs
+    ]
+
+
+def _advance(transport: Transport, r: _Run, step: tasks.LloydStep, total: kernels.Partials,
+             rule: Rules, t0: float) -> None:
+    """One model's update from its partials: new centroids, history, stop rules."""
+    new, empty_mask = kernels.update_centroids(total, r.centroids)
+    if empty_mask.any() and rule.empty == "farthest":
+        total = relocate_empty(transport, step, total, empty_mask)
+        new, _ = kernels.update_centroids(total, r.centroids)
+    new = _finish(new, rule.cosine)
+    shift = kernels.center_shift(r.centroids, new)
+    seconds = time.perf_counter() - t0
+    r.history.append({"iteration": step.iteration, "inertia": _inertia(total, rule.cosine),
+                      "moved": int(total.moved), "shift": shift, "seconds": seconds})
+    log.info("%siteration %d: inertia %.6g, moved %d, shift %.3g, %.2fs", r.name,
+             step.iteration, r.history[-1]["inertia"], total.moved, shift, seconds)
+    r.prev, r.centroids, r.total = r.centroids, new, total
+    if total.moved == 0:
+        r.stop = STOP_NO_CHANGE
+    elif rule.tol_abs > 0 and shift <= rule.tol_abs:
+        r.stop = STOP_TOL
+    elif rule.center_tol > 0 and kernels.max_center_move_sq(r.prev, new) <= rule.center_tol**2:
+        r.stop = STOP_CENTER_TOL
 
 
 def _inertia(total: kernels.Partials, cosine: bool) -> float:

@@ -11,11 +11,15 @@ import numpy as np
 from pyspark.sql import DataFrame
 
 from kmeans_dist import data, engine, io, kernels, tasks
+from kmeans_dist.checkpoint import Checkpoint, fingerprint
 from kmeans_dist import init as inits
 from kmeans_dist.model import DISTANCES, KMeansModel
 from kmeans_dist.transport import TRANSPORTS, Transport
 
 log = logging.getLogger("kmeans_dist")
+
+#: what to do with rows that have a null/NaN/infinite feature, a bad weight or (cosine) no norm
+INVALID_POLICIES = ("error", "skip")
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
@@ -24,6 +28,12 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
+
+
+def _check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ValueError(f"unknown {name} '{value}'; use one of {', '.join(choices)}")
+    return value
 
 
 def _check_nonnegative(name: str, value: Any) -> float:
@@ -63,8 +73,13 @@ class KMeans:
     cluster, after ``max_iter`` iterations, or (``tol > 0``) when the total squared centroid shift
     is at most ``tol`` times the mean feature variance (scikit-learn's meaning), or
     (``center_tol > 0``) when no centroid moved farther than ``center_tol`` (Spark MLlib's tol).
-    ``empty_clusters``: ``"farthest"`` moves an empty cluster to the row farthest from its
+    ``n_init``: starts per fit (each from its own seed), the lowest inertia wins; the model's
+    ``restarts`` lists every start. ``checkpoint``: a directory where the state is saved after
+    every iteration; with ``resume=True`` a fit continues from it (same result as uninterrupted). ``empty_clusters``: ``"farthest"`` moves an empty cluster to the row farthest from its
     centroid (scikit-learn), ``"keep"`` leaves its centroid where it was (Spark MLlib).
+    ``invalid``: rows with a null/NaN/infinite feature, a bad weight or (cosine) a zero vector are
+    an error naming the count and an example (``"error"``), or dropped and counted by reason in
+    the model's ``dropped`` (``"skip"``).
     """
 
     def __init__(
@@ -84,24 +99,29 @@ class KMeans:
         transport: str = "resident",
         center_tol: float = 0.0,
         empty_clusters: str = "farthest",
+        invalid: str = "error",
+        n_init: int = 1,
+        checkpoint: str | None = None,
+        resume: bool = False,
     ) -> None:
         self.k = _check_int("k", k, 1)
         self.max_iter = _check_int("max_iter", max_iter, 1)
         self.init_steps = _check_int("init_steps", init_steps, 1)
+        self.n_init = _check_int("n_init", n_init, 1)
+        if resume and checkpoint is None:
+            raise ValueError("resume needs a checkpoint directory")
+        self.checkpoint = checkpoint
+        self.resume = bool(resume)
         if block_rows is not None:
             block_rows = _check_int("block_rows", block_rows, 1)
         if num_partitions is not None:
             num_partitions = _check_int("num_partitions", num_partitions, 1)
         self.tol = _check_nonnegative("tol", tol)
         self.center_tol = _check_nonnegative("center_tol", center_tol)
-        if empty_clusters not in engine.EMPTY_POLICIES:
-            raise ValueError(f"unknown empty_clusters '{empty_clusters}'; use one of "
-                             f"{', '.join(engine.EMPTY_POLICIES)}")
-        self.empty_clusters = empty_clusters
-        if transport not in TRANSPORTS:
-            raise ValueError(f"unknown transport '{transport}'; use one of {', '.join(TRANSPORTS)}")
-        if distance not in DISTANCES:
-            raise ValueError(f"unknown distance '{distance}'; use one of {', '.join(DISTANCES)}")
+        self.empty_clusters = _check_choice("empty_clusters", empty_clusters, engine.EMPTY_POLICIES)
+        self.invalid = _check_choice("invalid", invalid, INVALID_POLICIES)
+        _check_choice("transport", transport, tuple(TRANSPORTS))
+        _check_choice("distance", distance, DISTANCES)
         if isinstance(init, str):
             if init not in inits.INITS and not _looks_like_path(init):
                 raise ValueError(
@@ -133,17 +153,29 @@ class KMeans:
             "distance": self.distance,
             "weight_col": self.weight_col,
             "init_steps": self.init_steps,
+            "n_init": self.n_init,
             "center_tol": self.center_tol,
             "empty_clusters": self.empty_clusters,
+            "invalid": self.invalid,
         }
 
     # ------------------------------------------------------------------ fitting
     def fit(self, df: DataFrame, features: Sequence[str] | None = None) -> KMeansModel:
         """Cluster the rows of ``df`` on ``features`` (default: every numeric column)."""
+        return self.fit_many(df, [self.k], features)[self.k]
+
+    def fit_many(self, df: DataFrame, ks: Sequence[int],
+                 features: Sequence[str] | None = None) -> dict[int, KMeansModel]:
+        """For each k in ``ks``, the best of ``n_init`` starts, all fitted in the same passes over
+        the data (a pass computes every running model's partials); each model is exactly what
+        fitting it alone gives."""
+        ks = sorted({_check_int("k", k, 1) for k in ks})
         started = time.perf_counter()
         features = data.resolve_features(df, features, self.weight_col)
         d = len(features)
         given = self._given_centroids(d)
+        if given is not None and ks != [self.k]:
+            raise ValueError(f"explicit init centroids fix k={self.k}; cannot fit k={ks}")
         frame = data.block_frame(
             df, features, weight_col=self.weight_col, block_rows=self.block_rows,
             cosine=self.distance == "cosine",
@@ -151,25 +183,76 @@ class KMeans:
         )
         transport = TRANSPORTS[self.transport](data.block_rdd(frame, d))
         try:
-            summary, offsets = self._summarize(transport, d)
-            centroids = self._initial_centroids(transport, given, summary.rows, offsets)
+            summary = self._summarize(transport, d, max(ks))
+            ckpt, saved = self._checkpoint(features, summary)
+            if saved is not None:
+                log.info("resuming from %s at iteration %d", ckpt.path, saved["iteration"])
+                starts = [tuple(s) for s in saved["starts"]]
+                init_seconds = saved["init_seconds"]
+                centroids = [np.array(r["centroids"]) for r in saved["runs"]]
+            else:
+                starts, init_seconds, centroids = self._starts(transport, given, ks,
+                                                               summary.rows)
             tol_abs = self.tol * float(np.mean(summary.m2 / summary.rows)) if self.tol else 0.0
-            result = engine.lloyd(
-                transport, centroids, offsets=offsets, max_iter=self.max_iter, tol_abs=tol_abs,
+            results = engine.lloyd_many(
+                transport, centroids, max_iter=self.max_iter, tol_abs=tol_abs,
                 center_tol=self.center_tol, empty=self.empty_clusters,
                 cosine=self.distance == "cosine", numba=self.use_numba,
+                resume=saved["runs"] if saved else None,
+                on_iteration=(lambda it, runs: ckpt.save(starts, init_seconds, it, runs))
+                if ckpt else None,
             )
         finally:
             transport.release()
-        model = KMeansModel(
-            result.centroids, features, distance=self.distance, inertia=result.inertia,
-            n_iter=result.n_iter, converged=result.converged, stop=result.stop,
-            cluster_sizes=result.cluster_sizes, history=result.history, params=self.params(),
+        models = {}
+        for k in ks:
+            tried = [(seed, r, s) for (kk, seed), r, s in zip(starts, results, init_seconds)
+                     if kk == k]
+            models[k] = self._best(k, features, tried)
+            models[k].dropped = data.dropped_counts(summary.problems)
+        log.info("fit done: k=%s, %d rows, %d model(s) in %.1fs", ks, summary.rows,
+                 len(results), time.perf_counter() - started)
+        return models
+
+    def _starts(self, transport: Transport, given: np.ndarray | None, ks: list[int],
+                rows: int) -> tuple[list, list[float], list[np.ndarray]]:
+        """(k, seed) of every start, its init seconds and its initial centroids."""
+        n_init = 1 if given is not None else self.n_init
+        if given is not None and self.n_init > 1:
+            log.warning("explicit init centroids: one start only (n_init=%d ignored)",
+                        self.n_init)
+        starts = [(k, start_seed(self.seed, i)) for k in ks for i in range(n_init)]
+        init_seconds, centroids = [], []
+        for k, seed in starts:
+            t0 = time.perf_counter()
+            centroids.append(self._initial_centroids(transport, given, k, seed, rows))
+            init_seconds.append(time.perf_counter() - t0)
+        return starts, init_seconds, centroids
+
+    def _checkpoint(self, features: list[str],
+                    summary: tasks.Summary) -> tuple[Checkpoint | None, dict | None]:
+        """This fit's checkpoint (if asked for) and, when resuming, its saved state."""
+        if self.checkpoint is None:
+            return None, None
+        ckpt = Checkpoint(self.checkpoint, fingerprint(
+            self.params(), features, summary.rows, summary.weight, summary.mean, summary.m2))
+        saved = ckpt.load() if self.resume else None
+        if self.resume and saved is None:
+            log.info("no checkpoint in %s: starting from the beginning", self.checkpoint)
+        return ckpt, saved
+
+    def _best(self, k: int, features: list[str], tried: list) -> KMeansModel:
+        """The start with the lowest inertia (the first on ties), with every start's record."""
+        best_seed, best, _ = min(tried, key=lambda t: t[1].inertia)
+        restarts = [{"seed": seed, "inertia": r.inertia, "n_iter": r.n_iter, "stop": r.stop,
+                     "init_seconds": secs} for seed, r, secs in tried]
+        params = {**self.params(), "k": k, "seed": best_seed}
+        return KMeansModel(
+            best.centroids, features, distance=self.distance, inertia=best.inertia,
+            n_iter=best.n_iter, converged=best.converged, stop=best.stop,
+            cluster_sizes=best.cluster_sizes, history=best.history, params=params,
+            restarts=restarts,
         )
-        log.info("fit done: k=%d, %d rows, inertia %.6g, %d iterations, stop=%s, %.1fs",
-                 self.k, summary.rows, model.inertia, model.n_iter, model.stop,
-                 time.perf_counter() - started)
-        return model
 
     def _given_centroids(self, d: int) -> np.ndarray | None:
         if isinstance(self.init, str) and self.init in inits.INITS:
@@ -183,32 +266,54 @@ class KMeans:
             c = kernels.normalize_rows(c)
         return c
 
-    def _summarize(self, transport: Transport, d: int) -> tuple[tasks.Summary, list[int]]:
-        """Caches the blocks (first pass) and checks what was dropped; returns row offsets."""
+    def _summarize(self, transport: Transport, d: int,
+                   k: int) -> tasks.Summary:
+        """Caches the blocks (first pass) and checks what was dropped (an error unless
+        ``invalid="skip"``, and always when nothing is left)."""
         parts = transport.run(tasks.summarize, d)
         total = kernels.fold(parts)
-        if total.problems:
-            reason, (count, example) = next(iter(total.problems.items()))
-            raise ValueError(f"{count} input rows have a {reason}, e.g. {example}")
+        if total.problems and self.invalid == "error":
+            raise invalid_rows(total.problems)
+        dropped = data.dropped_counts(total.problems)
         if total.rows == 0:
+            if dropped:
+                raise ValueError(f"input has no valid rows ({data.describe_dropped(dropped)})")
             raise ValueError("input has no rows")
-        if total.rows < self.k:
-            raise too_many_clusters(self.k, total.rows)
-        offsets = np.concatenate([[0], np.cumsum([p.rows for p in parts])])[:-1]
-        return total, [int(o) for o in offsets]
+        if total.rows < k:
+            raise too_many_clusters(k, total.rows)
+        if dropped:
+            log.warning("invalid rows skipped: %s", data.describe_dropped(dropped))
+        return total
 
-    def _initial_centroids(self, transport, given, n_rows: int, offsets: list[int]) -> np.ndarray:
+    def _initial_centroids(self, transport, given, k: int, seed: int,
+                           n_rows: int) -> np.ndarray:
         if given is not None:
             return given
         t0 = time.perf_counter()
         if self.init == "random":
-            c = inits.random_rows(transport, self.k, self.seed, n_rows, offsets)
+            c = inits.random_rows(transport, k, seed, n_rows)
         elif self.init == "k-means++":
-            c = inits.kmeans_plus_plus(transport, self.k, self.seed, offsets)
+            c = inits.kmeans_plus_plus(transport, k, seed)
         else:
-            c = inits.kmeans_parallel(transport, self.k, self.seed, offsets, self.init_steps)
-        log.info("init %s: %d centroids in %.2fs", self.init, self.k, time.perf_counter() - t0)
+            c = inits.kmeans_parallel(transport, k, seed, self.init_steps)
+        log.info("init %s: %d centroids in %.2fs", self.init, k, time.perf_counter() - t0)
         return c
+
+
+def start_seed(seed: int, i: int) -> int:
+    """The seed of restart ``i``: the seed itself for the first, then independent streams."""
+    if i == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, i]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def invalid_rows(problems: dict[str, tuple[int, dict]]) -> ValueError:
+    """The error for invalid rows under ``invalid="error"``: count, reason, one example row."""
+    (reason, (count, example)), *more = problems.items()
+    also = "".join(f"; {n} more with a {r}" for r, (n, _) in more)
+    rows = "1 input row has" if count == 1 else f"{count} input rows have"
+    return ValueError(f"{rows} a {reason}, e.g. {example}{also}; "
+                      "use --invalid skip (invalid='skip') to drop them and fit on the rest")
 
 
 def too_many_clusters(k: int, rows: int) -> ValueError:

@@ -1,8 +1,9 @@
 """Initial centroids: random rows, k-means++, k-means|| (the default), or given ones.
 
-Every sampling step draws per-row uniforms from (seed, step, global row index), so the same seed
-picks the same rows whatever the partitioning. Each strategy fails with a clear ValueError when the
-data has fewer than k distinct rows, which is how that case is detected at all.
+Every sampling step draws per-row uniforms from (seed, step, the row's content) and breaks ties
+by content too, so the same seed picks the same rows whatever the partitioning and row order.
+Each strategy fails with a clear ValueError when the data has fewer than k distinct rows, which
+is how that case is detected at all.
 """
 
 from __future__ import annotations
@@ -39,11 +40,11 @@ def _sample(transport: Transport, step: tasks.SampleStep) -> tasks.SampleResult:
     return tasks.SampleResult(kernels.sequential_sum(np.array([p.cost for p in parts])), cands)
 
 
-def random_rows(transport: Transport, k: int, seed: int, n_rows: int, offsets: list[int]) -> np.ndarray:
+def random_rows(transport: Transport, k: int, seed: int, n_rows: int) -> np.ndarray:
     """k distinct rows drawn at random (weighted by row weight when there are weights)."""
     want = k
     while True:
-        found = _sample(transport, tasks.SampleStep(seed, 0, want, offsets)).candidates
+        found = _sample(transport, tasks.SampleStep(seed, 0, want)).candidates
         distinct = _distinct_rows([c.row for c in found])
         if len(distinct) >= k:
             return np.array(distinct[:k])
@@ -52,33 +53,31 @@ def random_rows(transport: Transport, k: int, seed: int, n_rows: int, offsets: l
         want = min(n_rows, want * 4)
 
 
-def kmeans_plus_plus(transport: Transport, k: int, seed: int, offsets: list[int]) -> np.ndarray:
+def kmeans_plus_plus(transport: Transport, k: int, seed: int) -> np.ndarray:
     """Exact k-means++: each centre drawn with probability ∝ weight x d^2, one pass per centre."""
-    first = _sample(transport, tasks.SampleStep(seed, 1, 1, offsets)).candidates
+    first = _sample(transport, tasks.SampleStep(seed, 1, 1)).candidates
     centers = [first[0].row]
     for i in range(1, k):
-        res = _sample(transport, tasks.SampleStep(seed, 1 + i, 1, offsets, np.array(centers)))
+        res = _sample(transport, tasks.SampleStep(seed, 1 + i, 1, np.array(centers)))
         if not res.candidates or res.cost <= 0:
             raise too_few_distinct(k, len(centers))
         centers.append(res.candidates[0].row)
     return np.array(centers)
 
 
-def kmeans_parallel(
-    transport: Transport, k: int, seed: int, offsets: list[int], steps: int = 2
-) -> np.ndarray:
+def kmeans_parallel(transport: Transport, k: int, seed: int, steps: int = 2) -> np.ndarray:
     """k-means|| (Bahmani et al. 2012): oversample about 2k rows per round, then reduce to k.
 
     The candidates are weighted by how much row weight is nearest to each, and reduced on the
     driver by weighted k-means++ followed by weighted Lloyd (as Spark MLlib does).
     """
     ell = 2.0 * k
-    first = _sample(transport, tasks.SampleStep(seed, 1, 1, offsets)).candidates
+    first = _sample(transport, tasks.SampleStep(seed, 1, 1)).candidates
     candidates = [first[0].row]
     round_ = 0
     while round_ < steps or (len(candidates) < k and round_ < steps + MAX_EXTRA_ROUNDS):
         round_ += 1
-        added, cost = _oversample_round(transport, seed, round_, ell, offsets, np.array(candidates))
+        added, cost = _oversample_round(transport, seed, round_, ell, np.array(candidates))
         if cost <= 0:
             break  # every row coincides with a candidate
         candidates = _distinct_rows(candidates + added)
@@ -89,13 +88,14 @@ def kmeans_parallel(
     return local_kmeans(cand, weights, k, seed)
 
 
-def _oversample_round(transport, seed, round_, ell, offsets, centers):
-    """Rows with u < ell * w d^2 / cost; asks again with a larger cap if a partition was cut short."""
+def _oversample_round(transport: Transport, seed: int, round_: int, ell: float,
+                      centers: np.ndarray) -> tuple[list[np.ndarray], float]:
+    """Rows with u < ell * w d^2 / cost, in rank order (key, then content: order independent);
+    asks again with a larger cap if a partition was cut short."""
     cap = int(2 * ell + 10 * np.sqrt(ell) + 10)
     while True:
-        parts = transport.run(
-            tasks.oversample, tasks.OversampleStep(seed, 1000 + round_, cap, offsets, centers)
-        )
+        step = tasks.OversampleStep(seed, 1000 + round_, cap, centers)
+        parts = transport.run(tasks.oversample, step)
         cost = kernels.sequential_sum(np.array([p.cost for p in parts]))
         threshold = -cost / ell  # keys are -(w d^2 / u); keep key < threshold
         cut_short = any(
@@ -103,7 +103,7 @@ def _oversample_round(transport, seed, round_, ell, offsets, centers):
         )
         if not cut_short:
             kept = sorted((c for p in parts for c in p.candidates if c.key < threshold),
-                          key=lambda c: c.index)
+                          key=tasks.Candidate.rank)
             return [c.row for c in kept], cost
         cap *= 4
 

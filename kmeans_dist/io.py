@@ -77,9 +77,24 @@ def write_text(path: str, text: str) -> None:
 
 
 def check_output_dir(path: str, overwrite: bool) -> None:
-    """Refuse an existing output directory unless ``overwrite`` (checked before any work)."""
-    if exists(path) and not overwrite:
+    """Refuse, before any work, an existing output directory unless ``overwrite``, and one that
+    cannot be created because the nearest existing parent is a file."""
+    fs, p = _fs_path(path)
+    if fs.exists(p) and not overwrite:
         raise ValueError(f"output directory {path} already exists (pass --overwrite to replace it)")
+    parent = p.getParent()
+    while parent is not None and not fs.exists(parent):
+        parent = parent.getParent()
+    if parent is not None and not fs.getFileStatus(parent).isDirectory():
+        raise ValueError(f"cannot write output directory {path}: {parent.toString()} is a file, "
+                         "not a directory")
+
+
+def _java_reason(exc: Exception) -> str:
+    """What went wrong, in one line: a py4j error's Java exception (its own first line only names
+    the failed call), else the error's first line."""
+    java = getattr(exc, "java_exception", None)
+    return first_line(exc) if java is None else str(java.toString()).strip().splitlines()[0]
 
 
 @contextmanager
@@ -94,10 +109,12 @@ def staged_dir(path: str, overwrite: bool = False) -> Iterator[str]:
     jvm = _session().sparkContext._jvm
     staging = jvm.org.apache.hadoop.fs.Path(parent, f".{p.getName()}.{uuid.uuid4().hex}.staging")
     try:
-        if not fs.mkdirs(staging):
-            raise OSError(f"cannot write to {path}: could not create {staging.toString()}")
+        made = fs.mkdirs(staging)
     except Exception as exc:  # py4j wraps permission errors
-        raise ValueError(f"cannot write output directory {path}: {first_line(exc)}") from None
+        raise ValueError(f"cannot write output directory {path}: {_java_reason(exc)}") from None
+    if not made:
+        raise ValueError(f"cannot write output directory {path}: could not create "
+                         f"{staging.toString()}")
     try:
         yield staging.toString()
         fs.create(jvm.org.apache.hadoop.fs.Path(staging, SUCCESS), True).close()
@@ -127,5 +144,9 @@ def read_table(path: str, fmt: str | None = None) -> DataFrame:
         raise FileNotFoundError(f"input not found: {path}")
     reader = _session().read
     if fmt == "csv":
-        return reader.option("header", True).option("inferSchema", True).csv(path)
-    return reader.parquet(path)
+        df = reader.option("header", True).option("inferSchema", True).csv(path)
+    else:
+        df = reader.parquet(path)
+    if df.isEmpty():  # else a header-only CSV would fail later as "column is not numeric"
+        raise ValueError(f"input {path} has no rows")
+    return df

@@ -40,10 +40,15 @@ def normalize_rows(x: np.ndarray) -> np.ndarray:
     return x / np.where(norms > 0, norms, 1.0)[:, None]
 
 
-def _chunk_scores(x: np.ndarray, centroids: np.ndarray, c_sq: np.ndarray) -> np.ndarray:
+def _scaled(centroids: np.ndarray) -> np.ndarray:
+    """-2 c^T, contiguous: scaling by -2 is exact, so x @ (-2 c^T) == -2 (x @ c^T) bit for bit,
+    and the GEMM then needs one pass over the scores less."""
+    return np.ascontiguousarray(-2.0 * centroids.T)
+
+
+def _chunk_scores(x: np.ndarray, neg2_ct: np.ndarray, c_sq: np.ndarray) -> np.ndarray:
     """||c||^2 - 2 x.c for a chunk: the squared distance less the row's own ||x||^2."""
-    scores = x @ centroids.T
-    scores *= -2.0
+    scores = x @ neg2_ct
     scores += c_sq
     return scores
 
@@ -57,9 +62,10 @@ def assign(
     m = x.shape[0]
     labels = np.empty(m, dtype=np.int32)
     dist = np.empty(m, dtype=np.float64)
+    neg2_ct = _scaled(centroids)
     for lo in range(0, m, CHUNK_ROWS):
         hi = min(lo + CHUNK_ROWS, m)
-        scores = _chunk_scores(x[lo:hi], centroids, c_sq)
+        scores = _chunk_scores(x[lo:hi], neg2_ct, c_sq)
         lab = np.argmin(scores, axis=1)
         labels[lo:hi] = lab
         dist[lo:hi] = scores[np.arange(hi - lo), lab] + x_sq[lo:hi]
@@ -168,9 +174,10 @@ def _fused_partials(x, x_sq, w, centroids, c_sq, prev_labels):
     has_prev = prev_labels is not None
     w_arr = w if has_w else np.empty(0)
     prev = prev_labels if has_prev else np.empty(0, dtype=np.int32)
+    neg2_ct = _scaled(centroids)
     for lo in range(0, m, CHUNK_ROWS):
         hi = min(lo + CHUNK_ROWS, m)
-        scores = _chunk_scores(x[lo:hi], centroids, c_sq)
+        scores = _chunk_scores(x[lo:hi], neg2_ct, c_sq)
         _fused.accumulate(
             scores, x, x_sq, w_arr, has_w, prev, has_prev, lo, labels, sums, weights, counts, acc
         )
@@ -181,17 +188,17 @@ def _fused_partials(x, x_sq, w, centroids, c_sq, prev_labels):
 
 
 def farthest(
-    x: np.ndarray, centroids: np.ndarray, labels: np.ndarray, n: int
+    x: np.ndarray, centroids: np.ndarray, labels: np.ndarray, n: int, w: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Indices and distances of the ``n`` rows farthest from their assigned centroid.
 
     Distances are computed directly, (x - c)^2 summed, as scikit-learn does when it relocates
-    empty clusters; ties go to the lower row index. Returned farthest first.
+    empty clusters; ties go by row content (``smallest_rows``), never by position, so the rows
+    chosen do not depend on row order. Returned farthest first.
     """
     diff = x - centroids[labels]
     dist = np.einsum("ij,ij->i", diff, diff)
-    n = min(n, x.shape[0])
-    order = np.lexsort((np.arange(x.shape[0]), -dist))[:n]
+    order = smallest_rows(-dist, x, w, n)
     return order, dist[order]
 
 
@@ -229,22 +236,74 @@ _M2 = np.uint64(0x94D049BB133111EB)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
+def _mix_in_place(z: np.ndarray, tmp: np.ndarray) -> np.ndarray:
+    """splitmix64's mix of every word of ``z``, in place (``tmp``: scratch of the same shape)."""
+    z += _GOLDEN
+    for shift, mult in ((30, _M1), (27, _M2)):
+        np.right_shift(z, np.uint64(shift), out=tmp)
+        z ^= tmp
+        z *= mult
+    np.right_shift(z, np.uint64(31), out=tmp)
+    z ^= tmp
+    return z
+
+
 def _splitmix64(z: np.ndarray) -> np.ndarray:
-    z = z + _GOLDEN
-    z = (z ^ (z >> np.uint64(30))) * _M1
-    z = (z ^ (z >> np.uint64(27))) * _M2
-    return z ^ (z >> np.uint64(31))
+    """splitmix64's mix of every word: a bijection on 64-bit words."""
+    z = np.array(z, dtype=np.uint64)
+    return _mix_in_place(z, np.empty_like(z))
 
 
-def row_uniforms(seed: int, stream: int, first_row: int, m: int) -> np.ndarray:
-    """Uniforms in (0, 1) for global rows ``first_row .. first_row + m``.
+def row_bits(x: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
+    """Each row's content as exact integers: the (m, d) uint64 bit patterns of its float64
+    values, plus one column for its weight when there are weights."""
+    bits = np.ascontiguousarray(x, dtype=np.float64).view(np.uint64)
+    if w is None:
+        return bits
+    wbits = np.ascontiguousarray(w, dtype=np.float64).view(np.uint64)
+    return np.column_stack([bits, wbits])
 
-    Each value depends only on (seed, stream, global row index), never on how rows are split
-    into partitions or blocks, so seeded sampling gives the same rows on any partitioning.
+
+def smallest_rows(keys: np.ndarray, x: np.ndarray, w: np.ndarray | None, n: int) -> np.ndarray:
+    """Indices of the ``n`` rows with the smallest finite key, smallest first.
+
+    Ties go by row content (``row_bits``, compared column by column), so which rows are chosen
+    depends on the keys and the rows' values alone, never on their order; rows with equal keys
+    and content are interchangeable. Rows with a non-finite key are never chosen.
     """
-    with np.errstate(over="ignore"):
-        key = _splitmix64(np.array([seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))
-        key = _splitmix64(key ^ np.uint64(stream & 0xFFFFFFFFFFFFFFFF))
-        z = _splitmix64(np.arange(first_row, first_row + m, dtype=np.uint64) ^ key)
+    finite = np.flatnonzero(np.isfinite(keys))
+    m = min(n, finite.size)
+    if m <= 0:
+        return np.empty(0, dtype=np.intp)
+    k = keys[finite]
+    cut = np.partition(k, m - 1)[m - 1]
+    cand = finite[k <= cut]  # the m smallest, plus every row tied with the m-th
+    bits = row_bits(x[cand], None if w is None else w[cand])
+    order = np.lexsort((*bits.T[::-1], keys[cand]))
+    return cand[order[:m]]
+
+
+def _seed_key(seed: int, stream: int) -> np.uint64:
+    """One 64-bit key from (seed, stream); any Python ints (taken modulo 2^64)."""
+    mask = 0xFFFFFFFFFFFFFFFF
+    key = _splitmix64(np.array([seed & mask], dtype=np.uint64))
+    return _splitmix64(key ^ np.uint64(stream & mask))[0]
+
+
+def row_uniforms(seed: int, stream: int, x: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
+    """One uniform in (0, 1) per row of ``x``, from (seed, stream) and the row's content.
+
+    Counter-based: a key from (seed, stream) is folded with each of the row's 64-bit words (its
+    float64 bit patterns, then its weight's: ``row_bits``) by splitmix64 mixing, z = mix(z ^ word),
+    one vectorised in-place pass per column. A value depends on what the row holds, never on
+    where it sits, so seeded sampling picks the same rows on any partitioning and in any row
+    order; identical rows get identical values.
+    """
+    words = np.ascontiguousarray(row_bits(x, w).T)  # one contiguous array per column
+    z = np.full(words.shape[1], _seed_key(seed, stream), dtype=np.uint64)
+    tmp = np.empty_like(z)
+    for column in words:
+        z ^= column
+        _mix_in_place(z, tmp)
     # 52 random bits + 1/2, scaled by 2^-52: exact in float64, so strictly inside (0, 1)
     return ((z >> np.uint64(12)).astype(np.float64) + 0.5) / 4503599627370496.0

@@ -31,6 +31,8 @@ class KMeansModel:
         cluster_sizes: Sequence[int] | None = None,
         history: list[dict] | None = None,
         params: dict[str, Any] | None = None,
+        restarts: list[dict] | None = None,
+        dropped: dict[str, int] | None = None,
     ) -> None:
         self.centroids = np.asarray(centroids, dtype=np.float64)
         self.features = list(features)
@@ -42,6 +44,10 @@ class KMeansModel:
         self.cluster_sizes = list(cluster_sizes) if cluster_sizes is not None else None
         self.history = list(history or [])
         self.params = dict(params or {})
+        #: every start tried (seed, inertia, n_iter, stop, init_seconds); this model is the best
+        self.restarts = list(restarts or [])
+        #: invalid input rows left out of the fit (invalid="skip"), by reason; empty if none
+        self.dropped = {str(r): int(n) for r, n in dict(dropped or {}).items()}
 
     @property
     def k(self) -> int:
@@ -82,6 +88,14 @@ class KMeansModel:
             _Labeller(columns, self.centroids, self.distance, [f.name for f in added]), schema
         )
 
+    def silhouette(self, df: DataFrame, sample_size: int = 10000, seed: int = 0) -> float | None:
+        """Exact mean silhouette (Euclidean, or 1 - cos for cosine) of a seeded content-hash
+        sample of ``df``'s rows, computed on Spark; None, with the reason logged as a warning,
+        where it is undefined (k=1, one cluster). See ``kmeans_dist.silhouette``."""
+        from kmeans_dist import silhouette
+
+        return silhouette.silhouette(self, df, sample_size, seed)
+
     # ------------------------------------------------------------------ persistence
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -97,6 +111,8 @@ class KMeansModel:
             "cluster_sizes": self.cluster_sizes,
             "params": self.params,
             "history": self.history,
+            "restarts": self.restarts,
+            "dropped": self.dropped,
         }
 
     @classmethod
@@ -121,6 +137,7 @@ class KMeansModel:
                 n_iter=d.get("n_iter", 0), converged=d.get("converged", False),
                 stop=d.get("stop"), cluster_sizes=d.get("cluster_sizes"),
                 history=d.get("history"), params=d.get("params"),
+                restarts=d.get("restarts"), dropped=d.get("dropped"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{source} is not a valid kmeans-dist model: {exc}") from None

@@ -58,7 +58,12 @@ def build_env(dest: str | os.PathLike, python: str = sys.executable) -> Path:
         pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet"]
         subprocess.run(pip + ["--upgrade", "pip", "venv-pack"], check=True)
         subprocess.run(pip + EXECUTOR_REQUIREMENTS, check=True)
-        subprocess.run(pip + ["--no-deps", str(PACKAGE.parent)], check=True)
+        src = Path(tmp) / "src"  # a copy, so the build leaves nothing in the source tree
+        shutil.copytree(PACKAGE, src / PACKAGE.name,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        for name in ("pyproject.toml", "README.md"):
+            shutil.copy2(PACKAGE.parent / name, src / name)
+        subprocess.run(pip + ["--no-deps", str(src)], check=True)
         if dest.exists():
             dest.unlink()
         subprocess.run([str(venv / "bin" / "venv-pack"), "-p", str(venv), "-o", str(dest)],

@@ -137,20 +137,26 @@ def current_labels(b: Block, run_id: str, iteration: int, centroids: np.ndarray)
     return kernels.assign(b.x, b.x_sq, centroids)[0]
 
 
+def lloyd_many(blocks: Iterable[Block], steps: list[LloydStep]) -> list[kernels.Partials]:
+    """One Lloyd assignment of several models over a partition, each block read once: per model,
+    partial sums, weights, counts, inertia and rows moved."""
+    totals = [kernels.Partials.zeros(*s.centroids.shape) for s in steps]
+    for b in blocks:
+        for i, step in enumerate(steps):
+            prev = None
+            if step.prev_centroids is not None:
+                prev = current_labels(b, step.run_id, step.iteration - 1, step.prev_centroids)
+            part, labels = kernels.block_partials(
+                b.x, b.x_sq, b.w, step.centroids, prev, numba=step.numba
+            )
+            keep_labels(b, step.run_id, step.iteration, labels)
+            totals[i] = totals[i].add(part)
+    return totals
+
+
 def lloyd(blocks: Iterable[Block], step: LloydStep) -> kernels.Partials:
     """One Lloyd assignment over a partition: partial sums, weights, counts, inertia, moved."""
-    k, d = step.centroids.shape
-    total = kernels.Partials.zeros(k, d)
-    for b in blocks:
-        prev = None
-        if step.prev_centroids is not None:
-            prev = current_labels(b, step.run_id, step.iteration - 1, step.prev_centroids)
-        part, labels = kernels.block_partials(
-            b.x, b.x_sq, b.w, step.centroids, prev, numba=step.numba
-        )
-        keep_labels(b, step.run_id, step.iteration, labels)
-        total = total.add(part)
-    return total
+    return lloyd_many(blocks, [step])[0]
 
 
 # --------------------------------------------------------------------------- empty clusters
@@ -160,18 +166,30 @@ class FarthestStep:
     iteration: int
     centroids: np.ndarray
     n: int
-    offsets: list[int]
 
 
 @dataclass
 class Candidate:
-    """A row picked by a sampling or search task: its sort key, global index and values."""
+    """A row picked by a sampling or search task: its sort key, values, weight and label."""
 
     key: float
-    index: int
     row: np.ndarray
     weight: float = 1.0
     label: int = -1
+
+    def rank(self) -> tuple:
+        """Sort order: the key, then the row's content as ``kernels.smallest_rows`` compares it
+        (bit patterns, then the weight's), so equal ranks mean interchangeable candidates."""
+        bits = kernels.row_bits(self.row[None, :], np.array([self.weight]))[0]
+        return (self.key, *bits.tolist())
+
+
+def _candidates(b: Block, idx: np.ndarray, keys: np.ndarray,
+                labels: np.ndarray | None = None) -> list[Candidate]:
+    """The block's rows ``idx`` (with ``keys[j]`` for ``idx[j]``) as candidates; rows are copied,
+    as the block may be a view on memory that goes away."""
+    return [Candidate(float(key), b.x[i].copy(), 1.0 if b.w is None else float(b.w[i]),
+                      -1 if labels is None else int(labels[i])) for i, key in zip(idx, keys)]
 
 
 def farthest(blocks: Iterable[Block], step: FarthestStep) -> list[Candidate]:
@@ -179,32 +197,30 @@ def farthest(blocks: Iterable[Block], step: FarthestStep) -> list[Candidate]:
     found: list[Candidate] = []
     for b in blocks:
         labels = current_labels(b, step.run_id, step.iteration, step.centroids)
-        idx, dist = kernels.farthest(b.x, step.centroids, labels, step.n)
-        base = step.offsets[b.part] + b.start
-        for i, di in zip(idx, dist):
-            w = 1.0 if b.w is None else float(b.w[i])
-            found.append(Candidate(-float(di), base + int(i), b.x[i].copy(), w, int(labels[i])))
+        idx, dist = kernels.farthest(b.x, step.centroids, labels, step.n, b.w)
+        found += _candidates(b, idx, -dist, labels)
     return smallest(found, step.n)
 
 
 def smallest(cands: list[Candidate], n: int) -> list[Candidate]:
-    """The ``n`` candidates with the smallest key, ties to the lower global row index."""
-    return sorted(cands, key=lambda c: (c.key, c.index))[:n]
+    """The ``n`` candidates with the smallest key, ties by row content (never by position)."""
+    return sorted(cands, key=Candidate.rank)[:n]
 
 
 # --------------------------------------------------------------------------- seeded sampling
 @dataclass
 class SampleStep:
-    """Weighted sampling without replacement keyed by global row index, so the same seed picks
-    the same rows on any partitioning. Each row's mass is its weight (``centers`` None: random
-    init, first k-means++ centre) or weight x squared distance to the nearest center (k-means++);
-    the exponential race key -log(u) / mass, smallest first, samples proportionally to mass.
+    """Weighted sampling without replacement keyed by row content (``kernels.row_uniforms``), so
+    the same seed picks the same rows on any partitioning and row order. Each row's mass is its
+    weight (``centers`` None: random init, first k-means++ centre) or weight x squared distance
+    to the nearest center (k-means++); the exponential race key -log(u) / mass, smallest first,
+    samples proportionally to mass. Identical rows share u, so they are drawn together: a row
+    repeated c times is as likely as one copy (a weight column expresses multiplicity).
     """
 
     seed: int
     stream: int
     n: int
-    offsets: list[int]
     centers: np.ndarray | None = None
 
 
@@ -222,23 +238,19 @@ def _mass(b: Block, centers: np.ndarray | None) -> np.ndarray:
     return d2 if b.w is None else d2 * b.w
 
 
-def _smallest_keys(blocks: Iterable[Block], seed: int, stream: int, n: int, offsets: list[int],
+def _smallest_keys(blocks: Iterable[Block], seed: int, stream: int, n: int,
                    centers: np.ndarray | None, key_of) -> SampleResult:
-    """Per partition: total mass, and the ``n`` rows with the smallest finite key_of(mass, u)."""
+    """Per partition: total mass, and the ``n`` rows with the smallest finite key_of(mass, u)
+    (ties by row content, like every other choice here)."""
     cost = 0.0
     found: list[Candidate] = []
     for b in blocks:
-        first = offsets[b.part] + b.start
         mass = _mass(b, centers)
         cost += kernels.sequential_sum(mass)
         with np.errstate(divide="ignore"):
-            keys = key_of(mass, kernels.row_uniforms(seed, stream, first, b.rows))
-        m = min(n, b.rows)
-        idx = np.argpartition(keys, m - 1)[:m] if m < b.rows else np.arange(b.rows)
-        for i in idx:
-            if np.isfinite(keys[i]):
-                w = 1.0 if b.w is None else float(b.w[i])
-                found.append(Candidate(float(keys[i]), first + int(i), b.x[i].copy(), w))
+            keys = key_of(mass, kernels.row_uniforms(seed, stream, b.x, b.w))
+        idx = kernels.smallest_rows(keys, b.x, b.w, n)
+        found += _candidates(b, idx, keys[idx])
     return SampleResult(cost, smallest(found, n))
 
 
@@ -247,8 +259,7 @@ def _race_key(mass: np.ndarray, u: np.ndarray) -> np.ndarray:
 
 
 def sample(blocks: Iterable[Block], step: SampleStep) -> SampleResult:
-    return _smallest_keys(blocks, step.seed, step.stream, step.n, step.offsets, step.centers,
-                          _race_key)
+    return _smallest_keys(blocks, step.seed, step.stream, step.n, step.centers, _race_key)
 
 
 @dataclass
@@ -263,7 +274,6 @@ class OversampleStep:
     seed: int
     stream: int
     cap: int
-    offsets: list[int]
     centers: np.ndarray
 
 
@@ -272,8 +282,7 @@ def _ratio_key(mass: np.ndarray, u: np.ndarray) -> np.ndarray:
 
 
 def oversample(blocks: Iterable[Block], step: OversampleStep) -> SampleResult:
-    return _smallest_keys(blocks, step.seed, step.stream, step.cap, step.offsets, step.centers,
-                          _ratio_key)
+    return _smallest_keys(blocks, step.seed, step.stream, step.cap, step.centers, _ratio_key)
 
 
 def nearest_weights(blocks: Iterable[Block], centers: np.ndarray) -> np.ndarray:

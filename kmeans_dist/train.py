@@ -1,4 +1,4 @@
-"""The train job: flags -> KMeans.fit -> model.json, assignments/ (Parquet), report.json."""
+"""The train job: flags -> KMeans.fit -> model.json, assignments/ (Parquet), report.json, plots/."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import argparse
 import json
 import time
 
-from kmeans_dist import cli, io
+from kmeans_dist import cli, io, plots
+from kmeans_dist.data import describe_dropped
 from kmeans_dist.estimator import KMeans
 from kmeans_dist.init import INITS
 from kmeans_dist.model import DISTANCES, KMeansModel
@@ -21,13 +22,21 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--init", default="k-means||",
                    help=f"{' | '.join(INITS)} | CENTROIDS.csv (default k-means||)")
     p.add_argument("--seed", type=int, help="seed for the init (default: random, recorded)")
+    p.add_argument("--n-init", type=int, default=1,
+                   help="seeded starts; the lowest inertia wins (default 1)")
     p.add_argument("--max-iter", type=int, default=300)
     p.add_argument("--tol", type=float, default=0.0,
                    help="also stop when the centroid shift is at most tol x mean feature variance")
     p.add_argument("--distance", default="euclidean", help=" | ".join(DISTANCES))
     p.add_argument("--weight-col", help="non-negative row weights")
+    p.add_argument("--invalid", default="error",
+                   help="rows with a null/NaN/infinite feature or a bad weight: error (default) "
+                        "or skip (fit on the rest; counted in report.json)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--label-col", help="a known label column to cross-tabulate in the summary")
+    p.add_argument("--checkpoint", help="directory to save the fit's state after every iteration")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the --checkpoint directory's state, if there is one")
     cli.add_spark_args(p)
     return p
 
@@ -44,6 +53,8 @@ def report(model: KMeansModel, seconds: float, rows: int) -> dict:
         "cluster_sizes": model.cluster_sizes,
         "seconds": seconds,
         "history": model.history,
+        "restarts": model.restarts,
+        "dropped": model.dropped,
     }
 
 
@@ -51,7 +62,8 @@ def run(args: argparse.Namespace) -> KMeansModel:
     started = time.perf_counter()
     estimator = KMeans(  # parameters are checked here, before Spark starts
         args.k, init=args.init, seed=args.seed, max_iter=args.max_iter, tol=args.tol,
-        distance=args.distance, weight_col=args.weight_col,
+        distance=args.distance, weight_col=args.weight_col, n_init=args.n_init,
+        checkpoint=args.checkpoint, resume=args.resume, invalid=args.invalid,
     )
     spark, partitions = cli.start_session(args, "kmeans-dist train")
     io.check_output_dir(args.output, args.overwrite)
@@ -65,6 +77,7 @@ def run(args: argparse.Namespace) -> KMeansModel:
         labelled.write.parquet(f"{tmp}/assignments")
         io.write_text(f"{tmp}/report.json",
                       json.dumps(report(model, seconds, sum(model.cluster_sizes)), indent=2) + "\n")
+        plots.fit_pictures(model, df, f"{tmp}/plots")
     print(summary(model, seconds, args.output))
     if args.label_col:
         print(crosstab(spark.read.parquet(f"{args.output}/assignments"), args.label_col))
@@ -80,7 +93,8 @@ def summary(model: KMeansModel, seconds: float, output: str) -> str:
         f"({', '.join(model.features)})",
         f"inertia {model.inertia:.6g} after {model.n_iter} iterations: {why}; {seconds:.1f}s",
         "cluster sizes: " + ", ".join(f"{i}: {n}" for i, n in enumerate(model.cluster_sizes)),
-        f"wrote {output}/model.json, {output}/assignments/, {output}/report.json",
+        *([f"invalid rows skipped: {describe_dropped(model.dropped)}"] if model.dropped else []),
+        f"wrote {output}/model.json, {output}/assignments/, {output}/report.json, {output}/plots/",
     ]
     return "\n".join(lines)
 

@@ -101,9 +101,12 @@ def test_assign_matches_brute_force(spark, batch, tmp_path, kind):
 
 def test_features_flag_maps_renamed_columns(spark, batch, tmp_path):
     out = tmp_path / "renamed"
-    proc = run_assign("--model", batch["model"], "--input", batch["renamed"], "--output", out,
+    # paths as Hadoop URIs (file:// here; hdfs:// and s3a:// take the same code path)
+    proc = run_assign("--model", f"file://{batch['model']}", "--input",
+                      f"file://{batch['renamed']}", "--output", f"file://{out}",
                       "--features", "a,b,c")
     assert proc.returncode == 0, describe(proc)
+    assert "_SUCCESS" in listing(out)
     got = {r["id"]: (r["cluster"], r["distance"])
            for r in spark.read.parquet(str(out)).collect()}
     labels, dist = brute_force(batch["x"], batch["centroids"], cosine=False)

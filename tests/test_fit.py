@@ -443,9 +443,9 @@ def test_random_init_is_lloyd_from_seeded_rows(spark, separated_blobs):
     """init="random" = Lloyd from k distinct rows chosen by the seed alone (not the partitioning)."""
     X, centres, ref_inertia, df, cols = separated_blobs
     n = X.shape[0]
-    transport, offsets = _transport(spark, X, partitions=3)  # the fit below uses 2 partitions
+    transport, _ = _transport(spark, X, partitions=3)  # the fit below uses 2 partitions
     try:
-        starts = {seed: kd_init.random_rows(transport, 5, seed, n, offsets) for seed in (1, 2, 3)}
+        starts = {seed: kd_init.random_rows(transport, 5, seed, n) for seed in (1, 2, 3)}
     finally:
         transport.release()
     rows = {r.tobytes() for r in X}
@@ -460,12 +460,12 @@ def test_random_init_is_lloyd_from_seeded_rows(spark, separated_blobs):
 
 def test_random_init_never_duplicates(spark, duplicated_rows):
     X, distinct, _ = duplicated_rows
-    transport, offsets = _transport(spark, X, partitions=3)
+    transport, _ = _transport(spark, X, partitions=3)
     known = {r.tobytes() for r in distinct}
     try:
         for seed in range(3):
             for k in ((3, 6) if seed == 0 else (6,)):
-                c = kd_init.random_rows(transport, k, seed, X.shape[0], offsets)
+                c = kd_init.random_rows(transport, k, seed, X.shape[0])
                 assert c.shape == (k, 2)
                 assert len(np.unique(c, axis=0)) == k, (seed, k, c)
                 assert all(r.tobytes() in known for r in c)

@@ -516,7 +516,7 @@ def test_farthest_matches_brute_force():
         assert np.all(np.diff(dd) <= 0)
 
 
-def test_farthest_ties_lower_index_first_and_clipping():
+def test_farthest_ties_by_content_and_clipping():
     c = np.array([[0.0, 0.0], [10.0, 0.0]])
     x = np.array(
         [
@@ -530,11 +530,13 @@ def test_farthest_ties_lower_index_first_and_clipping():
         ]
     )
     labels = np.array([0, 0, 1, 1, 0, 1, 0])
+    # ties go by the rows' bit patterns, column by column: [0, 2] < [0, -2] < [12, 0]
     idx, dd = kernels.farthest(x, c, labels, 4)
-    assert idx.tolist() == [6, 1, 3, 4]
+    assert idx.tolist() == [6, 1, 4, 3]
     assert dd.tolist() == [9.0, 4.0, 4.0, 4.0]
+    assert kernels.farthest(x[::-1], c, labels[::-1], 4)[0].tolist() == [0, 5, 2, 3]  # same rows
     idx, dd = kernels.farthest(x, c, labels, 100)  # n > m is clipped
-    assert idx.tolist() == [6, 1, 3, 4, 0, 5, 2]
+    assert idx.tolist() == [6, 1, 4, 3, 0, 5, 2]
     assert dd.tolist() == [9.0, 4.0, 4.0, 4.0, 1.0, 1.0, 0.0]
 
 
@@ -620,47 +622,59 @@ def test_min_distances_zero_for_centers_in_data():
 # --------------------------------------------------------------------------- row_uniforms
 
 
+def _seq(first: int, m: int, d: int = 1) -> np.ndarray:
+    """m distinct rows of d columns: consecutive integers (plus 0.5 per column)."""
+    return np.arange(first, first + m, dtype=np.float64)[:, None] + 0.5 * np.arange(d)
+
+
 def test_row_uniforms_open_unit_interval_and_dtype():
-    u = kernels.row_uniforms(42, 0, 0, 100_000)
+    u = kernels.row_uniforms(42, 0, _seq(0, 100_000))
     assert u.shape == (100_000,) and u.dtype == np.float64
     assert np.all(u > 0.0) and np.all(u < 1.0)
 
 
 @pytest.mark.parametrize("a,n", [(0, 10), (1, 1), (17, 100), (999, 1), (500, 500)])
-def test_row_uniforms_partition_invariance(a, n):
-    full = kernels.row_uniforms(7, 3, 0, 2000)
-    assert np.array_equal(kernels.row_uniforms(7, 3, a, n), full[a : a + n])
-    # splitting into arbitrary pieces reproduces the whole
+def test_row_uniforms_depend_on_content_not_position(a, n):
+    x = _seq(0, 2000, d=3)
+    full = kernels.row_uniforms(7, 3, x)
+    assert np.array_equal(kernels.row_uniforms(7, 3, x[a : a + n]), full[a : a + n])
+    # splitting into arbitrary pieces, or shuffling the rows, gives each row the same value
     cuts = [0, 1, 250, 251, 1337, 2000]
-    pieces = [kernels.row_uniforms(7, 3, lo, hi - lo) for lo, hi in zip(cuts, cuts[1:])]
+    pieces = [kernels.row_uniforms(7, 3, x[lo:hi]) for lo, hi in zip(cuts, cuts[1:])]
     assert np.array_equal(np.concatenate(pieces), full)
+    perm = np.random.default_rng(a).permutation(len(x))
+    assert np.array_equal(kernels.row_uniforms(7, 3, x[perm]), full[perm])
+    # identical rows get identical values; the weight is part of the row's content
+    twice = kernels.row_uniforms(7, 3, x[[a, a]], np.array([2.0, 2.0]))
+    assert twice[0] == twice[1] != kernels.row_uniforms(7, 3, x[[a]], np.array([3.0]))[0]
 
 
 def test_row_uniforms_deterministic_and_seed_stream_sensitive():
-    base = kernels.row_uniforms(1, 0, 100, 1000)
-    assert np.array_equal(base, kernels.row_uniforms(1, 0, 100, 1000))
+    base = kernels.row_uniforms(1, 0, _seq(100, 1000))
+    assert np.array_equal(base, kernels.row_uniforms(1, 0, _seq(100, 1000)))
     for other in [
-        kernels.row_uniforms(2, 0, 100, 1000),
-        kernels.row_uniforms(1, 1, 100, 1000),
-        kernels.row_uniforms(0, 1, 100, 1000),  # seed/stream swapped
-        kernels.row_uniforms(1, 0, 101, 1000),  # shifted rows
+        kernels.row_uniforms(2, 0, _seq(100, 1000)),
+        kernels.row_uniforms(1, 1, _seq(100, 1000)),
+        kernels.row_uniforms(0, 1, _seq(100, 1000)),  # seed/stream swapped
+        kernels.row_uniforms(1, 0, _seq(101, 1000)),  # shifted rows
+        kernels.row_uniforms(1, 0, _seq(100, 1000), np.ones(1000)),  # with weights
     ]:
         # essentially no coincident values, and uncorrelated
         assert np.count_nonzero(base == other) == 0
         assert abs(np.corrcoef(base, other)[0, 1]) < 0.15
-    assert kernels.row_uniforms(1, 0, 0, 0).shape == (0,)
+    assert kernels.row_uniforms(1, 0, np.empty((0, 2))).shape == (0,)
 
 
 def test_row_uniforms_large_and_negative_seed():
-    a = kernels.row_uniforms(2**64 - 1, 2**63 + 5, 0, 1000)
-    b = kernels.row_uniforms(-1, 2**63 + 5, 0, 1000)  # -1 & (2^64-1) == 2^64-1
+    a = kernels.row_uniforms(2**64 - 1, 2**63 + 5, _seq(0, 1000))
+    b = kernels.row_uniforms(-1, 2**63 + 5, _seq(0, 1000))  # -1 & (2^64-1) == 2^64-1
     assert np.array_equal(a, b)
     assert np.all((a > 0) & (a < 1))
 
 
 def test_row_uniforms_roughly_uniform():
     n = 100_000
-    u = kernels.row_uniforms(12345, 2, 10_000, n)
+    u = kernels.row_uniforms(12345, 2, _seq(10_000, n))
     assert abs(u.mean() - 0.5) < 0.01
     assert abs(u.var() - 1.0 / 12.0) < 0.002
     s = np.sort(u)
@@ -668,7 +682,7 @@ def test_row_uniforms_roughly_uniform():
     ecdf_lo = np.arange(0, n) / n
     ks = max(np.max(ecdf_hi - s), np.max(s - ecdf_lo))
     assert ks < 0.01
-    # neighbouring rows are not correlated (consecutive integer inputs)
+    # neighbouring rows are not correlated (consecutive integer values)
     assert abs(np.corrcoef(u[:-1], u[1:])[0, 1]) < 0.02
     # all 10 deciles populated about equally
     counts = np.bincount((u * 10).astype(int), minlength=10)
@@ -703,15 +717,25 @@ def _py_splitmix64_inverse(y: int) -> int:
     return (z - 0x9E3779B97F4A7C15) & _MASK64
 
 
+def _py_fold(key: int, words: list[int]) -> float:
+    z = key
+    for word in words:
+        z = _py_splitmix64(z ^ word)
+    return ((z >> 12) + 0.5) / 2.0**52
+
+
 def test_row_uniforms_matches_reference_splitmix():
-    """The generator is the documented splitmix64 chain (checked with Python ints)."""
-    seed, stream, first = 987654321, 77, 1000
+    """The generator is the documented splitmix64 fold of the key and the row's 64-bit words
+    (checked with Python ints)."""
+    seed, stream = 987654321, 77
     key = _py_splitmix64(_py_splitmix64(seed) ^ stream)
-    expected = [
-        (((_py_splitmix64(r ^ key) >> 12) + 0.5) / 2.0**52) for r in range(first, first + 50)
-    ]
-    got = kernels.row_uniforms(seed, stream, first, 50)
-    np.testing.assert_array_equal(got, expected)
+    x = np.random.default_rng(5).normal(size=(50, 3))
+    w = np.random.default_rng(6).uniform(size=50)
+    bits, wbits = x.view(np.uint64).tolist(), w.view(np.uint64).tolist()
+    expected = [_py_fold(key, row) for row in bits]
+    np.testing.assert_array_equal(kernels.row_uniforms(seed, stream, x), expected)
+    expected = [_py_fold(key, row + [wb]) for row, wb in zip(bits, wbits)]
+    np.testing.assert_array_equal(kernels.row_uniforms(seed, stream, x, w), expected)
     for v in [0, 1, 2**63, _MASK64, 0xDEADBEEF12345678]:
         assert _py_splitmix64_inverse(_py_splitmix64(v)) == v
 
@@ -720,13 +744,13 @@ def test_row_uniforms_matches_reference_splitmix():
 def test_row_uniforms_never_one_even_at_largest_hash(top):
     """(0, 1) must hold for every hash value, including the largest ones.
 
-    Pick (seed=0, stream) so that row 0 hashes to ``top``; the splitmix64 mix is a bijection, so
-    this is reachable, just with probability ~2^-53 per row on random inputs.
+    Pick (seed=0, stream) so that the row [0.0] hashes to ``top``; the splitmix64 mix is a
+    bijection, so this is reachable, just with probability ~2^-53 per row on random inputs.
     """
     seed = 0
-    want_key = _py_splitmix64_inverse(top)  # row 0: z = mix(0 ^ key) = top
+    want_key = _py_splitmix64_inverse(top)  # row [0.0] (bits 0): z = mix(key ^ 0) = top
     stream = _py_splitmix64(seed) ^ _py_splitmix64_inverse(want_key)
-    u = kernels.row_uniforms(seed, stream, 0, 1)
+    u = kernels.row_uniforms(seed, stream, np.zeros((1, 1)))  # bits 0
     with np.errstate(over="ignore"):
         assert int(kernels._splitmix64(np.array([0], dtype=np.uint64) ^ np.uint64(want_key))[0]) == top
     assert 0.0 < u[0] < 1.0
@@ -736,6 +760,6 @@ def test_row_uniforms_never_zero_at_smallest_hash():
     seed = 3
     want_key = _py_splitmix64_inverse(0)
     stream = _py_splitmix64(seed) ^ _py_splitmix64_inverse(want_key)
-    u = kernels.row_uniforms(seed, stream, 0, 1)
+    u = kernels.row_uniforms(seed, stream, np.zeros((1, 1)))  # bits 0
     assert 0.0 < u[0] < 1.0
     assert u[0] == 0.5 / 2.0**52

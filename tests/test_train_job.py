@@ -171,7 +171,7 @@ def test_csv_fit_matches_sklearn_and_writes_contract(runs, data):
     from sklearn.cluster import KMeans as SkKMeans
 
     proc, out = ok_run(runs, "csv")
-    assert listing(out) == ["_SUCCESS", "assignments", "model.json", "report.json"]
+    assert listing(out) == ["_SUCCESS", "assignments", "model.json", "plots", "report.json"]
     model = read_json(out / "model.json")
     n = len(data["x"])
 
@@ -293,7 +293,7 @@ def test_existing_output_dir_is_refused_and_untouched(runs):
 
 def test_overwrite_replaces_existing_output_dir(runs):
     _, out = ok_run(runs, "parquet_overwrite")
-    assert listing(out) == ["_SUCCESS", "assignments", "model.json", "report.json"]
+    assert listing(out) == ["_SUCCESS", "assignments", "model.json", "plots", "report.json"]
     assert not (out / "sentinel.txt").exists()
     leftovers = [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
     assert not leftovers

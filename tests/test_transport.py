@@ -144,6 +144,29 @@ def test_resident_without_enough_slots_falls_back_to_jobs(points, monkeypatch, s
         ref.release()
 
 
+def test_resident_ignores_a_peer_without_the_token(points):
+    import socket
+
+    df, x, _ = points
+    transport = _resident(df.coalesce(2))
+    try:
+        assert transport.fallback is None
+        host, port = transport._server.getsockname()[:2]
+        with socket.create_connection((host, port)) as intruder:
+            intruder.sendall(b"x" * 40)  # a hello with the wrong token: closed, nothing unpickled
+            assert intruder.recv(1) == b""
+        got = _lloyd_steps(transport, x)
+        assert transport.fallback is None and transport.reconnects == 0
+    finally:
+        transport.release()
+    ref = RDDTransport(data.block_rdd(data.block_frame(
+        df, ["a", "b", "c"], weight_col="w", block_rows=100), 3))
+    try:
+        assert _same(got, _lloyd_steps(ref, x))
+    finally:
+        ref.release()
+
+
 def test_resident_task_lost_without_retries_falls_back(points, tmp_path):
     df, x, _ = points
     two = df.coalesce(2)
@@ -184,13 +207,35 @@ assert t.run(_exit_once, {marker!r}) == [600, 600]
 after = _lloyd_steps(t, x)
 print("RESULT", t.fallback is None, t.reconnects, _same(before, after))
 t.release()
+
+# a whole fit whose partition 1 dies once in iteration 3: Spark retries it, same model
+from kmeans_dist import KMeans, tasks
+lloyd_many = tasks.lloyd_many
+
+def dies_once(blocks, steps):
+    from pyspark import TaskContext
+    blocks = list(blocks)
+    if (steps[0].iteration == 3 and TaskContext.get().partitionId() == 1
+            and not os.path.exists({fit_marker!r})):
+        open({fit_marker!r}, "w").close()
+        os._exit(1)
+    return lloyd_many(blocks, steps)
+
+fit = lambda: KMeans(3, init=x[[0, 1, 2]]).fit(df, ["a", "b", "c"])
+clean = fit()
+tasks.lloyd_many = dies_once
+faulty = fit()
+print("FIT", os.path.exists({fit_marker!r}), clean.n_iter == faulty.n_iter > 3,
+      np.array_equal(clean.centroids, faulty.centroids), clean.inertia == faulty.inertia,
+      clean.cluster_sizes == faulty.cluster_sizes)
 spark.stop()
 """
 
 
-def test_resident_task_lost_is_retried_by_spark_and_reconnects(tmp_path):
+def test_resident_task_lost_is_retried_by_spark_and_fit_unchanged(tmp_path):
     tests = str(Path(__file__).resolve().parent)
-    script = RETRY_SCRIPT.format(tests=tests, marker=str(tmp_path / "died"))
+    script = RETRY_SCRIPT.format(tests=tests, marker=str(tmp_path / "died"),
+                                 fit_marker=str(tmp_path / "fit_died"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYSPARK_GATEWAY")}
     env["PYSPARK_PYTHON"] = sys.executable
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True,
@@ -198,3 +243,5 @@ def test_resident_task_lost_is_retried_by_spark_and_reconnects(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     # still resident (no fallback), one task reconnected, and identical partials
     assert "RESULT True 1 True" in proc.stdout, proc.stdout + proc.stderr[-3000:]
+    # and a whole fit with a task killed in iteration 3 gives the fault-free model
+    assert "FIT True True True True True" in proc.stdout, proc.stdout + proc.stderr[-3000:]

@@ -37,6 +37,9 @@ from kmeans_dist.transport.local_files import LocalFilesTransport
 log = logging.getLogger("kmeans_dist")
 
 _LEN = struct.Struct("!Q")
+#: the first message of a task: the run's token (32 hex characters), partition, attempt; raw
+#: bytes, checked before anything from the peer is unpickled
+_HELLO = struct.Struct("!32sII")
 #: seconds to wait for every partition's task to connect before falling back
 CONNECT_TIMEOUT = 60.0
 #: seconds a lost task's retry has to reconnect before the transport falls back
@@ -84,7 +87,7 @@ def _serve(host: str, port: int, token: str, blocks: Iterator) -> Iterator[int]:
     with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT) as sock:
         sock.settimeout(None)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        _send(sock, ("hello", token, part, attempt))
+        sock.sendall(_HELLO.pack(token.encode("ascii"), part, attempt))
         held = list(blocks)  # drained: Spark discards a worker that leaves input unread
         _send(sock, ("ready", part))
         while True:
@@ -165,8 +168,8 @@ class ResidentTransport:
         """Keep a connection whose hello carries the token; report it, then when it is ready."""
         try:
             conn.settimeout(30)
-            kind, token, part, _attempt = _recv(conn)
-            if kind != "hello" or not hmac.compare_digest(str(token), self._token):
+            token, part, _attempt = _HELLO.unpack(_recv_exact(conn, _HELLO.size))
+            if not hmac.compare_digest(token, self._token.encode("ascii")):
                 conn.close()
                 return
             self._arrivals.put(("hello", part, None))
@@ -174,7 +177,7 @@ class ResidentTransport:
             _recv(conn)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._arrivals.put(("ready", part, conn))
-        except (OSError, ValueError, EOFError, pickle.UnpicklingError):
+        except (OSError, ValueError, EOFError, struct.error, pickle.UnpicklingError):
             conn.close()
 
     def _wait_for(self, parts: set[int], timeout: float) -> None:

@@ -1,0 +1,500 @@
+"""BENCHMARKS.md and bench/scaling.png from the workloads' JSON results. No Spark here."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from workloads import in_scaling_series, rows_label, Workload
+
+MiB = 1 << 20
+
+#: targets from the project's issue
+MLLIB_SPEEDUP_TARGET = 5.0
+MLLIB_TARGET_KEYS = ("2Mx16-k16", "1Mx32-k128")
+FLOOR_TARGET = 1.5
+FIT_SPEEDUP_TARGET = 5.0
+INERTIA_TOLERANCE = 0.01
+#: "the driver's memory does not grow with n": growth across the series below this share of the
+#: data size at the largest n
+DRIVER_GROWTH_LIMIT = 0.05
+
+
+# --------------------------------------------------------------------------- small helpers
+def ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b == 0 else a / b
+
+
+def fmt(value: float | None, spec: str = ".3g", suffix: str = "") -> str:
+    return "n/a" if value is None else f"{value:{spec}}{suffix}"
+
+
+def times(value: float | None) -> str:
+    return fmt(value, ".3g", "×")
+
+
+def mib(value: float | None) -> str:
+    """Bytes as MiB (whole from 100 MiB up, one decimal below), or KiB under 1 MiB."""
+    if value is None:
+        return "n/a"
+    if abs(value) < MiB:
+        return f"{value / 1024:.1f} KiB"
+    return fmt(value / MiB, ".0f" if abs(value) >= 100 * MiB else ".1f", " MiB")
+
+
+def met(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("met" if ok else "not met")
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def shape(r: dict) -> str:
+    return Workload(r["key"], r["n"], r["d"], r["k"], r["full"]).shape
+
+
+def ok_results(results: Sequence[dict]) -> list[dict]:
+    return [r for r in results if "error" not in r]
+
+
+def get(r: dict, *path: str) -> Any:
+    """r[path[0]][path[1]]..., or None where any step is missing."""
+    for key in path:
+        if not isinstance(r, dict) or r.get(key) is None:
+            return None
+        r = r[key]
+    return r
+
+
+# --------------------------------------------------------------------------- derived figures
+#: where each system's seconds per iteration (the floor: per pass) sit in a result
+SECONDS = {"ours": ("ours", "s_iter"), "mllib": ("mllib", "s_iter"),
+           "sklearn": ("sklearn", "s_iter"), "floor": ("floor", "s_pass")}
+
+
+def sec(r: dict, system: str) -> float | None:
+    """A system's seconds per iteration; None where missing or not positive (a differenced
+    figure goes negative when noise on the machine exceeds the iterations' own cost)."""
+    value = get(r, *SECONDS[system])
+    return value if value is not None and value > 0 else None
+
+
+def scaling_points(results: Sequence[dict]) -> list[dict]:
+    """One result per n of the d=16, k=16 series, smallest n first."""
+    by_n = {r["n"]: r for r in ok_results(results)
+            if in_scaling_series(Workload(r["key"], r["n"], r["d"], r["k"], r["full"]))}
+    return [by_n[n] for n in sorted(by_n)]
+
+
+def linear_fit(points: Sequence[dict], value: Callable[[dict], float | None]
+               ) -> tuple[float, float] | None:
+    """Least squares of a figure against n: (its change per million rows, intercept)."""
+    pairs = [(p["n"] / 1e6, value(p)) for p in points if value(p) is not None]
+    if len(pairs) < 2:
+        return None
+    x, y = np.array(pairs).T
+    slope, intercept = np.polyfit(x, y, 1)
+    return float(slope), float(intercept)
+
+
+def targets(results: Sequence[dict]) -> list[list[str]]:
+    """One row per (target, workload): what was measured and whether the target was met
+    (n/a for a workload that failed)."""
+    rows = []
+    for r in results:
+        if r["key"] in MLLIB_TARGET_KEYS:
+            x = ratio(sec(r, "mllib"), sec(r, "ours"))
+            rows.append([f"≥ {MLLIB_SPEEDUP_TARGET:g}× MLlib per iteration", shape(r), times(x),
+                         met(None if x is None else x >= MLLIB_SPEEDUP_TARGET)])
+    for r in results:
+        x = ratio(sec(r, "ours"), sec(r, "floor"))
+        rows.append([f"ours within {FLOOR_TARGET:g}× of the read floor", shape(r), times(x),
+                     met(None if x is None else x <= FLOOR_TARGET)])
+    for r in results:
+        if r["full"]:
+            rows += _fit_targets(r)
+    for r in results:
+        rows.append(["same centroids as MLlib from C0 (1e-6 relative)", shape(r),
+                     fmt(get(r, "mllib", "max_rel_diff"), ".1e"), _agree(r)])
+    rows += _driver_target(scaling_points(results))
+    return rows
+
+
+def targets_table(results: Sequence[dict]) -> str:
+    return table(("target", "workload", "measured", "result"), targets(results))
+
+
+def _fit_targets(r: dict) -> list[list[str]]:
+    speed = ratio(get(r, "ml", "fit_seconds"), get(r, "ours_default", "fit_seconds"))
+    excess = _inertia_excess(r)
+    return [
+        [f"whole default fit ≥ {FIT_SPEEDUP_TARGET:g}× faster than pyspark.ml", shape(r),
+         times(speed), met(None if speed is None else speed >= FIT_SPEEDUP_TARGET)],
+        [f"default-fit inertia no worse than pyspark.ml's + {INERTIA_TOLERANCE:.0%}", shape(r),
+         fmt(None if excess is None else 100 * excess, "+.2f", " %"),
+         met(None if excess is None else excess <= INERTIA_TOLERANCE)],
+    ]
+
+
+def _inertia_excess(r: dict) -> float | None:
+    """ours / pyspark.ml - 1, both the cost of their last assignment step."""
+    x = ratio(get(r, "ours_default", "last_assignment_cost"), get(r, "ml", "training_cost"))
+    return None if x is None else x - 1
+
+
+def _agree(r: dict) -> str:
+    agree = get(r, "mllib", "agree")
+    return "n/a" if agree is None else ("PASS" if agree else "FAIL")
+
+
+def _driver_growth(points: Sequence[dict]) -> tuple[float, float] | None:
+    """(peak RSS at the largest n - at the smallest, data bytes at the largest n)."""
+    peaks = [(p["n"] * p["d"] * 8, get(p, "ours", "memory", "py_rss_peak")) for p in points]
+    peaks = [(size, peak) for size, peak in peaks if peak is not None]
+    if len(peaks) < 2:
+        return None
+    return peaks[-1][1] - peaks[0][1], peaks[-1][0]
+
+
+def _driver_target(points: Sequence[dict]) -> list[list[str]]:
+    growth = _driver_growth(points)
+    if growth is None:
+        return []
+    delta, size = growth
+    span = f"{rows_label(points[0]['n'])} → {rows_label(points[-1]['n'])} rows"
+    return [[f"Python driver peak memory does not grow with n (growth < {DRIVER_GROWTH_LIMIT:.0%} "
+             "of the data at the largest n)", f"d=16, k=16, {span}",
+             f"{delta / MiB:+.0f} MiB vs {size / MiB:.0f} MiB of data",
+             met(delta < DRIVER_GROWTH_LIMIT * size)]]
+
+
+# --------------------------------------------------------------------------- sections
+def per_iteration_rows(results: Sequence[dict]) -> list[list[str]]:
+    rows = []
+    for r in ok_results(results):
+        ours, mllib, sk, floor = (sec(r, s) for s in ("ours", "mllib", "sklearn", "floor"))
+        rows.append([
+            r["key"], shape(r), str(get(r, "ours", "n_iter")), get(r, "ours", "transport") or "n/a",
+            fmt(ours), fmt(mllib), fmt(sk),
+            fmt(floor), times(ratio(mllib, ours)), times(ratio(sk, ours)),
+            times(ratio(ours, floor)), times(ratio(mllib, floor)), times(ratio(sk, floor)),
+            _agree(r),
+        ])
+    return rows
+
+
+PER_ITERATION_HEADER = (
+    "workload", "n × d, k", "iterations", "ours' transport", "kmeans-dist s/iter", "MLlib s/iter",
+    "scikit-learn s/iter", "read floor s/pass (ours' transport)", "MLlib / ours", "sklearn / ours", "ours / floor",
+    "MLlib / floor", "sklearn / floor", "centroids vs MLlib",
+)
+
+
+def cross_check_rows(results: Sequence[dict]) -> list[list[str]]:
+    rows = []
+    for r in ok_results(results):
+        secs = get(r, "ours", "iter_seconds") or []
+        files_floor = get(r, "floor_files", "s_pass")
+        rows.append([
+            r["key"], fmt(secs[0] if secs else None), fmt(min(secs[1:], default=None)),
+            fmt(max(secs[1:], default=None)), fmt(get(r, "mllib", "t1"), ".2f"),
+            fmt(get(r, "mllib", "tn"), ".2f"), fmt(get(r, "mllib", "log_s_iter")),
+            fmt(get(r, "sklearn", "diff_s_iter")),
+            fmt(get(r, "sklearn", "max_rel_diff_to_ours"), ".1e"), fmt(files_floor),
+            times(ratio(sec(r, "ours"), files_floor)),
+        ])
+    return rows
+
+
+CROSS_CHECK_HEADER = (
+    "workload", "ours 1st iteration s", "ours fastest later s", "ours slowest later s",
+    "MLlib T(1) s", "MLlib T(N) s", "MLlib s/iter from its log (differenced)", "sklearn s/iter differenced",
+    "sklearn centroids vs ours", "read floor s/pass (files transport)", "ours / files floor",
+)
+
+
+def default_fit_rows(results: Sequence[dict]) -> list[list[str]]:
+    rows = []
+    for r in ok_results(results):
+        if not r["full"] or get(r, "ml") is None:
+            continue
+        ml, ours = r["ml"], r["ours_default"]
+        excess = _inertia_excess(r)
+        rows.append([
+            r["key"], shape(r), f"{ml['n_iter']} / {ours['n_iter']}",
+            fmt(ml["fit_seconds"], ".3g"), fmt(ml["init_seconds"], ".3g"),
+            fmt(ml["iterations_seconds"], ".3g"), fmt(ours["fit_seconds"], ".3g"),
+            fmt(ours["init_seconds"], ".3g"), fmt(ours["iterations_seconds"], ".3g"),
+            times(ratio(ml["fit_seconds"], ours["fit_seconds"])),
+            fmt(ml["training_cost"], ".6g"), fmt(ours["last_assignment_cost"], ".6g"),
+            fmt(None if excess is None else 100 * excess, "+.2f", " %"),
+            fmt(ours["inertia"], ".6g"),
+        ])
+    return rows
+
+
+DEFAULT_FIT_HEADER = (
+    "workload", "n × d, k", "Lloyd iterations (ml / ours)", "pyspark.ml fit s", "ml init s",
+    "ml iterations s", "kmeans-dist fit s", "ours init s", "ours iterations s",
+    "pyspark.ml / ours", "ml trainingCost", "ours last-assignment cost", "ours vs ml",
+    "ours final inertia",
+)
+
+
+def cache_rows(results: Sequence[dict]) -> list[list[str]]:
+    rows = []
+    for r in ok_results(results):
+        raw = r["n"] * r["d"] * 8
+        blocks = get(r, "floor", "block_bytes")
+        rows.append([
+            r["key"], shape(r), mib(raw), _cache(get(r, "data", "cache")),
+            f"{mib(blocks)} ({times(ratio(blocks, raw))})", _cache(get(r, "floor", "spark_cache")),
+            _cache(get(r, "mllib", "cache")), mib(_extra_cache(get(r, "mllib", "memory"))),
+            _cache(get(r, "ml", "cache")),
+        ])
+    return rows
+
+
+CACHE_HEADER = (
+    "workload", "n × d, k", "n·d·8", "input DataFrame cache (mem + disk)",
+    "kmeans-dist blocks on the executors (× n·d·8)", "kmeans-dist Spark cache (its transport)",
+    "MLlib vector RDD cache (mem + disk)", "MLlib extra cache during train",
+    "pyspark.ml assembled cache (mem + disk)",
+)
+
+
+def driver_rows(results: Sequence[dict]) -> list[list[str]]:
+    rows = []
+    for r in ok_results(results):
+        rows.append([
+            r["key"], shape(r), mib(get(r, "ours", "memory", "py_rss_before")),
+            mib(get(r, "ours", "memory", "py_rss_peak")),
+            mib(get(r, "ours_default", "memory", "py_rss_peak")),
+            mib(get(r, "mllib", "memory", "py_rss_peak")),
+            mib(get(r, "sklearn", "memory", "py_rss_peak")),
+            mib(get(r, "ours", "memory", "jvm_heap_before")),
+            mib(get(r, "ours", "memory", "jvm_heap_peak")),
+            mib(get(r, "mllib", "memory", "jvm_heap_peak")),
+            mib(get(r, "ml", "memory", "jvm_heap_peak")),
+        ])
+    return rows
+
+
+DRIVER_HEADER = (
+    "workload", "n × d, k", "Python RSS before ours", "Python peak: ours from C0",
+    "Python peak: ours default fit", "Python peak: MLlib", "Python peak: sklearn (data collected)",
+    "JVM heap before ours", "JVM heap peak: ours from C0", "JVM heap peak: MLlib",
+    "JVM heap peak: pyspark.ml",
+)
+
+
+def _cache(c: dict | None) -> str:
+    return "n/a" if c is None else f"{mib(c['mem'])} + {mib(c['disk'])}"
+
+
+def _extra_cache(m: dict | None) -> float | None:
+    return None if m is None else m["cache_peak"] - m["cache_before"]
+
+
+def scaling_rows(points: Sequence[dict]) -> list[list[str]]:
+    rows = []
+    for p in points:
+        ours, mllib, floor = (sec(p, s) for s in ("ours", "mllib", "floor"))
+        rows.append([
+            rows_label(p["n"]), fmt(ours), fmt(mllib), fmt(floor), times(ratio(mllib, ours)),
+            times(ratio(ours, floor)), mib(get(p, "ours", "memory", "py_rss_before")),
+            mib(get(p, "ours", "memory", "py_rss_peak")),
+            mib(get(p, "ours", "memory", "jvm_heap_peak")),
+        ])
+    return rows
+
+
+SCALING_HEADER = (
+    "n", "kmeans-dist s/iter", "MLlib s/iter", "read floor s/pass", "MLlib / ours", "ours / floor",
+    "Python driver RSS before fit", "Python driver peak during fit", "JVM heap peak during fit",
+)
+
+
+#: (label, figure, unit) fitted against n in the scaling section
+SLOPES = (
+    ("kmeans-dist s/iter", lambda p: sec(p, "ours"), 1.0),
+    ("MLlib s/iter", lambda p: sec(p, "mllib"), 1.0),
+    ("read floor s/pass", lambda p: sec(p, "floor"), 1.0),
+    ("Python driver peak RSS during ours' fit, MiB",
+     lambda p: get(p, "ours", "memory", "py_rss_peak"), MiB),
+)
+
+
+def slope_lines(points: Sequence[dict]) -> list[str]:
+    lines = []
+    for label, value, unit in SLOPES:
+        fit = linear_fit(points, value)
+        if fit is not None:
+            lines.append(f"- {label}: {fit[0] / unit:.4g} per million rows, intercept "
+                         f"{fit[1] / unit:.4g}")
+    return lines
+
+
+def plot(points: Sequence[dict], path: str) -> None:
+    """s/iter against n for ours, MLlib and the read floor, with ours' least-squares line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    n = np.array([p["n"] for p in points]) / 1e6
+    for label, system, marker in (("kmeans-dist", "ours", "o"), ("Spark MLlib", "mllib", "s"),
+                                  ("read-only floor", "floor", "^")):
+        y = [sec(p, system) for p in points]
+        ax.plot(n, np.array([np.nan if v is None else v for v in y]), marker=marker, label=label)
+    fit = linear_fit(points, lambda p: sec(p, "ours"))
+    if fit is not None:
+        ax.plot(n, fit[1] + fit[0] * n, "--", color="grey",
+                label=f"kmeans-dist fit: {fit[0]:.3f} s/M rows + {fit[1]:.3f} s")
+    ax.set_xlabel("rows (millions), d=16, k=16")
+    ax.set_ylabel("seconds per iteration")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- the document
+def machine_section(host: dict, jvm: dict | None) -> str:
+    v = host["versions"]
+    mem = host["memory_bytes"]
+    blas = "n/a" if jvm is None else (
+        f"native BLAS: {jvm['native_blas']}" if jvm["native_blas"] else
+        f"no native BLAS (NativeBLAS.getInstance() failed: {jvm['native_blas_error']}; the "
+        f"JVM printed the dlopen failure on stderr); netlib uses `{jvm['mllib_blas']}` "
+        "(Java fallback)")
+    lines = [
+        f"- CPU: {host['cpu']}, {host['cores']} cores; memory {fmt(mem and mem / 2**30, '.1f')} GiB;"
+        f" {host['os']}; load average at start {', '.join(f'{x:.2f}' for x in host['load_average'])}",
+        f"- Spark: {'n/a' if jvm is None else jvm['spark']} `local[2]` "
+        f"(parallelism {get(jvm, 'parallelism')}, driver memory {get(jvm, 'driver_memory')}), "
+        f"Java {get(jvm, 'java')}",
+        f"- MLlib: {blas}",
+        f"- numpy BLAS: {host['numpy_blas']}; loaded thread pools: "
+        f"{'; '.join(host['threadpools']) or 'n/a'}",
+        f"- Python {host['python']}, pyspark {v['pyspark']}, numpy {v['numpy']}, "
+        f"scikit-learn {v['scikit-learn']}, numba {v['numba']}, pyarrow {v['pyarrow']}, "
+        f"matplotlib {v['matplotlib']}",
+        f"- kmeans-dist: git {host['git']}",
+    ]
+    return "\n".join(lines)
+
+
+METHOD = """\
+- **Data**: float64 Gaussian blobs generated inside Spark (k centres uniform in [-10, 10]^d,
+  noise std 4, so the blobs overlap and rows keep changing cluster), `spark.range(n, 2
+  partitions)`, cached and counted before any timing. Every system of a workload runs in one
+  `local[2]` session (driver memory 8g) on that same cached DataFrame; each workload runs in its
+  own Python process (`bench/run.py --workload KEY`) so its driver memory peaks are its own.
+- **C0**: k rows of the data (a seeded sample), the common start of ours, MLlib and scikit-learn.
+- **kmeans-dist s/iter**: `KMeans(k, init=C0, max_iter=N, tol=0).fit(df)`; median of
+  `model.history[i]["seconds"]` over the iterations after the first (the first one also compiles
+  the kernel and starts the Python workers). If it stops before N (no row changed cluster), MLlib
+  is run for the same number of iterations.
+- **MLlib s/iter**: `pyspark.mllib.clustering.KMeans.train(rdd, k, maxIterations, initialModel=C0,
+  epsilon=0)` on a cached RDD of numpy rows (the same blocks, flattened); after a 1-iteration
+  warm-up, (T(N) − T(1)) / (N − 1), which cancels the per-call cost of moving the rows from Python
+  into the JVM. Cross-check: MLlib's own "Iterations took" log lines of the same two runs,
+  differenced the same way (the first iteration of each run also converts the rows, so only the
+  difference is comparable).
+  Centroid agreement: max |ours − MLlib| / max |MLlib| ≤ 1e-6, else FAIL. A differenced
+  figure ≤ 0 (T(N) ≤ T(1): noise on the machine larger than N − 1 iterations) is shown as n/a;
+  T(1) and T(N) are in the cross-check table.
+- **scikit-learn s/iter**: `sklearn.cluster.KMeans(k, init=C0, n_init=1, max_iter=N, tol=0,
+  algorithm="lloyd")` on the same rows collected to the driver; fit seconds / `n_iter_`
+  after a 1-iteration warm-up (single machine, all cores through OpenMP). That includes
+  scikit-learn's per-fit input checks; the cross-check table also gives (T(N) − T(1)) / (N − 1).
+- **Read floor**: one of the library's transports (`kmeans_dist.transport.TRANSPORTS[name]`) over
+  `data.block_frame(...)` blocks; the first `run` builds and caches the blocks; then N timed
+  `run`s of a task that sums every block's `x` and `x_sq` (reads every byte, no distance math);
+  median. It is measured on the transport ours' fit used (`KMeans(...).transport`, its default)
+  and on `files` (the issue's definition, written when `files` was the default); ratios
+  "/ floor" divide s/iter by the floor on ours' transport, the cross-check table gives the
+  `files` one.
+- **Whole default fit**: pyspark.ml `KMeans(k, seed=42)` with its defaults (k-means||, maxIter 20,
+  tol 1e-4) on the cached `VectorAssembler` output; then ours `KMeans(k, seed=42,
+  max_iter=numIter)` (default init k-means||) on the cached input, so both run the same number of
+  Lloyd iterations. Wall time of each `fit` call. Init and iteration seconds: pyspark.ml's from
+  its own INFO log lines ("Initialization with k-means|| took", "Iterations took", captured from
+  the JVM logger); ours from the estimator's "init k-means||: … in X s" log line and the sum of
+  `history` seconds; the rest of each fit is data preparation and extra passes. Inertia: both
+  sides' cost of their last assignment step (pyspark.ml's `summary.trainingCost` is computed
+  with the centres before the last update; ours is `history[-1]["inertia"]`, same definition);
+  ours' final inertia (rows scored against the final centroids) is shown too.
+- **Memory**: Spark's storage status (`getRDDStorageInfo`, memory + disk) for the RDDs each
+  system cached; ours keeps its blocks outside Spark's cache (executor-local files for `files`,
+  the Python workers' memory for `resident`), so their bytes (x, x_sq, w) are summed by a
+  transport task. Python driver: peak RSS per phase (Linux VmHWM, the counter behind
+  `ru_maxrss`, reset before each phase through `/proc/self/clear_refs`; `ru_maxrss` itself would
+  also carry the parent's size over from before exec). JVM: heap in use sampled every 0.5 s; in `local[2]` the driver JVM is
+  also the executor, so its heap holds the cached data as well.
+- **Scaling**: d=16, k=16 over n; least squares of s/iter against n (millions)."""
+
+
+def render(results: Sequence[dict], host: dict, meta: dict, plot_ref: str | None) -> str:
+    """The whole BENCHMARKS.md."""
+    good = ok_results(results)
+    jvm = next((r["jvm"] for r in good if r.get("jvm")), None)
+    points = scaling_points(results)
+    parts = [
+        "# Benchmarks",
+        _preamble(meta, results),
+        "## Targets", targets_table(results),
+        "## Machine and versions", machine_section(host, jvm),
+        "## Seconds per Lloyd iteration (same data, same initial centroids C0)",
+        table(PER_ITERATION_HEADER, per_iteration_rows(results)),
+        "## Whole default fit (k-means|| init + Lloyd), same number of Lloyd iterations",
+        table(DEFAULT_FIT_HEADER, default_fit_rows(results)),
+        "Cross-checks of the same runs:",
+        table(CROSS_CHECK_HEADER, cross_check_rows(results)),
+        "## Memory",
+        "Executor side (what each system keeps cached for the iterations):",
+        table(CACHE_HEADER, cache_rows(results)),
+        "Driver side (peaks during each phase):",
+        table(DRIVER_HEADER, driver_rows(results)),
+        "## Scaling (d=16, k=16)", table(SCALING_HEADER, scaling_rows(points)),
+        "Least squares against n:\n\n" + ("\n".join(slope_lines(points)) or "- n/a (fewer than 2 points)"),
+    ]
+    if plot_ref:
+        parts.append(f"![seconds per iteration against rows]({plot_ref})")
+    parts += ["## How each figure is derived", METHOD]
+    return "\n\n".join(parts) + "\n"
+
+
+def _preamble(meta: dict, results: Sequence[dict]) -> str:
+    lines = [f"Written by `bench/run.py` (`make bench`) on {meta['date']}: `{meta['command']}`, "
+             f"{meta['iters']} Lloyd iterations per timing, whole run {meta['minutes']:.1f} min. "
+             "Absolute times drift on this shared machine; ratios measured in the same workload "
+             "(same session, same cached data) are the comparable figures."]
+    if meta["quick"]:
+        lines.append(f"**QUICK RUN (`--quick`): every n divided by {meta['divisor']}; "
+                     "a development check, not the benchmark.**")
+    failed = [r for r in results if "error" in r]
+    if failed:
+        lines.append("**Failed workloads:** " + "; ".join(f"{r['key']}: {r['error']}" for r in failed))
+    return "\n\n".join(lines)
+
+
+def write(results: Sequence[dict], host: dict, meta: dict, output: str, plot_path: str) -> None:
+    """Write the plot (when the scaling series has points) and the markdown."""
+    points = scaling_points(results)
+    plot_ref = None
+    if len(points) >= 2:
+        plot(points, plot_path)
+        plot_ref = os.path.relpath(plot_path, os.path.dirname(os.path.abspath(output)))
+    with open(output, "w", encoding="utf-8") as fh:
+        fh.write(render(results, host, meta, plot_ref))

@@ -1,0 +1,63 @@
+"""Checkpoints of a running fit: written after every iteration, read back by ``resume``.
+
+A checkpoint is one JSON file (``DIR/checkpoint.json``, written atomically through the Hadoop
+filesystem) holding every model's centroids, previous centroids, stop and history, the starts
+(k, seed) and their init times, and a fingerprint of the input data and the parameters: resuming
+against other data or other parameters is refused instead of silently mixing two fits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Sequence
+
+from kmeans_dist import io
+
+FORMAT_VERSION = 1
+#: parameters that do not change the result, so they may differ between a run and its resume
+NOT_FINGERPRINTED = ("seed", "max_iter", "checkpoint", "resume", "transport", "use_numba")
+
+
+def fingerprint(params: dict[str, Any], features: Sequence[str], rows: int, weight: float,
+                mean: Sequence[float], m2: Sequence[float]) -> str:
+    """A hash of the parameters and of the data's size and moments (to 10 significant digits,
+    so a different partitioning of the same data still matches)."""
+    kept = {k: v for k, v in params.items() if k not in NOT_FINGERPRINTED}
+    data = {"features": list(features), "rows": rows, "weight": f"{weight:.10g}",
+            "mean": [f"{v:.10g}" for v in mean], "m2": [f"{v:.10g}" for v in m2]}
+    text = json.dumps({"params": kept, "data": data}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class Checkpoint:
+    """The checkpoint file of one fit in ``directory``."""
+
+    def __init__(self, directory: str, fingerprint: str) -> None:
+        self.directory = directory.rstrip("/")
+        self.path = f"{self.directory}/checkpoint.json"
+        self.fingerprint = fingerprint
+
+    def load(self) -> dict | None:
+        """The saved state, None if there is none; ValueError if it belongs to another fit."""
+        if not io.exists(self.path):
+            return None
+        try:
+            saved = json.loads(io.read_text(self.path, what="checkpoint"))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"checkpoint {self.path} is not JSON: {exc}") from None
+        if not isinstance(saved, dict) or saved.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"checkpoint {self.path} is not a kmeans-dist checkpoint of format "
+                             f"{FORMAT_VERSION}")
+        if saved.get("fingerprint") != self.fingerprint:
+            raise ValueError(f"checkpoint {self.path} was written for other input data or "
+                             "parameters; delete it or choose another --checkpoint directory")
+        return saved
+
+    def save(self, starts: list[tuple[int, int]], init_seconds: list[float], iteration: int,
+             runs: list[dict]) -> None:
+        io.write_text(self.path, json.dumps({
+            "format_version": FORMAT_VERSION, "fingerprint": self.fingerprint,
+            "iteration": iteration, "starts": [list(s) for s in starts],
+            "init_seconds": init_seconds, "runs": runs,
+        }) + "\n")

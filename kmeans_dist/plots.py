@@ -1,0 +1,169 @@
+"""Pictures of a fit (convergence, cluster sizes, a 2-D scatter) and of a range of k (the elbow).
+
+Drawn with matplotlib's object API (``matplotlib.figure.Figure``, rendered to PNG by Agg): no
+display and no pyplot state, so it is safe in a job, a test or a notebook whatever backend the
+user has chosen. Files go to a local path directly, or through Spark's Hadoop FileSystem for any
+other URI (hdfs://, s3a://, ...).
+"""
+
+from __future__ import annotations
+
+import io as bytes_io
+import os
+import uuid
+from urllib.parse import urlparse
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from pyspark.sql import DataFrame
+
+from kmeans_dist import io, kernels, silhouette
+
+DPI = 110
+#: the files ``fit_pictures`` writes into its directory
+FIT_PICTURES = ("convergence.png", "sizes.png", "scatter.png")
+
+
+def fit_pictures(model, df: DataFrame, directory: str, seed: int = 0) -> list[str]:
+    """convergence.png, sizes.png and scatter.png of ``model`` (fitted on ``df``) in
+    ``directory``; returns their paths."""
+    paths = [f"{directory}/{name}" for name in FIT_PICTURES]
+    convergence(model, paths[0])
+    sizes(model, paths[1])
+    scatter(model, df, paths[2], seed=seed)
+    return paths
+
+
+def convergence(model, path: str) -> None:
+    """Inertia (top) and rows that changed cluster (bottom, symlog) per Lloyd iteration."""
+    it = [h["iteration"] for h in model.history]
+    fig = Figure(figsize=(7, 5.5))
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    top.plot(it, [h["inertia"] for h in model.history], marker="o")
+    top.set_ylabel("inertia")
+    top.set_title(f"convergence: k={model.k}, {model.n_iter} iterations, stop: {model.stop}")
+    bottom.bar(it, [h["moved"] for h in model.history], color="C1")
+    bottom.set_yscale("symlog", linthresh=1)
+    bottom.set_ylabel("rows moved")
+    bottom.set_xlabel("iteration")
+    bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for ax in (top, bottom):
+        ax.grid(alpha=0.3)
+    save(fig, path)
+
+
+def sizes(model, path: str) -> None:
+    """Rows per cluster, one bar each (counts written on the bars when there are few)."""
+    counts = list(model.cluster_sizes or [])
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    bars = ax.bar(range(len(counts)), counts, color=cluster_colors(np.arange(len(counts))))
+    if len(counts) <= 30:
+        ax.bar_label(bars, fmt="%d")
+    ax.set_xlabel("cluster")
+    ax.set_ylabel("rows")
+    ax.set_title(f"cluster sizes: k={model.k}, {sum(counts)} rows")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    save(fig, path)
+
+
+def scatter(model, df: DataFrame, path: str, sample_size: int = 5000, seed: int = 0) -> None:
+    """A seeded content-hash sample of ``df``'s rows on its first two principal components,
+    coloured by the model's cluster, with the centroids projected and marked."""
+    cosine = model.distance == "cosine"
+    x = silhouette.sample(df, model.features, sample_size, seed, cosine)
+    if len(x) == 0:
+        raise ValueError("no valid rows to plot (every row has a null, NaN or infinite feature)")
+    labels = model.predict(x)
+    points, centres, explained = project(kernels.normalize_rows(x) if cosine else x,
+                                         model.centroids)
+    fig = Figure(figsize=(7, 6))
+    ax = fig.subplots()
+    ax.scatter(points[:, 0], points[:, 1], s=8, alpha=0.6, c=cluster_colors(labels),
+               linewidths=0)
+    ax.scatter(centres[:, 0], centres[:, 1], s=220, marker="X", c=cluster_colors(
+        np.arange(model.k)), edgecolors="black", linewidths=1.5, label="centroids")
+    ax.set_xlabel(f"PC1 ({explained[0]:.0%} of the sample's variance)")
+    ax.set_ylabel(f"PC2 ({explained[1]:.0%})")
+    ax.set_title(f"k={model.k}: {len(x)} sampled rows on their first two principal components")
+    ax.legend(loc="best")
+    save(fig, path)
+
+
+def project(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows and centroids on the first two principal components of the (centred) rows, and the
+    share of the rows' variance each component holds (a missing component is all zeros)."""
+    mean = x.mean(axis=0)
+    _, sv, vt = np.linalg.svd(x - mean, full_matrices=False)
+    axes = np.zeros((2, x.shape[1]))
+    axes[: min(2, len(vt))] = vt[:2]
+    variance = sv**2
+    explained = np.zeros(2)
+    if variance.sum() > 0:
+        explained[: min(2, len(sv))] = (variance / variance.sum())[:2]
+    return (x - mean) @ axes.T, (centroids - mean) @ axes.T, explained
+
+
+def elbow(result: dict, path: str) -> None:
+    """Inertia against k with the suggested k marked, and the silhouette on a second axis
+    (``result`` as ``kmeans_dist.elbow.summarize`` makes it)."""
+    entries = result["entries"]
+    ks = [e["k"] for e in entries]
+    inertia = [e["inertia"] for e in entries]
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    handles = ax.plot(ks, inertia, marker="o", color="C0", label="inertia")
+    best = result["suggested_k"]
+    if best is not None:
+        ax.axvline(best, color="C3", linestyle="--", alpha=0.7)
+        handles += ax.plot([best], [inertia[ks.index(best)]], marker="o", markersize=16,
+                           markerfacecolor="none", markeredgecolor="C3", linestyle="none",
+                           label=f"suggested k={best}")
+    ax.set_xlabel("k")
+    ax.set_ylabel("inertia", color="C0")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    scored = [(e["k"], e["silhouette"]) for e in entries if e["silhouette"] is not None]
+    if scored:
+        right = ax.twinx()
+        handles += right.plot(*zip(*scored), marker="s", color="C1", label="silhouette")
+        right.set_ylabel("silhouette (sample)", color="C1")
+    ax.legend(handles=handles, loc="upper right")
+    ax.set_title(f"elbow: suggested k={best}" if best is not None else "elbow: no clear knee")
+    save(fig, path)
+
+
+def cluster_colors(labels: np.ndarray) -> np.ndarray:
+    """RGBA colours of cluster numbers: tab10 up to 10 clusters, tab20 beyond (then cycling)."""
+    labels = np.asarray(labels, dtype=int)
+    cmap = colormaps["tab10" if labels.size == 0 or labels.max() < 10 else "tab20"]
+    return cmap(labels % cmap.N)
+
+
+def save(fig: Figure, path: str) -> None:
+    """Render ``fig`` as PNG to ``path`` (local or any Hadoop URI)."""
+    buf = bytes_io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+    write_bytes(path, buf.getvalue())
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """A small binary file: local paths written to a temporary name then renamed, other URIs
+    through Spark's Hadoop FileSystem (parents are created)."""
+    parsed = urlparse(path)
+    if parsed.scheme in ("", "file"):
+        local = parsed.path if parsed.scheme else path
+        os.makedirs(os.path.dirname(os.path.abspath(local)), exist_ok=True)
+        tmp = f"{local}.{uuid.uuid4().hex}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, local)
+        return
+    fs, p = io._fs_path(path)
+    out = fs.create(p, True)
+    try:
+        out.write(bytearray(data))
+    finally:
+        out.close()

@@ -1,0 +1,120 @@
+"""Same seed, same model: every init's random choices depend on the seed and the rows' content,
+never on how the rows are partitioned, blocked or ordered.
+
+The initial centroids are computed directly (kmeans_dist.init over the blocks Spark packs for
+``fit``) on 1, 2, 5 and 8 partitions and on shuffled rows, and must be bit-identical; full fits on
+the two most different layouts must then give the same centroids and labels per row. The data
+holds exact duplicate rows, whose ties are broken by content.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pyspark.sql import types as T
+
+from kmeans_dist import KMeans
+from kmeans_dist import data as kd_data
+from kmeans_dist import init as kd_init
+
+FEATURES = ["a", "b", "c"]
+K = 4
+SEED = 17
+BLOCK_ROWS = 8  # several blocks per partition, so block boundaries move with the layout
+
+
+@pytest.fixture(scope="module")
+def rows() -> np.ndarray:
+    """130 rows around four centres (2 decimals), 40 of them exact duplicates of others."""
+    rng = np.random.default_rng(4)
+    centres = np.array([[0.0, 0.0, 0.0], [6.0, 0.0, 0.0], [0.0, 6.0, 0.0], [0.0, 0.0, 6.0]])
+    base = np.round(centres[rng.integers(0, 4, 90)] + rng.normal(size=(90, 3)), 2)
+    return np.vstack([base, base[:15], base[:15], np.repeat(base[[20]], 10, axis=0)])
+
+
+def frame(spark, x: np.ndarray, order: np.ndarray, partitions: int):
+    """Rows ``order`` of ``x`` (with their ``id``) in exactly ``partitions`` partitions."""
+    schema = T.StructType([T.StructField("id", T.LongType(), False)]
+                          + [T.StructField(c, T.DoubleType(), False) for c in FEATURES])
+    data = [(int(i), *map(float, x[i])) for i in order]
+    return spark.createDataFrame(spark.sparkContext.parallelize(data, partitions), schema)
+
+
+def layouts(n: int) -> dict[str, tuple[np.ndarray, int]]:
+    """name -> (row order, partitions)."""
+    rng = np.random.default_rng(99)
+    ordered = np.arange(n)
+    return {"1": (ordered, 1), "2": (ordered, 2), "5": (ordered, 5), "8": (ordered, 8),
+            "shuffled-3": (rng.permutation(n), 3), "shuffled-8": (rng.permutation(n), 8)}
+
+
+class PackedBlocks:
+    """A transport over the blocks Spark packs for ``fit`` (same partitions, same block bounds),
+    collected once; the (pure) task functions then run on the driver: one Spark job per layout
+    instead of one per init step."""
+
+    def __init__(self, df, partitions: int) -> None:
+        frame = kd_data.block_frame(df, FEATURES, block_rows=BLOCK_ROWS, num_partitions=partitions)
+        self.parts = kd_data.block_rdd(frame, len(FEATURES)).glom().collect()
+        self.num_partitions = len(self.parts)
+
+    def run(self, fn, value) -> list:
+        return [fn(iter(blocks), value) for blocks in self.parts]
+
+    def release(self) -> None:
+        pass
+
+
+def initial_centroids(df, partitions: int, n: int) -> dict[str, np.ndarray]:
+    """Every init's centroids for this layout."""
+    transport = PackedBlocks(df, partitions)
+    assert transport.num_partitions == partitions
+    return {"random": kd_init.random_rows(transport, K, SEED, n),
+            "k-means++": kd_init.kmeans_plus_plus(transport, K, SEED),
+            "k-means||": kd_init.kmeans_parallel(transport, K, SEED)}
+
+
+def test_init_is_the_same_on_any_partitioning_and_row_order(spark, rows):
+    n = len(rows)
+    found = {name: initial_centroids(frame(spark, rows, order, p), p, n)
+             for name, (order, p) in layouts(n).items()}
+    ref = found["1"]
+    data_rows = {r.tobytes() for r in rows}
+    for init, c in ref.items():
+        assert c.shape == (K, 3) and len(np.unique(c, axis=0)) == K, (init, c)
+        if init != "k-means||":  # k-means|| reduces its candidates by a local k-means
+            assert all(r.tobytes() in data_rows for r in c), (init, c)
+    for name, got in found.items():
+        for init in ref:
+            assert np.array_equal(got[init], ref[init]), (name, init, got[init], ref[init])
+
+
+@pytest.mark.parametrize("init", ["random", "k-means++", "k-means||"])
+def test_fit_gives_the_same_labels_on_any_layout(spark, rows, init):
+    n = len(rows)
+    chosen = layouts(n)
+    results = {}
+    for name in ("1", "shuffled-8"):
+        order, p = chosen[name]
+        df = frame(spark, rows, order, p)
+        model = KMeans(K, init=init, seed=SEED, num_partitions=p, block_rows=BLOCK_ROWS).fit(
+            df, features=FEATURES)
+        results[name] = (model, model.predict(rows).tolist())  # row i has id i
+    (ref, ref_labels), (got, got_labels) = results["1"], results["shuffled-8"]
+    assert got_labels == ref_labels
+    np.testing.assert_allclose(got.centroids, ref.centroids, rtol=1e-12, atol=1e-12)
+    assert got.cluster_sizes == ref.cluster_sizes and got.n_iter == ref.n_iter
+
+
+def test_empty_cluster_relocation_ties_go_by_content(spark):
+    """An empty cluster takes the row farthest from its centroid; with two rows equally far it
+    is the same row whatever the order (before, the lower global row index won)."""
+    x = np.array([[-1.0, 0.0], [0.0, 0.0], [1.0, 0.0], [0.0, 0.5], [0.0, -0.5]])
+    init = np.array([[0.0, 0.0], [50.0, 50.0]])  # no row is nearest the second centroid
+    schema = T.StructType([T.StructField(c, T.DoubleType(), False) for c in ("p", "q")])
+    centroids = []
+    for order in (x, x[::-1]):
+        df = spark.createDataFrame([tuple(map(float, r)) for r in order], schema)
+        centroids.append(KMeans(2, init=init, max_iter=1).fit(df).centroids)
+    assert np.array_equal(centroids[0], centroids[1]), centroids
+    assert centroids[0][1].tolist() in ([-1.0, 0.0], [1.0, 0.0])
