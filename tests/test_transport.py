@@ -160,7 +160,7 @@ def test_resident_ignores_a_peer_without_the_token(points):
     finally:
         transport.release()
     ref = RDDTransport(data.block_rdd(data.block_frame(
-        df, ["a", "b", "c"], weight_col="w", block_rows=100), 3))
+        df.coalesce(2), ["a", "b", "c"], weight_col="w", block_rows=100), 3))
     try:
         assert _same(got, _lloyd_steps(ref, x))
     finally:
