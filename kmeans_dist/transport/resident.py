@@ -265,6 +265,9 @@ class ResidentTransport:
                 _send(conn, None)
             except OSError:
                 pass
+        if len(self._conns) < self.num_partitions:
+            # tasks still waiting for a slot would start, connect and wait for good: cancel them
+            self.source.context.cancelJobGroup(self._group)
         self._job.join(timeout=30)
         if self._job.is_alive():
             self.source.context.cancelJobGroup(self._group)
