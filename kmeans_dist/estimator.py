@@ -184,7 +184,7 @@ class KMeans:
         transport = TRANSPORTS[self.transport](data.block_rdd(frame, d))
         try:
             summary = self._summarize(transport, d, max(ks))
-            ckpt, saved = self._checkpoint(features, summary)
+            ckpt, saved = self._checkpoint(features, ks, summary)
             if saved is not None:
                 log.info("resuming from %s at iteration %d", ckpt.path, saved["iteration"])
                 starts = [tuple(s) for s in saved["starts"]]
@@ -229,13 +229,13 @@ class KMeans:
             init_seconds.append(time.perf_counter() - t0)
         return starts, init_seconds, centroids
 
-    def _checkpoint(self, features: list[str],
+    def _checkpoint(self, features: list[str], ks: list[int],
                     summary: tasks.Summary) -> tuple[Checkpoint | None, dict | None]:
         """This fit's checkpoint (if asked for) and, when resuming, its saved state."""
         if self.checkpoint is None:
             return None, None
         ckpt = Checkpoint(self.checkpoint, fingerprint(
-            self.params(), features, summary.rows, summary.weight, summary.mean, summary.m2))
+            {**self.params(), "ks": ks}, features, summary.rows, summary.weight, summary.mean, summary.m2))
         saved = ckpt.load() if self.resume else None
         if self.resume and saved is None:
             log.info("no checkpoint in %s: starting from the beginning", self.checkpoint)
