@@ -16,7 +16,7 @@ $(PY):
 
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,bench]'
+	$(PY) -m pip install --quiet -e '.[test,bench,connect]'
 	@rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)
@@ -27,8 +27,10 @@ check-java:
 run: check-java install
 	$(PY) jobs/train.py --conf conf/local.yaml --input data/iris.csv --k 3 --seed 42 --output $(OUT) --overwrite --label-col species
 
+# two pytest processes: classic Spark, then Spark Connect (one process cannot hold both)
 test: check-java install
 	$(PY) -m pytest -q
+	$(PY) -m pytest -q tests/connect
 
 # Speed against Spark MLlib and scikit-learn (not part of make test): writes BENCHMARKS.md
 bench: check-java install

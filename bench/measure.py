@@ -3,10 +3,15 @@
 Order inside a workload: data, ours from C0, the read floors, MLlib from C0, then (main workloads)
 pyspark.ml's default fit, ours' default fit with as many iterations, and scikit-learn (which
 collects the data to the driver, so it comes last).
+
+The data, C0, ours from C0, pyspark.ml's differenced fit and the empty job also run on a Spark
+Connect client session (bench/connect.py): there ``spark_context`` is None and the probes record
+the Python side only.
 """
 
 from __future__ import annotations
 
+import hashlib
 import statistics
 import sys
 import time
@@ -20,7 +25,8 @@ from pyspark.sql import functions as F
 import probes
 from kmeans_dist import KMeans, data, get_session
 from kmeans_dist.blocks import Block
-from kmeans_dist.transport import TRANSPORTS
+from kmeans_dist.config import default_parallelism, is_connect
+from kmeans_dist import transport as transports
 from workloads import Workload
 
 # the task functions below run on the executors, where this module is not importable
@@ -55,9 +61,27 @@ def block_x(b: Block) -> np.ndarray:
     return b.x
 
 
+def no_op(batches: Iterable) -> Iterable:
+    """The empty job's mapInArrow task: reads its (empty) input, returns one row."""
+    import pyarrow as pa
+
+    for _ in batches:
+        pass
+    yield pa.RecordBatch.from_pydict({"p": pa.array([0], pa.int32())})
+
+
 # --------------------------------------------------------------------------- data
+#: settings of every bench session, classic or the local Spark Connect server
+SESSION_CONF = {"spark.driver.memory": "8g"}
+
+
 def session() -> SparkSession:
-    return get_session("local[2]", conf={"spark.driver.memory": "8g"})
+    return get_session("local[2]", conf=SESSION_CONF)
+
+
+def spark_context(spark: SparkSession):
+    """The SparkContext the probes read, or None on Spark Connect (which has none)."""
+    return None if is_connect(spark) else spark.sparkContext
 
 
 def blobs(spark: SparkSession, n: int, d: int, k: int, parts: int, seed: int = 0) -> DataFrame:
@@ -75,13 +99,15 @@ def blobs(spark: SparkSession, n: int, d: int, k: int, parts: int, seed: int = 0
 
 
 def cached_data(spark: SparkSession, w: Workload) -> tuple[DataFrame, list[str], dict]:
-    """The workload's data, cached and counted (not part of any timing)."""
-    sc = spark.sparkContext
+    """The workload's data, cached and counted (not part of any timing); the same rows on a
+    classic and a Spark Connect session (same seeds, same partitions)."""
+    sc = spark_context(spark)
     before = probes.storage(sc)
     t0 = time.perf_counter()
-    df = blobs(spark, w.n, w.d, w.k, sc.defaultParallelism).cache()
+    parts = default_parallelism(spark)
+    df = blobs(spark, w.n, w.d, w.k, parts).cache()
     rows = df.count()
-    info = {"rows": rows, "seconds": time.perf_counter() - t0,
+    info = {"rows": rows, "partitions": parts, "seconds": time.perf_counter() - t0,
             "cache": probes.new_storage(sc, before)}
     return df, list(df.columns), info
 
@@ -95,10 +121,24 @@ def initial_centroids(df: DataFrame, k: int, n: int) -> np.ndarray:
     return c0
 
 
+def fingerprint(a: np.ndarray) -> str:
+    """A short digest of an array's bytes (shows two sessions started from the same C0)."""
+    return hashlib.sha1(np.ascontiguousarray(a).tobytes()).hexdigest()[:12]
+
+
+def prepared(spark: SparkSession, w: Workload) -> tuple[DataFrame, list[str], dict, np.ndarray]:
+    """The cached data, its features, its info (with C0's fingerprint) and C0."""
+    df, features, info = cached_data(spark, w)
+    say(w, f"{info['rows']} rows x {w.d} cached in {info['seconds']:.1f}s")
+    c0 = initial_centroids(df, w.k, w.n)
+    info["c0_fingerprint"] = fingerprint(c0)
+    return df, features, info, c0
+
+
 def block_frame(df: DataFrame, features: list[str]) -> DataFrame:
     """The library's validated float64 blocks of ``df`` (what a fit iterates over)."""
     return data.block_frame(df, features, weight_col=None, block_rows=None, cosine=False,
-                            num_partitions=df.sparkSession.sparkContext.defaultParallelism)
+                            num_partitions=default_parallelism(df.sparkSession))
 
 
 def rel_diff(a: np.ndarray, b: np.ndarray) -> float:
@@ -107,15 +147,15 @@ def rel_diff(a: np.ndarray, b: np.ndarray) -> float:
 
 
 # --------------------------------------------------------------------------- systems
-def ours_from(sc, df: DataFrame, features: list[str], c0: np.ndarray, iters: int
-              ) -> tuple[dict, np.ndarray]:
-    """Ours from C0 (tol=0): median seconds of the iterations after the first."""
-    estimator = KMeans(len(c0), init=c0, max_iter=iters, tol=0.0)
+def ours_from(sc, df: DataFrame, features: list[str], c0: np.ndarray, iters: int,
+              transport: str = "auto") -> tuple[dict, np.ndarray]:
+    """Ours from C0 (tol=0) on ``transport``: median seconds of the iterations after the first."""
+    estimator = KMeans(len(c0), init=c0, max_iter=iters, tol=0.0, transport=transport)
     with probes.Phase(sc) as phase:
         model = estimator.fit(df, features)
     secs = [h["seconds"] for h in model.history]
     result = {"s_iter": statistics.median(secs[1:] or secs), "iter_seconds": secs,
-              "transport": estimator.transport,
+              "transport": transports.choose(transport, is_connect(df.sparkSession)),
               "n_iter": model.n_iter, "stop": model.stop, "inertia": model.inertia,
               "fit_seconds": phase.seconds, "memory": phase.memory}
     return result, model.centroids
@@ -125,16 +165,12 @@ def read_floor(sc, frame: DataFrame, d: int, passes: int, transport_name: str) -
     """Seconds of a pass that only reads every cached block, on one of the library's transports:
     the first ``run`` builds and caches the blocks, the next ``passes`` runs are timed."""
     before = probes.storage(sc)
-    transport = TRANSPORTS[transport_name](data.block_rdd(frame, d))
+    transport = transports.make(transport_name, frame, d)
     try:
         t0 = time.perf_counter()
         transport.run(touch, None)  # computes the blocks and writes their files
         cache_seconds = time.perf_counter() - t0
-        secs = []
-        for _ in range(passes):
-            t0 = time.perf_counter()
-            transport.run(touch, None)
-            secs.append(time.perf_counter() - t0)
+        secs = timed_runs(lambda: transport.run(touch, None), passes)
         sizes = transport.run(block_bytes, None)
         handles = probes.new_storage(sc, before)
     finally:
@@ -142,6 +178,26 @@ def read_floor(sc, frame: DataFrame, d: int, passes: int, transport_name: str) -
     return {"transport": transport_name, "s_pass": statistics.median(secs), "pass_seconds": secs,
             "cache_seconds": cache_seconds, "block_bytes": sum(s for s, _ in sizes),
             "rows": sum(r for _, r in sizes), "spark_cache": handles}
+
+
+def timed_runs(run: Callable[[], Any], repeats: int) -> list[float]:
+    """Seconds of each of ``repeats`` calls of ``run``."""
+    secs = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run()
+        secs.append(time.perf_counter() - t0)
+    return secs
+
+
+def empty_job(spark: SparkSession, parts: int, repeats: int = 5) -> dict:
+    """Seconds of a job that does nothing: one mapInArrow task per partition over ``parts``
+    rows, collected (the fixed cost an iteration on the arrow transport pays on top of its
+    work); median of ``repeats`` after a warm-up run."""
+    job = spark.range(0, parts, numPartitions=parts).mapInArrow(no_op, "p int")
+    job.collect()
+    secs = timed_runs(job.collect, repeats)
+    return {"s_job": statistics.median(secs), "job_seconds": secs, "partitions": parts}
 
 
 Timed = tuple[float, Any]  # (seconds, what the fit returned)
@@ -192,30 +248,61 @@ def mllib_from(sc, frame: DataFrame, d: int, c0: np.ndarray, iters: int,
             "prep_seconds": prep_seconds, "cache": cache, "memory": phase.memory}
 
 
-def ml_default_fit(sc, df: DataFrame, features: list[str], k: int, log: probes.SparkLog) -> dict:
-    """pyspark.ml's KMeans with its defaults on the cached VectorAssembler output."""
-    from pyspark.ml.clustering import KMeans as MLKMeans
+def assembled(sc, df: DataFrame, features: list[str]) -> tuple[DataFrame, dict]:
+    """pyspark.ml's input: the VectorAssembler output of ``df``, cached and counted; and
+    {"prep_seconds", "cache"}."""
     from pyspark.ml.feature import VectorAssembler
 
     before = probes.storage(sc)
     t0 = time.perf_counter()
-    assembled = (VectorAssembler(inputCols=features, outputCol="features")
-                 .transform(df).select("features").cache())
-    assembled.count()
-    prep_seconds = time.perf_counter() - t0
-    cache = probes.new_storage(sc, before)
+    frame = (VectorAssembler(inputCols=features, outputCol="features")
+             .transform(df).select("features").cache())
+    frame.count()
+    return frame, {"prep_seconds": time.perf_counter() - t0,
+                   "cache": probes.new_storage(sc, before)}
+
+
+def ml_differenced(sc, df: DataFrame, features: list[str], k: int, iters: int) -> dict:
+    """pyspark.ml's KMeans per iteration, which cannot start from C0 (no initial model in its
+    Python API): random init (cheap), tol=0, same seed; after a 1-iteration warm-up,
+    (T(N) - T(1)) / (numIter - 1), numIter read from the N-iteration fit's summary."""
+    from pyspark.ml.clustering import KMeans as MLKMeans
+
+    frame, prep = assembled(sc, df, features)
+
+    def fit(n_iter: int) -> Timed:
+        est = MLKMeans(k=k, seed=DEFAULT_FIT_SEED, initMode="random", tol=0.0, maxIter=n_iter,
+                       featuresCol="features")
+        t0 = time.perf_counter()
+        model = est.fit(frame)
+        return time.perf_counter() - t0, model.summary
+
+    try:
+        (t1, one), (tn, summary) = warm_then_time(fit, iters)
+    finally:
+        frame.unpersist()
+    n_iter = int(summary.numIter)
+    return {"s_iter": differenced(t1, tn, n_iter), "t1": t1, "tn": tn, "iters": iters,
+            "n_iter": n_iter, "n_iter_1": int(one.numIter), "converged_early": n_iter < iters,
+            "training_cost": float(summary.trainingCost), **prep}
+
+
+def ml_default_fit(sc, df: DataFrame, features: list[str], k: int, log: probes.SparkLog) -> dict:
+    """pyspark.ml's KMeans with its defaults on the cached VectorAssembler output."""
+    from pyspark.ml.clustering import KMeans as MLKMeans
+
+    assembled_df, prep = assembled(sc, df, features)
     try:
         log.take()
         with probes.Phase(sc) as phase:
-            model = MLKMeans(k=k, seed=DEFAULT_FIT_SEED, featuresCol="features").fit(assembled)
+            model = MLKMeans(k=k, seed=DEFAULT_FIT_SEED, featuresCol="features").fit(assembled_df)
         logged = probes.spark_kmeans_times(log.take())
         summary = model.summary
         result = {"fit_seconds": phase.seconds, "init_seconds": logged["init"],
                   "iterations_seconds": logged["iterations"], "n_iter": summary.numIter,
-                  "training_cost": summary.trainingCost, "prep_seconds": prep_seconds,
-                  "cache": cache, "memory": phase.memory}
+                  "training_cost": summary.trainingCost, **prep, "memory": phase.memory}
     finally:
-        assembled.unpersist()
+        assembled_df.unpersist()
     return result
 
 
@@ -262,22 +349,20 @@ def run_workload(w: Workload, iters: int) -> dict:
     try:
         sc = spark.sparkContext
         spark_log, py_log = probes.SparkLog(sc), probes.PyLog()
-        df, features, info = cached_data(spark, w)
-        say(w, f"{info['rows']} rows x {w.d} cached in {info['seconds']:.1f}s")
-        c0 = initial_centroids(df, w.k, w.n)
+        df, features, info, c0 = prepared(spark, w)
         result: dict[str, Any] = {"key": w.key, "n": w.n, "d": w.d, "k": w.k, "full": w.full,
                                   "iters": iters, "data": info}
         result["ours"], ours_c = ours_from(sc, df, features, c0, iters)
-        say(w, _line("ours from C0", result["ours"], "s_iter", "s/iter"))
+        say(w, line("ours from C0", result["ours"], "s_iter", "s/iter"))
         frame = block_frame(df, features)
         result.update(_floors(sc, w, frame, iters, result["ours"]["transport"]))
         result["mllib"] = mllib_from(sc, frame, w.d, c0, result["ours"]["n_iter"], ours_c, spark_log)
-        say(w, _line("MLlib from C0", result["mllib"], "s_iter", "s/iter")
+        say(w, line("MLlib from C0", result["mllib"], "s_iter", "s/iter")
             + f", centroids max rel diff {result['mllib']['max_rel_diff']:.1e}")
         if w.full:
             result.update(_default_fits(sc, w, df, features, spark_log, py_log))
             result["sklearn"] = sklearn_from(sc, frame, w.d, c0, iters, result["ours"], ours_c)
-            say(w, _line("scikit-learn from C0", result["sklearn"], "s_iter", "s/iter"))
+            say(w, line("scikit-learn from C0", result["sklearn"], "s_iter", "s/iter"))
         result["jvm"] = probes.jvm_env(spark)
         return result
     finally:
@@ -290,7 +375,7 @@ def _floors(sc, w: Workload, frame: DataFrame, passes: int, ours_transport: str)
     floors = {name: read_floor(sc, frame, w.d, passes, name)
               for name in dict.fromkeys([ours_transport, "files"])}
     for name, floor in floors.items():
-        say(w, _line(f"read floor ({name})", floor, "s_pass", "s/pass"))
+        say(w, line(f"read floor ({name})", floor, "s_pass", "s/pass"))
     return {"floor": floors[ours_transport], "floor_files": floors["files"]}
 
 
@@ -303,6 +388,7 @@ def _default_fits(sc, w: Workload, df: DataFrame, features: list[str],
     return {"ml": ml, "ours_default": ours}
 
 
-def _line(label: str, result: dict, key: str, unit: str) -> str:
+def line(label: str, result: dict, key: str, unit: str) -> str:
+    """The progress line "label: value unit" (n/a where the value is missing)."""
     value = result.get(key)
     return f"{label}: " + ("n/a" if value is None else f"{value:.4f} {unit}")

@@ -67,15 +67,20 @@ def current_rss() -> int:
 
 # --------------------------------------------------------------------------- JVM and Spark's cache
 def storage(sc) -> dict[int, dict]:
-    """Cached RDDs as Spark's storage status reports them: id -> name, memory and disk bytes."""
+    """Cached RDDs as Spark's storage status reports them: id -> name, memory and disk bytes
+    (none without a SparkContext: a Spark Connect client cannot ask)."""
+    if sc is None:
+        return {}
     return {
         int(i.id()): {"name": str(i.name())[:80], "mem": int(i.memSize()), "disk": int(i.diskSize())}
         for i in sc._jsc.sc().getRDDStorageInfo()
     }
 
 
-def new_storage(sc, before: dict[int, dict]) -> dict[str, int]:
-    """Memory and disk bytes of RDDs cached since ``before`` was taken."""
+def new_storage(sc, before: dict[int, dict]) -> dict[str, int] | None:
+    """Memory and disk bytes of RDDs cached since ``before`` was taken (None without ``sc``)."""
+    if sc is None:
+        return None
     added = [v for i, v in storage(sc).items() if i not in before]
     return {"mem": sum(v["mem"] for v in added), "disk": sum(v["disk"] for v in added),
             "rdds": len(added)}
@@ -92,7 +97,8 @@ class Phase:
 
     ``memory``: the Python driver's RSS before and its peak during the block; the JVM's heap in
     use and Spark's cached bytes before the block and at their highest sample (every
-    ``interval`` s, on a background thread).
+    ``interval`` s, on a background thread). With ``sc`` None (a Spark Connect client, which has
+    no JVM of its own to ask) only the Python side is recorded.
     """
 
     def __init__(self, sc, interval: float = 0.5) -> None:
@@ -104,14 +110,18 @@ class Phase:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample_until_stopped, daemon=True)
 
+    def _sample(self) -> None:
+        if self.sc is not None:
+            self._samples.append(jvm_sample(self.sc))
+
     def _sample_until_stopped(self) -> None:
         while not self._stop.wait(self.interval):
-            self._samples.append(jvm_sample(self.sc))
+            self._sample()
 
     def __enter__(self) -> "Phase":
         self._reset = reset_peak_rss()
         self._rss_before = current_rss()
-        self._samples.append(jvm_sample(self.sc))
+        self._sample()
         self._thread.start()
         self._t0 = time.perf_counter()
         return self
@@ -120,14 +130,16 @@ class Phase:
         self.seconds = time.perf_counter() - self._t0
         self._stop.set()
         self._thread.join()
-        self._samples.append(jvm_sample(self.sc))
+        self._sample()
+        self.memory = {"py_rss_before": self._rss_before, "py_rss_peak": peak_rss(),
+                       "py_peak_is_per_phase": self._reset, **self._jvm_memory()}
+
+    def _jvm_memory(self) -> dict[str, int]:
+        if not self._samples:
+            return {}
         heaps, cached = zip(*self._samples)
-        self.memory = {
-            "py_rss_before": self._rss_before, "py_rss_peak": peak_rss(),
-            "py_peak_is_per_phase": self._reset,
-            "jvm_heap_before": heaps[0], "jvm_heap_peak": max(heaps),
-            "cache_before": cached[0], "cache_peak": max(cached), "samples": len(heaps),
-        }
+        return {"jvm_heap_before": heaps[0], "jvm_heap_peak": max(heaps),
+                "cache_before": cached[0], "cache_peak": max(cached), "samples": len(heaps)}
 
 
 # --------------------------------------------------------------------------- log lines

@@ -72,9 +72,13 @@ def get(r: dict, *path: str) -> Any:
 
 
 # --------------------------------------------------------------------------- derived figures
-#: where each system's seconds per iteration (the floor: per pass) sit in a result
+#: where each system's seconds per iteration (the floor: per pass) sit in a result; the
+#: ``classic_*`` and ``connect_*`` ones in a row of the Spark Connect section
 SECONDS = {"ours": ("ours", "s_iter"), "mllib": ("mllib", "s_iter"),
-           "sklearn": ("sklearn", "s_iter"), "floor": ("floor", "s_pass")}
+           "sklearn": ("sklearn", "s_iter"), "floor": ("floor", "s_pass"),
+           "classic_resident": ("classic", "resident", "s_iter"),
+           "classic_arrow": ("classic", "arrow", "s_iter"),
+           "connect_ours": ("connect", "ours", "s_iter"), "connect_ml": ("connect", "ml", "s_iter")}
 
 
 def sec(r: dict, system: str) -> float | None:
@@ -368,6 +372,141 @@ def plot(points: Sequence[dict], path: str) -> None:
     plt.close(fig)
 
 
+# --------------------------------------------------------------------------- Spark Connect
+def connect_failures(rows: Sequence[dict]) -> list[str]:
+    """One "key side: error" line per failed side of the Spark Connect rows."""
+    return [f"{r['key']} {side}: {get(r, side, 'error')}" for r in rows
+            for side in ("classic", "connect") if get(r, side, "error") is not None]
+
+
+def connect_rows(rows: Sequence[dict]) -> list[list[str]]:
+    out = []
+    for r in rows:
+        resident, arrow, ours, ml = (sec(r, s) for s in
+                                     ("classic_resident", "classic_arrow", "connect_ours",
+                                      "connect_ml"))
+        out.append([
+            r["key"], shape(r), _connect_iterations(r), fmt(resident), fmt(arrow), fmt(ours),
+            fmt(ml), times(ratio(ml, ours)), times(ratio(ours, resident)),
+            times(ratio(ours, arrow)),
+        ])
+    return out
+
+
+CONNECT_HEADER = (
+    "workload", "n × d, k", "iterations (ours / pyspark.ml)", "ours classic, resident s/iter",
+    "ours classic, arrow s/iter", "ours Spark Connect (arrow) s/iter",
+    "pyspark.ml on Spark Connect s/iter (differenced)", "pyspark.ml Connect / ours Connect",
+    "ours Connect / ours classic resident", "ours Connect / ours classic arrow",
+)
+
+
+def connect_table(rows: Sequence[dict]) -> str:
+    return table(CONNECT_HEADER, connect_rows(rows))
+
+
+def connect_check_rows(rows: Sequence[dict]) -> list[list[str]]:
+    out = []
+    for r in rows:
+        resident = get(r, "classic", "resident", "inertia")
+        connect = get(r, "connect", "ours", "inertia")
+        secs = get(r, "connect", "ours", "iter_seconds") or []
+        out.append([
+            r["key"], _same_start(r), fmt(resident, ".10g"),
+            fmt(get(r, "classic", "arrow", "inertia"), ".10g"), fmt(connect, ".10g"),
+            fmt(_rel(connect, resident), ".1e"),
+            fmt(get(r, "classic", "arrow", "max_rel_diff_to_resident"), ".1e"),
+            fmt(secs[0] if secs else None), fmt(get(r, "connect", "ours", "fit_seconds")),
+            fmt(get(r, "connect", "ml", "t1")), fmt(get(r, "connect", "ml", "tn")),
+            fmt(get(r, "classic", "empty_job", "s_job")),
+            fmt(get(r, "connect", "empty_job", "s_job")),
+            fmt(get(r, "connect", "server_start_seconds")),
+        ])
+    return out
+
+
+CONNECT_CHECK_HEADER = (
+    "workload", "same rows and C0 in both processes", "ours inertia: classic resident",
+    "classic arrow", "Spark Connect", "Connect vs classic resident inertia (relative)",
+    "classic arrow vs resident centroids (max rel diff)", "ours Connect 1st iteration s",
+    "ours Connect whole fit s", "pyspark.ml Connect T(1) s", "pyspark.ml Connect T(N) s",
+    "empty mapInArrow job, classic s", "empty mapInArrow job, Connect s",
+    "Connect server start s",
+)
+
+
+def _connect_iterations(r: dict) -> str:
+    ml = get(r, "connect", "ml", "n_iter")
+    early = " (ml converged early)" if get(r, "connect", "ml", "converged_early") else ""
+    return f"{fmt(get(r, 'connect', 'ours', 'n_iter'), 'd')} / {fmt(ml, 'd')}{early}"
+
+
+def _same_start(r: dict) -> str:
+    """Whether both processes cached as many rows and drew C0 with the same bytes."""
+    sides = [get(r, side, "data") for side in ("classic", "connect")]
+    if None in sides:
+        return "n/a"
+    same = all(sides[0].get(key) == sides[1].get(key) for key in ("rows", "c0_fingerprint"))
+    return "yes" if same else "NO"
+
+
+def _rel(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b == 0 else abs(a - b) / abs(b)
+
+
+def connect_section(connect: dict) -> str:
+    """The Spark Connect section: when and how it was measured, its two tables."""
+    meta, rows = connect["meta"], connect["results"]
+    run = (f"Measured by `{meta['command']}` on {meta['date']}, {meta['iters']} Lloyd iterations "
+           f"per timing ({meta['minutes']:.1f} min, load average at start "
+           f"{', '.join(f'{x:.2f}' for x in meta['load_average'])}).")
+    if meta["quick"]:
+        run += f" **QUICK RUN: every n divided by {meta['divisor']}.**"
+    older = [f"{r['key']} ({r['date']})" for r in rows if r.get("date") != meta["date"]]
+    if older:
+        run += " Rows kept from an earlier run: " + ", ".join(older) + "."
+    failed = connect_failures(rows)
+    if failed:
+        run += " **Failed:** " + "; ".join(failed) + "."
+    return "\n\n".join([run, connect_table(rows), "Cross-checks of the same runs:",
+                         table(CONNECT_CHECK_HEADER, connect_check_rows(rows)), CONNECT_METHOD])
+
+
+CONNECT_METHOD = """\
+How these rows are measured:
+
+- **Two processes per workload**, one after the other: a Spark Connect client and a classic
+  session cannot share a Python process. The classic one is a `local[2]` session as above. The
+  Connect one starts a local Spark Connect server in that process as
+  `SparkSession.builder.remote("local[2]")` does (a `local[2]` Spark with the Connect plugin and
+  the same settings), but on a free port (that builder's client always dials port 15002, which
+  another server may hold), and a client session of it; only the client is used. Both generate the same rows (the same seeded
+  `spark.range` generation over `default_parallelism(spark)` partitions, 2 in both), cache and
+  count them, and draw the same C0 (same seeded sample); "same rows and C0" compares the row
+  counts and a digest of C0's bytes.
+- **ours s/iter**: `KMeans(k, init=C0, max_iter=N, tol=0, transport=...).fit(df)`, the median
+  of `model.history[i]["seconds"]` after the first iteration, as in the main table: on classic
+  Spark with `resident` (its default) and with `arrow`; on Spark Connect with the default,
+  which is `arrow` there (every iteration one `mapInArrow` job over the cached DataFrame of
+  binary blocks, its per-partition results collected by the client). The fits start from the
+  same C0 on the same rows, so their inertias should agree to rounding.
+- **pyspark.ml on Spark Connect s/iter**: pyspark.ml's `KMeans` has no parameter for initial
+  centres (only `initMode`, "k-means||" or "random", and a seed), so it cannot start from C0
+  and its centroids are not compared. Its cost per Lloyd iteration (a pass of the same n·k·d
+  distance work from whichever start) is taken by differencing on the same Connect server and
+  rows: `KMeans(k, seed=42, initMode="random", tol=0, maxIter=m)` on the cached
+  `VectorAssembler` output, a 1-iteration warm-up fit, then T(1) and T(N);
+  (T(N) − T(1)) / (numIter − 1), numIter from the N-iteration model's `summary.numIter` (N
+  unless no centre moved, flagged "converged early"). Differencing removes each fit's fixed
+  costs: the random init's pass, the Connect ML round trips, the model and summary kept on the
+  server. A figure ≤ 0 (noise larger than N − 1 iterations) shows as n/a.
+- **Fixed cost of a job**: the empty `mapInArrow` job (one task per partition over 2 rows,
+  collected; median of 5 after a warm-up) on each session. Every iteration on the `arrow`
+  transport pays about that on top of its work; on Spark Connect it includes the client's gRPC
+  round trip, the server's analysis and planning of the plan sent, and the Arrow result stream.
+  The server start is paid once per process and is in no per-iteration figure."""
+
+
 # --------------------------------------------------------------------------- the document
 def machine_section(host: dict, jvm: dict | None) -> str:
     v = host["versions"]
@@ -418,7 +557,7 @@ METHOD = """\
   algorithm="lloyd")` on the same rows collected to the driver; fit seconds / `n_iter_`
   after a 1-iteration warm-up (single machine, all cores through OpenMP). That includes
   scikit-learn's per-fit input checks; the cross-check table also gives (T(N) − T(1)) / (N − 1).
-- **Read floor**: one of the library's transports (`kmeans_dist.transport.TRANSPORTS[name]`) over
+- **Read floor**: one of the library's transports (`kmeans_dist.transport.make(name, ...)`) over
   `data.block_frame(...)` blocks; the first `run` builds and caches the blocks; then N timed
   `run`s of a task that sums every block's `x` and `x_sq` (reads every byte, no distance math);
   median. It is measured on the transport ours' fit used (`KMeans(...).transport`, its default)
@@ -445,16 +584,33 @@ METHOD = """\
 - **Scaling**: d=16, k=16 over n; least squares of s/iter against n (millions)."""
 
 
-def render(results: Sequence[dict], host: dict, meta: dict, plot_ref: str | None) -> str:
-    """The whole BENCHMARKS.md."""
-    good = ok_results(results)
-    jvm = next((r["jvm"] for r in good if r.get("jvm")), None)
+def render(results: Sequence[dict], host: dict, meta: dict, plot_ref: str | None,
+           connect: dict | None = None) -> str:
+    """The whole BENCHMARKS.md (without the classic sections when ``results`` is empty, as
+    after ``--only-connect`` into a new results file)."""
+    connect_results = (connect or {}).get("results", [])
+    parts = ["# Benchmarks", _preamble(meta, results)]
+    if results:
+        parts += ["## Targets", targets_table(results)]
+    parts += ["## Machine and versions", machine_section(host, _jvm(results, connect_results))]
+    if results:
+        parts += _classic_sections(results, plot_ref)
+    if connect_results:
+        parts += ["## Spark Connect: seconds per Lloyd iteration (same data, same C0 for ours)",
+                  connect_section(connect)]
+    return "\n\n".join(parts) + "\n"
+
+
+def _jvm(results: Sequence[dict], connect_results: Sequence[dict]) -> dict | None:
+    """The classic session's JVM facts: a workload's, else a Spark Connect row's classic side's."""
+    found = [r.get("jvm") for r in ok_results(results)]
+    found += [get(r, "classic", "jvm") for r in connect_results]
+    return next((jvm for jvm in found if jvm), None)
+
+
+def _classic_sections(results: Sequence[dict], plot_ref: str | None) -> list[str]:
     points = scaling_points(results)
     parts = [
-        "# Benchmarks",
-        _preamble(meta, results),
-        "## Targets", targets_table(results),
-        "## Machine and versions", machine_section(host, jvm),
         "## Seconds per Lloyd iteration (same data, same initial centroids C0)",
         table(PER_ITERATION_HEADER, per_iteration_rows(results)),
         "## Whole default fit (k-means|| init + Lloyd), same number of Lloyd iterations",
@@ -471,8 +627,7 @@ def render(results: Sequence[dict], host: dict, meta: dict, plot_ref: str | None
     ]
     if plot_ref:
         parts.append(f"![seconds per iteration against rows]({plot_ref})")
-    parts += ["## How each figure is derived", METHOD]
-    return "\n\n".join(parts) + "\n"
+    return parts + ["## How each figure is derived", METHOD]
 
 
 def _preamble(meta: dict, results: Sequence[dict]) -> str:
@@ -489,7 +644,8 @@ def _preamble(meta: dict, results: Sequence[dict]) -> str:
     return "\n\n".join(lines)
 
 
-def write(results: Sequence[dict], host: dict, meta: dict, output: str, plot_path: str) -> None:
+def write(results: Sequence[dict], host: dict, meta: dict, output: str, plot_path: str,
+          connect: dict | None = None) -> None:
     """Write the plot (when the scaling series has points) and the markdown."""
     points = scaling_points(results)
     plot_ref = None
@@ -497,4 +653,4 @@ def write(results: Sequence[dict], host: dict, meta: dict, output: str, plot_pat
         plot(points, plot_path)
         plot_ref = os.path.relpath(plot_path, os.path.dirname(os.path.abspath(output)))
     with open(output, "w", encoding="utf-8") as fh:
-        fh.write(render(results, host, meta, plot_ref))
+        fh.write(render(results, host, meta, plot_ref, connect))

@@ -3,10 +3,15 @@
     python bench/run.py                    # full run (~20-30 min on 2 cores), what `make bench` does
     python bench/run.py --quick            # every n / 20, 5 iterations: a development check
     python bench/run.py --only 2Mx16-k16   # one workload (or --only scaling for the n series)
+    python bench/run.py --only-connect --json bench/results.json
+                                           # only the Spark Connect rows, merged into saved results
 
 Each workload runs in its own Python process (this script with --workload), in a fresh local[2]
 Spark session, so its timings share one session and one cached data set and its driver memory
 peaks are its own; this process gathers their JSON results and writes the report and the plot.
+Then the Spark Connect section (bench/connect.py): for each main workload, a classic process
+(ours on the resident and the arrow transport) and a Spark Connect process (ours and pyspark.ml
+on a local Connect server), same rows, same C0.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ import report  # noqa: E402
 import workloads  # noqa: E402
 
 FULL_ITERS, QUICK_ITERS = 10, 5
+#: what a child process measures: a whole workload, or one side of its Spark Connect rows
+CONNECT_SIDES = ("classic", "connect")
+MODES = ("main", *CONNECT_SIDES)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,9 +55,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--json", help="also save the raw results here")
     ap.add_argument("--from-json", metavar="PATH",
                     help="only rewrite the report and plot from results saved with --json")
+    ap.add_argument("--only-connect", action="store_true",
+                    help="only the Spark Connect section (main workloads): merged into the "
+                         "--json file (other results kept), then the report is rewritten")
     ap.add_argument("--workload", help=argparse.SUPPRESS)  # internal: run one workload, write JSON
+    ap.add_argument("--mode", choices=MODES, default="main", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.only_connect and not args.json:
+        ap.error("--only-connect needs --json: the results file to merge the rows into")
     if args.iters is None:
         args.iters = QUICK_ITERS if args.quick else FULL_ITERS
     if args.iters < 2:
@@ -62,37 +76,108 @@ def divisor(args: argparse.Namespace) -> int:
 
 
 def child(args: argparse.Namespace) -> None:
-    """Run one workload in this process and write its result as JSON."""
-    import measure
-
+    """Run one workload (or one side of its Spark Connect rows) here and write the result as JSON."""
     w = workloads.find(args.workload).scaled(divisor(args))
-    result = measure.run_workload(w, args.iters)
+    if args.mode == "main":
+        import measure
+
+        result = measure.run_workload(w, args.iters)
+    else:
+        import connect
+
+        result = connect.SIDES[args.mode](w, args.iters)
     with open(args.result, "w", encoding="utf-8") as fh:
         json.dump(result, fh)
 
 
-def run_workload(w: workloads.Workload, args: argparse.Namespace, tmp: str) -> dict:
+def spawn(w: workloads.Workload, args: argparse.Namespace, tmp: str, mode: str = "main") -> dict:
     """One workload in a child process; its JSON result, or an error entry if it failed."""
-    out = os.path.join(tmp, f"{w.key}.json")
-    cmd = [sys.executable, os.path.abspath(__file__), "--workload", w.key, "--result", out,
-           "--iters", str(args.iters)] + (["--quick"] if args.quick else [])
+    out = os.path.join(tmp, f"{w.key}-{mode}.json")
+    cmd = [sys.executable, os.path.abspath(__file__), "--workload", w.key, "--mode", mode,
+           "--result", out, "--iters", str(args.iters)] + (["--quick"] if args.quick else [])
     t0 = time.perf_counter()
     code = subprocess.run(cmd, cwd=ROOT).returncode
-    print(f"[{w.key}] finished in {time.perf_counter() - t0:.0f}s (exit code {code})", flush=True)
+    label = w.key if mode == "main" else f"{w.key} {mode}"
+    print(f"[{label}] finished in {time.perf_counter() - t0:.0f}s (exit code {code})", flush=True)
     if code != 0 or not os.path.exists(out):
-        scaled = w.scaled(divisor(args))
-        return {"key": w.key, "n": scaled.n, "d": w.d, "k": w.k, "full": w.full,
-                "error": f"exit code {code}"}
+        return {**identity(w, args), "error": f"exit code {code}"}
     with open(out, encoding="utf-8") as fh:
         return json.load(fh)
 
 
+def identity(w: workloads.Workload, args: argparse.Namespace) -> dict:
+    """A result's key and shape (n as run)."""
+    return {"key": w.key, "n": w.scaled(divisor(args)).n, "d": w.d, "k": w.k, "full": w.full}
+
+
+def run_meta(args: argparse.Namespace, started: float) -> dict:
+    return {"date": datetime.datetime.now().isoformat(timespec="minutes"),
+            "command": shlex.join(["python", "bench/run.py"] + sys.argv[1:]),
+            "iters": args.iters, "quick": args.quick, "divisor": divisor(args),
+            "minutes": (time.perf_counter() - started) / 60}
+
+
+def connect_section(args: argparse.Namespace, tmp: str) -> dict:
+    """The Spark Connect rows of the main workloads selected by --only: per workload, its classic
+    side, then its Connect side, each in its own process."""
+    started = time.perf_counter()
+    load = os.getloadavg()
+    rows = [{**identity(w, args), "iters": args.iters,
+             **{side: spawn(w, args, tmp, side) for side in CONNECT_SIDES}}
+            for w in workloads.plan(args.only) if w.full]
+    meta = {**run_meta(args, started), "load_average": load}
+    for row in rows:
+        row["date"] = meta["date"]
+    return {"meta": meta, "results": rows}
+
+
+def merge_connect(old: dict | None, new: dict) -> dict:
+    """``new``'s rows replace ``old``'s of the same workloads; ``old``'s others are kept (each
+    row carries the date it was measured), in the workloads' order."""
+    fresh = {r["key"] for r in new["results"]}
+    kept = [r for r in (old or {}).get("results", []) if r["key"] not in fresh]
+    order = workloads.names()
+    rows = sorted(new["results"] + kept, key=lambda r: order.index(r["key"]))
+    return {"meta": new["meta"], "results": rows}
+
+
+def load(path: str) -> dict:
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def save(saved: dict, args: argparse.Namespace) -> None:
+    """The results file (when --json is given), then the report and plot."""
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump(saved, fh, indent=1)
+    report.write(saved["results"], saved["host"], saved["meta"], args.output, args.plot,
+                 saved.get("connect"))
+
+
 def rewrite(args: argparse.Namespace) -> None:
     """The report and plot again from saved results (after a change to report.py, say)."""
-    with open(args.from_json, encoding="utf-8") as fh:
-        saved = json.load(fh)
-    report.write(saved["results"], saved["host"], saved["meta"], args.output, args.plot)
+    saved = load(args.from_json)
+    report.write(saved["results"], saved["host"], saved["meta"], args.output, args.plot,
+                 saved.get("connect"))
     print(f"wrote {args.output} from {args.from_json}", flush=True)
+
+
+def only_connect(args: argparse.Namespace) -> int:
+    """The Spark Connect section alone, merged into the --json file (created if missing)."""
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="kmeans-bench-") as tmp:
+        section = connect_section(args, tmp)
+    if os.path.exists(args.json):
+        saved = load(args.json)
+    else:
+        saved = {"meta": run_meta(args, started), "host": probes.host_env(), "results": []}
+    saved["connect"] = merge_connect(saved.get("connect"), section)
+    save(saved, args)
+    print(report.connect_table(section["results"]))
+    print(f"merged the Spark Connect rows into {args.json}, wrote {args.output} in "
+          f"{section['meta']['minutes']:.1f} min", flush=True)
+    return 1 if report.connect_failures(section["results"]) else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,21 +188,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.from_json:
         rewrite(args)
         return 0
+    if args.only_connect:
+        return only_connect(args)
     started = time.perf_counter()
     host = probes.host_env()
     with tempfile.TemporaryDirectory(prefix="kmeans-bench-") as tmp:
-        results = [run_workload(w, args, tmp) for w in workloads.plan(args.only)]
-    meta = {"date": datetime.datetime.now().isoformat(timespec="minutes"),
-            "command": shlex.join(["python", "bench/run.py"] + sys.argv[1:]),
-            "iters": args.iters, "quick": args.quick, "divisor": divisor(args),
-            "minutes": (time.perf_counter() - started) / 60}
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump({"meta": meta, "host": host, "results": results}, fh, indent=1)
-    report.write(results, host, meta, args.output, args.plot)
+        results = [spawn(w, args, tmp) for w in workloads.plan(args.only)]
+        section = connect_section(args, tmp)
+    meta = run_meta(args, started)
+    save({"meta": meta, "host": host, "results": results, "connect": section}, args)
     print(report.targets_table(results))
+    print(report.connect_table(section["results"]))
     print(f"wrote {args.output} in {meta['minutes']:.1f} min", flush=True)
-    return 1 if any("error" in r for r in results) else 0
+    return 1 if any("error" in r for r in results) or report.connect_failures(section["results"]) else 0
 
 
 if __name__ == "__main__":

@@ -47,27 +47,35 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def add_spark_args(p: argparse.ArgumentParser) -> None:
-    """--conf, --master, --partitions: where and how wide to run (flags win over the file)."""
+    """--conf, --master, --remote, --partitions: where and how wide to run (flags win over the
+    file)."""
     p.add_argument("--conf", dest="conf_file", help="a conf/*.yaml profile (flags win over it)")
     p.add_argument("--master", help="Spark master when run with python (default local[*])")
+    p.add_argument("--remote", help="a Spark Connect server, sc://HOST:PORT (default: the "
+                                    "SPARK_REMOTE variable, if set)")
     p.add_argument("--partitions", type=int,
                    help="partitions the data is cached in (default: the cluster's cores)")
 
 
 def start_session(args: argparse.Namespace, app_name: str) -> tuple[SparkSession, int]:
     """The session the flags and conf file ask for, and the partition count to use; logs both."""
-    from kmeans_dist.config import get_session, load_conf
+    from kmeans_dist.config import (default_parallelism, get_session, is_connect, load_conf,
+                                   remote_url)
 
     conf = load_conf(args.conf_file) if args.conf_file else {"master": None, "partitions": None,
                                                              "spark": {}}
     partitions = args.partitions if args.partitions is not None else conf["partitions"]
     if partitions is not None and partitions < 1:
         raise ValueError(f"--partitions must be >= 1, got {partitions}")
-    spark = get_session(args.master or conf["master"], app_name=app_name, conf=conf["spark"])
-    sc = spark.sparkContext
-    chosen = partitions or sc.defaultParallelism
-    log.info("config: %s; master %s; partitions %d%s", args.conf_file or "built-in defaults",
-             sc.master, chosen, "" if partitions else " (the cluster's cores)")
+    remote = getattr(args, "remote", None)
+    spark = get_session(args.master or (None if remote else conf["master"]), app_name=app_name,
+                        conf=conf["spark"], remote=remote)
+    # a Connect URL may carry a token after ';': never log it
+    where = (f"Spark Connect {(remote_url(remote) or '?').split(';')[0]}" if is_connect(spark)
+             else f"master {spark.sparkContext.master}")
+    chosen = partitions or default_parallelism(spark)
+    log.info("config: %s; %s; partitions %d%s", args.conf_file or "built-in defaults",
+             where, chosen, "" if partitions else " (the cluster's cores)")
     return spark, chosen
 
 

@@ -78,12 +78,58 @@ def settings_to_apply(conf: dict[str, str], existing: list[tuple[str, str]],
     return {k: v for k, v in settings.items() if k not in taken}
 
 
+def is_connect(spark: SparkSession) -> bool:
+    """True for a Spark Connect session (no SparkContext, no RDDs, no JVM in this process)."""
+    return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
+def remote_url(remote: str | None = None) -> str | None:
+    """The Spark Connect server to use: ``remote``, else ``SPARK_REMOTE`` as pyspark reads it."""
+    return remote or os.environ.get("SPARK_REMOTE") or None
+
+
+def default_parallelism(spark: SparkSession) -> int:
+    """The cluster's task slots (``defaultParallelism``). Spark Connect does not expose it, so
+    there it is read as the partition count Spark gives ``range`` (which is that same figure)."""
+    if not is_connect(spark):
+        return spark.sparkContext.defaultParallelism
+    return spark.range(0, 1 << 16).mapInArrow(_one_row_per_partition, "p int").count()
+
+
+def _one_row_per_partition(batches):
+    import pyarrow as pa
+
+    for _ in batches:
+        pass
+    yield pa.RecordBatch.from_pydict({"p": pa.array([0], pa.int32())})
+
+
+def _connect_builder(url: str):
+    try:
+        import pyspark.sql.connect.session  # noqa: F401 - needs grpcio & co.
+    except ImportError as exc:
+        raise ValueError(f"Spark Connect ({url}) needs the pyspark[connect] extras "
+                         f"(missing: {exc.name}); pip install 'kmeans-dist[connect]'") from None
+    return SparkSession.builder.remote(url)
+
+
 def get_session(master: str | None = None, app_name: str = "kmeans-dist",
-                conf: dict[str, str] | None = None) -> SparkSession:
-    """The active SparkSession, or a new one: ``master`` or spark-submit's, else ``local[*]``."""
+                conf: dict[str, str] | None = None, remote: str | None = None) -> SparkSession:
+    """The active SparkSession, or a new one: a Spark Connect session when ``remote`` (or
+    ``SPARK_REMOTE``) names a server, else ``master`` or spark-submit's, else ``local[*]``."""
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
+    url = remote_url(remote)
+    if url is not None:
+        if master:
+            raise ValueError(f"both a master ({master}) and a Spark Connect server ({url}) were "
+                             "given; choose one")
+        # a Connect server's static settings are its own; only the conf file's are sent
+        builder = _connect_builder(url).appName(app_name)
+        for key, value in (conf or {}).items():
+            builder = builder.config(key, value)
+        return builder.getOrCreate()
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.appName(app_name)
     local = not under_spark_submit()

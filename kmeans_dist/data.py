@@ -46,6 +46,12 @@ def describe_dropped(dropped: dict[str, int]) -> str:
     return f"{sum(dropped.values())} dropped: {reasons}"
 
 
+def column(name: str):
+    """The column named ``name`` exactly, even when the name holds dots or backticks (which
+    ``F.col`` would read as a struct field or a quoting error)."""
+    return F.col("`" + name.replace("`", "``") + "`")
+
+
 def is_numeric(dtype: T.DataType) -> bool:
     return isinstance(dtype, NUMERIC_TYPES)
 
@@ -117,11 +123,11 @@ def block_frame(
     num_partitions: int | None = None,
 ) -> DataFrame:
     """A DataFrame with one row per block of validated features (see BLOCK_SCHEMA)."""
-    cols = [F.col(c).cast("double").alias(f"f{i}") for i, c in enumerate(features)]
+    cols = [column(c).cast("double").alias(f"f{i}") for i, c in enumerate(features)]
     if weight_col is not None:
-        cols.append(F.col(weight_col).cast("double").alias("w"))
+        cols.append(column(weight_col).cast("double").alias("w"))
     selected = df.select(*cols)
-    if num_partitions is not None and num_partitions < selected.rdd.getNumPartitions():
+    if num_partitions is not None:  # never more partitions than the input has: no shuffle
         selected = selected.coalesce(num_partitions)
     rows = block_rows or default_block_rows(len(features))
     packer = _Packer(list(features), weight_col, rows, cosine)
@@ -134,13 +140,19 @@ def block_rdd(frame: DataFrame, d: int):
 
 
 def decode(row, d: int) -> Block:
-    """One row of the block frame -> Block (arrays are views on the row's bytes)."""
-    m = int(row.rows)
-    x = np.frombuffer(row.x, dtype=np.float64).reshape(m, d)
-    x_sq = np.frombuffer(row.x_sq, dtype=np.float64)
-    w = None if row.w is None else np.frombuffer(row.w, dtype=np.float64)
-    problems = {k: (v[0], v[1]) for k, v in json.loads(row.problems).items()}
-    return Block(int(row.part), int(row.start), x, x_sq, w, problems)
+    """One Row of the block frame -> Block (arrays are views on the row's bytes)."""
+    return decode_fields(d, row.part, row.start, row.rows, row.x, row.x_sq, row.w, row.problems)
+
+
+def decode_fields(d: int, part: int, start: int, rows: int, x, x_sq, w,
+                  problems: str) -> Block:
+    """A block from the fields of BLOCK_SCHEMA; ``x``, ``x_sq``, ``w`` are any buffers (bytes,
+    Arrow buffers), viewed without a copy."""
+    return Block(int(part), int(start),
+                 np.frombuffer(x, dtype=np.float64).reshape(int(rows), d),
+                 np.frombuffer(x_sq, dtype=np.float64),
+                 None if w is None else np.frombuffer(w, dtype=np.float64),
+                 {k: (v[0], v[1]) for k, v in json.loads(problems).items()})
 
 
 class _Packer:

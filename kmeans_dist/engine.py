@@ -46,9 +46,10 @@ class LloydResult:
         return self.stop != STOP_MAX_ITER
 
 
-def _partials(transport: Transport, steps: list[tasks.LloydStep]) -> list[kernels.Partials]:
+def _partials(transport: Transport, steps: list[tasks.LloydStep],
+              label: str) -> list[kernels.Partials]:
     """Every model's partials from one pass, each folded in partition order."""
-    per_part = transport.run(tasks.lloyd_many, steps)
+    per_part = transport.run(tasks.lloyd_many, steps, label)
     return [kernels.fold([p[i] for p in per_part]) for i in range(len(steps))]
 
 
@@ -61,6 +62,7 @@ def relocate_empty(
     step: tasks.LloydStep,
     total: kernels.Partials,
     empty: np.ndarray,
+    label: str | None = None,
 ) -> kernels.Partials:
     """Give each empty cluster one of the rows farthest from its centroid, as scikit-learn does.
 
@@ -73,6 +75,7 @@ def relocate_empty(
         [c for part in transport.run(
             tasks.farthest,
             tasks.FarthestStep(step.run_id, step.iteration, step.centroids, len(empties)),
+            label and f"{label} (empty clusters)",
         ) for c in part],
         len(empties),
     )
@@ -139,6 +142,7 @@ def lloyd_many(
     numba: bool | None = None,
     resume: list[dict] | None = None,
     on_iteration: Callable[[int, list[dict]], None] | None = None,
+    label: str | None = None,
     **rules,
 ) -> list[LloydResult]:
     """Fit one model per start in the same passes over the data: each pass computes the partials
@@ -151,6 +155,8 @@ def lloyd_many(
 
     ``on_iteration(iteration, states)`` is called after every iteration with each model's state;
     passing those states back as ``resume`` continues exactly as if never interrupted.
+    ``label`` names the models in each pass's Spark job description, e.g. ``"k=16"`` gives
+    ``kmeans_dist: iteration 7/300, k=16`` (default: the ks of the starts).
     """
     rule = Rules(**rules)
     run_id = uuid.uuid4().hex
@@ -159,6 +165,7 @@ def lloyd_many(
             for i, c in enumerate(starts)]
     for r, state in zip(runs, resume or []):
         r.restore(state)
+    label = label or "k=" + ",".join(str(len(c)) for c in starts)
     done = max((len(r.history) for r in runs), default=0)
     for it in range(done + 1, rule.max_iter + 1):
         active = [r for r in runs if r.stop is None]
@@ -166,8 +173,9 @@ def lloyd_many(
             break
         t0 = time.perf_counter()
         steps = [r.step(it, numba) for r in active]
-        for r, step, total in zip(active, steps, _partials(transport, steps)):
-            _advance(transport, r, step, total, rule, t0)
+        pass_label = f"kmeans_dist: iteration {it}/{rule.max_iter}, {label}"
+        for r, step, total in zip(active, steps, _partials(transport, steps, pass_label)):
+            _advance(transport, r, step, total, rule, t0, pass_label)
         if on_iteration is not None:
             on_iteration(it, [r.state() for r in runs])
     for r in runs:
@@ -176,7 +184,8 @@ def lloyd_many(
     rescore = [r for r in runs if r.total is None or not np.array_equal(r.prev, r.centroids)]
     if rescore:
         steps = [r.step(len(r.history) + 1, numba) for r in rescore]
-        for r, total in zip(rescore, _partials(transport, steps)):
+        for r, total in zip(rescore, _partials(transport, steps,
+                                                f"kmeans_dist: final scoring, {label}")):
             r.total = total
     return [
         LloydResult(centroids=r.centroids, inertia=_inertia(r.total, rule.cosine),
@@ -187,11 +196,11 @@ def lloyd_many(
 
 
 def _advance(transport: Transport, r: _Run, step: tasks.LloydStep, total: kernels.Partials,
-             rule: Rules, t0: float) -> None:
+             rule: Rules, t0: float, label: str | None = None) -> None:
     """One model's update from its partials: new centroids, history, stop rules."""
     new, empty_mask = kernels.update_centroids(total, r.centroids)
     if empty_mask.any() and rule.empty == "farthest":
-        total = relocate_empty(transport, step, total, empty_mask)
+        total = relocate_empty(transport, step, total, empty_mask, label)
         new, _ = kernels.update_centroids(total, r.centroids)
     new = _finish(new, rule.cosine)
     shift = kernels.center_shift(r.centroids, new)

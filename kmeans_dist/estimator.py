@@ -14,7 +14,9 @@ from kmeans_dist import data, engine, io, kernels, tasks
 from kmeans_dist.checkpoint import Checkpoint, fingerprint
 from kmeans_dist import init as inits
 from kmeans_dist.model import DISTANCES, KMeansModel
-from kmeans_dist.transport import TRANSPORTS, Transport
+from kmeans_dist import transport as transports
+from kmeans_dist.config import default_parallelism, is_connect
+from kmeans_dist.transport import Transport
 
 log = logging.getLogger("kmeans_dist")
 
@@ -96,7 +98,7 @@ class KMeans:
         block_rows: int | None = None,
         num_partitions: int | None = None,
         use_numba: bool | None = None,
-        transport: str = "resident",
+        transport: str = "auto",
         center_tol: float = 0.0,
         empty_clusters: str = "farthest",
         invalid: str = "error",
@@ -120,7 +122,7 @@ class KMeans:
         self.center_tol = _check_nonnegative("center_tol", center_tol)
         self.empty_clusters = _check_choice("empty_clusters", empty_clusters, engine.EMPTY_POLICIES)
         self.invalid = _check_choice("invalid", invalid, INVALID_POLICIES)
-        _check_choice("transport", transport, tuple(TRANSPORTS))
+        _check_choice("transport", transport, ("auto", *transports.TRANSPORTS))
         _check_choice("distance", distance, DISTANCES)
         if isinstance(init, str):
             if init not in inits.INITS and not _looks_like_path(init):
@@ -176,14 +178,16 @@ class KMeans:
         given = self._given_centroids(d)
         if given is not None and ks != [self.k]:
             raise ValueError(f"explicit init centroids fix k={self.k}; cannot fit k={ks}")
+        spark = df.sparkSession
+        name = transports.choose(self.transport, is_connect(spark))
         frame = data.block_frame(
             df, features, weight_col=self.weight_col, block_rows=self.block_rows,
             cosine=self.distance == "cosine",
-            num_partitions=self.num_partitions or _default_partitions(df),
+            num_partitions=self.num_partitions or default_parallelism(spark),
         )
-        transport = TRANSPORTS[self.transport](data.block_rdd(frame, d))
+        transport = transports.make(name, frame, d)
         try:
-            summary = self._summarize(transport, d, max(ks))
+            summary = self._summarize(transport, d, max(ks), _ks_label(ks))
             ckpt, saved = self._checkpoint(features, ks, summary)
             if saved is not None:
                 log.info("resuming from %s at iteration %d", ckpt.path, saved["iteration"])
@@ -198,7 +202,7 @@ class KMeans:
                 transport, centroids, max_iter=self.max_iter, tol_abs=tol_abs,
                 center_tol=self.center_tol, empty=self.empty_clusters,
                 cosine=self.distance == "cosine", numba=self.use_numba,
-                resume=saved["runs"] if saved else None,
+                resume=saved["runs"] if saved else None, label=_ks_label(ks),
                 on_iteration=(lambda it, runs: ckpt.save(starts, init_seconds, it, runs))
                 if ckpt else None,
             )
@@ -266,11 +270,10 @@ class KMeans:
             c = kernels.normalize_rows(c)
         return c
 
-    def _summarize(self, transport: Transport, d: int,
-                   k: int) -> tasks.Summary:
+    def _summarize(self, transport: Transport, d: int, k: int, ks: str) -> tasks.Summary:
         """Caches the blocks (first pass) and checks what was dropped (an error unless
         ``invalid="skip"``, and always when nothing is left)."""
-        parts = transport.run(tasks.summarize, d)
+        parts = transport.run(tasks.summarize, d, f"kmeans_dist: caching the input, {ks}")
         total = kernels.fold(parts)
         if total.problems and self.invalid == "error":
             raise invalid_rows(total.problems)
@@ -324,6 +327,6 @@ def _looks_like_path(s: str) -> bool:
     return s.lower().endswith(".csv") or "/" in s
 
 
-def _default_partitions(df: DataFrame) -> int:
-    """As many partitions as the cluster has cores: each iteration pays a fixed cost per task."""
-    return df.sparkSession.sparkContext.defaultParallelism
+def _ks_label(ks: Sequence[int]) -> str:
+    """'k=16' or 'k=2,3,4': which models a Spark job works for, in its description."""
+    return "k=" + ",".join(map(str, ks))

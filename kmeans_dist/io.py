@@ -1,4 +1,5 @@
-"""Files through Spark's Hadoop FileSystem (local paths, hdfs://, s3a://, ...), written atomically.
+"""Files through Spark's Hadoop FileSystem (local paths, hdfs://, s3a://, ...), or pyarrow's on
+Spark Connect, written atomically.
 
 Outputs are built in a hidden staging directory beside the target and renamed into place only when
 complete, so a failed run leaves nothing half-written and never touches the user's existing data
@@ -8,13 +9,16 @@ unless ``overwrite`` was asked for.
 from __future__ import annotations
 
 import os
+import posixpath
 import uuid
 from contextlib import contextmanager
 from typing import Iterator
+from urllib.parse import urlparse
 
 from pyspark.sql import DataFrame, SparkSession
 
 from kmeans_dist.cli import first_line
+from kmeans_dist.config import is_connect
 
 FORMATS = ("csv", "parquet")
 #: the marker a complete output directory carries (as Hadoop's committers write)
@@ -28,65 +32,186 @@ def _session() -> SparkSession:
     return spark
 
 
-def _fs_path(path: str):
-    spark = _session()
-    jvm = spark.sparkContext._jvm
-    jpath = jvm.org.apache.hadoop.fs.Path(path)
-    return jpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), jpath
+class _HadoopFS:
+    """Classic Spark: the driver JVM's Hadoop FileSystem (local, hdfs://, s3a://, ...)."""
+
+    def __init__(self, spark: SparkSession) -> None:
+        self.jvm = spark.sparkContext._jvm
+        self.conf = spark.sparkContext._jsc.hadoopConfiguration()
+
+    def _fs(self, path: str):
+        jpath = self.jvm.org.apache.hadoop.fs.Path(path)
+        return jpath.getFileSystem(self.conf), jpath
+
+    def kind(self, path: str) -> str | None:
+        fs, p = self._fs(path)
+        if not fs.exists(p):
+            return None
+        return "dir" if fs.getFileStatus(p).isDirectory() else "file"
+
+    def parent(self, path: str) -> str | None:
+        parent = self.jvm.org.apache.hadoop.fs.Path(path).getParent()
+        return None if parent is None else parent.toString()
+
+    def child(self, parent: str | None, name: str) -> str:
+        jp = self.jvm.org.apache.hadoop.fs.Path
+        return jp(jp(parent or "."), name).toString()
+
+    def mkdirs(self, path: str) -> None:
+        fs, p = self._fs(path)
+        if not fs.mkdirs(p):
+            raise OSError(f"could not create {path}")
+
+    def delete(self, path: str) -> None:
+        fs, p = self._fs(path)
+        fs.delete(p, True)
+
+    def rename(self, src: str, dst: str) -> bool:
+        fs, p = self._fs(src)
+        return bool(fs.rename(p, self._fs(dst)[1]))
+
+    def read(self, path: str) -> bytes:
+        fs, p = self._fs(path)
+        stream = fs.open(p)
+        try:
+            return bytes(self.jvm.org.apache.commons.io.IOUtils.toByteArray(stream))
+        finally:
+            stream.close()
+
+    def write(self, path: str, data: bytes) -> None:
+        fs, p = self._fs(path)
+        out = fs.create(p, True)
+        try:
+            out.write(bytearray(data))
+        finally:
+            out.close()
+
+
+class _ArrowFS:
+    """Spark Connect: no JVM here, so files go through pyarrow's filesystems (local paths,
+    file://, s3://, gs://, hdfs:// with libhdfs) from this process. Outputs must be on storage the
+    Connect server sees too (the same machine, or a shared store), since it writes the Parquet."""
+
+    @staticmethod
+    def _split(path: str) -> tuple[str, str]:
+        """(scheme://authority prefix or "", path inside that filesystem)."""
+        parsed = urlparse(path)
+        if parsed.scheme in ("", "file"):
+            return ("file://" if parsed.scheme else ""), os.path.abspath(parsed.path or path)
+        return f"{parsed.scheme}://{parsed.netloc}", parsed.path or "/"
+
+    def _fs(self, path: str):
+        from pyarrow import fs
+
+        prefix, inner = self._split(path)
+        if not prefix or prefix == "file://":
+            return fs.LocalFileSystem(), inner
+        try:
+            return fs.FileSystem.from_uri(path)
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises several kinds
+            raise ValueError(f"cannot open {path} from this Spark Connect client: "
+                             f"{first_line(exc)}") from None
+
+    def kind(self, path: str) -> str | None:
+        from pyarrow import fs
+
+        filesystem, inner = self._fs(path)
+        info = filesystem.get_file_info(inner)
+        return {fs.FileType.File: "file", fs.FileType.Directory: "dir"}.get(info.type)
+
+    def parent(self, path: str) -> str | None:
+        prefix, inner = self._split(path)
+        up = posixpath.dirname(inner.rstrip("/"))
+        return None if up == inner.rstrip("/") or not up else prefix + up
+
+    def child(self, parent: str | None, name: str) -> str:
+        prefix, inner = self._split(parent or ".")
+        return prefix + posixpath.join(inner, name)
+
+    def mkdirs(self, path: str) -> None:
+        filesystem, inner = self._fs(path)
+        filesystem.create_dir(inner, recursive=True)
+
+    def delete(self, path: str) -> None:
+        kind = self.kind(path)
+        filesystem, inner = self._fs(path)
+        if kind == "dir":
+            filesystem.delete_dir(inner)
+        elif kind == "file":
+            filesystem.delete_file(inner)
+
+    def rename(self, src: str, dst: str) -> bool:
+        filesystem, inner = self._fs(src)
+        filesystem.move(inner, self._fs(dst)[1])
+        return True
+
+    def read(self, path: str) -> bytes:
+        filesystem, inner = self._fs(path)
+        with filesystem.open_input_stream(inner) as f:
+            return f.read()
+
+    def write(self, path: str, data: bytes) -> None:
+        filesystem, inner = self._fs(path)
+        with filesystem.open_output_stream(inner) as f:
+            f.write(data)
+
+
+def _fs() -> _HadoopFS | _ArrowFS:
+    """The filesystem access of the active session: Hadoop's on classic Spark, pyarrow's on
+    Spark Connect (and, for local paths, when no session is running)."""
+    spark = SparkSession.getActiveSession()
+    return _ArrowFS() if spark is None or is_connect(spark) else _HadoopFS(spark)
 
 
 def exists(path: str) -> bool:
-    fs, p = _fs_path(path)
-    return bool(fs.exists(p))
+    return _fs().kind(path) is not None
 
 
 def delete(path: str) -> None:
-    fs, p = _fs_path(path)
-    fs.delete(p, True)
+    _fs().delete(path)
 
 
 def read_text(path: str, what: str = "file") -> str:
     """A whole (small) file as UTF-8 text; FileNotFoundError naming ``what`` if it is missing."""
-    fs, p = _fs_path(path)
-    if not fs.exists(p) or fs.getFileStatus(p).isDirectory():
+    fs = _fs()
+    if fs.kind(path) != "file":
         raise FileNotFoundError(f"{what} not found: {path}")
-    stream = fs.open(p)
-    try:
-        jvm = _session().sparkContext._jvm
-        data = bytes(jvm.org.apache.commons.io.IOUtils.toByteArray(stream))
-    finally:
-        stream.close()
-    return data.decode("utf-8")
+    return fs.read(path).decode("utf-8")
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """Write a small file: to a hidden temporary name beside it first, then renamed over
+    ``path`` (parents are created)."""
+    fs = _fs()
+    parent = fs.parent(path)
+    if parent is not None and fs.kind(parent) is None:
+        fs.mkdirs(parent)
+    name = path.rstrip("/").rsplit("/", 1)[-1]
+    tmp = fs.child(parent, f".{name}.{uuid.uuid4().hex}.tmp")
+    fs.write(tmp, data)
+    if fs.kind(path) is not None:
+        fs.delete(path)
+    if not fs.rename(tmp, path):
+        fs.delete(tmp)
+        raise OSError(f"could not write {path}")
 
 
 def write_text(path: str, text: str) -> None:
-    """Write a small text file: to a temporary name first, then renamed over ``path``."""
-    fs, p = _fs_path(path)
-    jvm = _session().sparkContext._jvm
-    tmp = jvm.org.apache.hadoop.fs.Path(p.getParent(), f".{p.getName()}.{uuid.uuid4().hex}.tmp")
-    out = fs.create(tmp, True)
-    try:
-        out.write(bytearray(text.encode("utf-8")))
-    finally:
-        out.close()
-    if fs.exists(p):
-        fs.delete(p, False)
-    if not fs.rename(tmp, p):
-        fs.delete(tmp, False)
-        raise OSError(f"could not write {path}")
+    """Write a small UTF-8 text file atomically (see ``write_bytes``)."""
+    write_bytes(path, text.encode("utf-8"))
 
 
 def check_output_dir(path: str, overwrite: bool) -> None:
     """Refuse, before any work, an existing output directory unless ``overwrite``, and one that
     cannot be created because the nearest existing parent is a file."""
-    fs, p = _fs_path(path)
-    if fs.exists(p) and not overwrite:
+    fs = _fs()
+    if fs.kind(path) is not None and not overwrite:
         raise ValueError(f"output directory {path} already exists (pass --overwrite to replace it)")
-    parent = p.getParent()
-    while parent is not None and not fs.exists(parent):
-        parent = parent.getParent()
-    if parent is not None and not fs.getFileStatus(parent).isDirectory():
-        raise ValueError(f"cannot write output directory {path}: {parent.toString()} is a file, "
+    parent = fs.parent(path)
+    while parent is not None and fs.kind(parent) is None:
+        parent = fs.parent(parent)
+    if parent is not None and fs.kind(parent) != "dir":
+        raise ValueError(f"cannot write output directory {path}: {parent} is a file, "
                          "not a directory")
 
 
@@ -102,29 +227,24 @@ def staged_dir(path: str, overwrite: bool = False) -> Iterator[str]:
     """Yield a staging directory; once the caller is done it gets a ``_SUCCESS`` marker and
     replaces ``path``; on error it is removed and ``path`` is left as it was."""
     check_output_dir(path, overwrite)
-    fs, p = _fs_path(path)
-    parent = p.getParent()
-    if parent is not None and not fs.exists(parent):
-        fs.mkdirs(parent)
-    jvm = _session().sparkContext._jvm
-    staging = jvm.org.apache.hadoop.fs.Path(parent, f".{p.getName()}.{uuid.uuid4().hex}.staging")
+    fs = _fs()
+    parent = fs.parent(path)
+    name = path.rstrip("/").rsplit("/", 1)[-1]
+    staging = fs.child(parent, f".{name}.{uuid.uuid4().hex}.staging")
     try:
-        made = fs.mkdirs(staging)
-    except Exception as exc:  # py4j wraps permission errors
+        fs.mkdirs(staging)
+    except Exception as exc:  # noqa: BLE001 - py4j and pyarrow wrap permission errors
         raise ValueError(f"cannot write output directory {path}: {_java_reason(exc)}") from None
-    if not made:
-        raise ValueError(f"cannot write output directory {path}: could not create "
-                         f"{staging.toString()}")
     try:
-        yield staging.toString()
-        fs.create(jvm.org.apache.hadoop.fs.Path(staging, SUCCESS), True).close()
-        if fs.exists(p):
-            fs.delete(p, True)
-        if not fs.rename(staging, p):
+        yield staging
+        fs.write(fs.child(staging, SUCCESS), b"")
+        if fs.kind(path) is not None:
+            fs.delete(path)
+        if not fs.rename(staging, path):
             raise OSError(f"could not move the finished output into {path}")
     finally:
-        if fs.exists(staging):
-            fs.delete(staging, True)
+        if fs.kind(staging) is not None:
+            fs.delete(staging)
 
 
 def table_format(path: str, fmt: str | None) -> str:

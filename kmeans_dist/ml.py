@@ -67,6 +67,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from kmeans_dist.data import column
 from kmeans_dist.estimator import KMeans as _Engine
 from kmeans_dist.model import KMeansModel as _EngineModel
 
@@ -225,9 +226,9 @@ def _as_array(df: DataFrame, col: str) -> Column:
         raise ValueError(f"featuresCol '{col}' not found; columns are {sorted(df.columns)}")
     dtype = df.schema[col].dataType
     if isinstance(dtype, VectorUDT):  # vector_to_array fails on null, so null stays null
-        return F.when(F.col(col).isNotNull(), vector_to_array(F.col(col)))
+        return F.when(column(col).isNotNull(), vector_to_array(column(col)))
     if isinstance(dtype, T.ArrayType) and isinstance(dtype.elementType, (T.DoubleType, T.FloatType)):
-        return F.col(col)
+        return column(col)
     raise ValueError(f"featuresCol '{col}' must be a vector, array<double> or array<float> "
                      f"column; got {dtype.simpleString()}")
 
@@ -239,7 +240,7 @@ def _num_features(df: DataFrame, col: str) -> int:
     size = df.schema[col].metadata.get("ml_attr", {}).get("num_attrs")
     if size is not None:
         return int(size)
-    first = df.where(F.col(col).isNotNull()).select(F.size(arr)).first()
+    first = df.where(column(col).isNotNull()).select(F.size(arr)).first()
     if first is None:
         raise ValueError(f"input has no rows with a non-null featuresCol '{col}'")
     return int(first[0])

@@ -83,10 +83,17 @@ class KMeansModel:
         for f in added:
             if f.name in df.columns:
                 raise ValueError(f"column '{f.name}' already exists in the input")
-        schema = T.StructType(df.schema.fields + added)
-        return df.mapInArrow(
-            _Labeller(columns, self.centroids, self.distance, [f.name for f in added]), schema
-        )
+        # mapInArrow addresses every input column by name, which fails for names with dots or
+        # backticks: run it on positional names and put the real ones back (no data moves)
+        fields = df.schema.fields + added
+        safe = [f"_c{i}" for i in range(len(fields))]
+        position = {name: i for i, name in enumerate(df.columns)}
+        labeller = _Labeller([safe[position[c]] for c in columns], self.centroids, self.distance,
+                             safe[len(df.columns):])
+        schema = T.StructType([T.StructField(n, f.dataType, f.nullable)
+                               for n, f in zip(safe, fields)])
+        out = df.toDF(*safe[: len(df.columns)]).mapInArrow(labeller, schema)
+        return out.toDF(*[f.name for f in fields])
 
     def silhouette(self, df: DataFrame, sample_size: int = 10000, seed: int = 0) -> float | None:
         """Exact mean silhouette (Euclidean, or 1 - cos for cosine) of a seeded content-hash

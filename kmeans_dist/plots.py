@@ -9,9 +9,6 @@ other URI (hdfs://, s3a://, ...).
 from __future__ import annotations
 
 import io as bytes_io
-import os
-import uuid
-from urllib.parse import urlparse
 
 import numpy as np
 from matplotlib import colormaps
@@ -146,24 +143,4 @@ def save(fig: Figure, path: str) -> None:
     """Render ``fig`` as PNG to ``path`` (local or any Hadoop URI)."""
     buf = bytes_io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
-    write_bytes(path, buf.getvalue())
-
-
-def write_bytes(path: str, data: bytes) -> None:
-    """A small binary file: local paths written to a temporary name then renamed, other URIs
-    through Spark's Hadoop FileSystem (parents are created)."""
-    parsed = urlparse(path)
-    if parsed.scheme in ("", "file"):
-        local = parsed.path if parsed.scheme else path
-        os.makedirs(os.path.dirname(os.path.abspath(local)), exist_ok=True)
-        tmp = f"{local}.{uuid.uuid4().hex}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, local)
-        return
-    fs, p = io._fs_path(path)
-    out = fs.create(p, True)
-    try:
-        out.write(bytearray(data))
-    finally:
-        out.close()
+    io.write_bytes(path, buf.getvalue())

@@ -30,7 +30,8 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from kmeans_dist import kernels
-from kmeans_dist.data import check_model_features
+from kmeans_dist.config import default_parallelism
+from kmeans_dist.data import check_model_features, column
 
 log = logging.getLogger("kmeans_dist")
 
@@ -89,7 +90,7 @@ def sample(df: DataFrame, features: Sequence[str], size: int, seed: int = 0,
     a float64 array in that order; every valid row when there are fewer."""
     size = _check_int("sample_size", size, 1)
     seed = _check_int("seed", seed, 0)
-    cols = [F.col(c).cast("double").alias(f"f{i}") for i, c in enumerate(features)]
+    cols = [column(c).cast("double").alias(f"f{i}") for i, c in enumerate(features)]
     names = [f"f{i}" for i in range(len(features))]
     picked = (df.select(*cols).where(_valid(names, cosine))
               .withColumn("_hash", F.xxhash64(F.lit(seed).cast("long"), *names))
@@ -192,10 +193,7 @@ def _prepared(x: np.ndarray, cosine: bool) -> np.ndarray:
 
 def _slices(spark: SparkSession, n: int) -> int:
     """Spark tasks to spread ``n`` sample rows over: two per core, each of a useful size."""
-    try:
-        cores = spark.sparkContext.defaultParallelism
-    except Exception:  # noqa: BLE001 - Spark Connect has no SparkContext
-        cores = int(spark.conf.get("spark.default.parallelism", "2"))
+    cores = default_parallelism(spark)
     return int(max(1, min(2 * cores, -(-n // MIN_SLICE_ROWS))))
 
 

@@ -7,7 +7,7 @@ import json
 import time
 
 from kmeans_dist import cli, io, plots
-from kmeans_dist.data import describe_dropped
+from kmeans_dist.data import column, describe_dropped
 from kmeans_dist.estimator import KMeans
 from kmeans_dist.init import INITS
 from kmeans_dist.model import DISTANCES, KMeansModel
@@ -103,7 +103,7 @@ def crosstab(labelled, label_col: str) -> str:
     """Rows per (cluster, label): how the clusters line up with a known labelling."""
     if label_col not in labelled.columns:
         raise ValueError(f"label column '{label_col}' not found; columns are {labelled.columns}")
-    table = labelled.groupBy("cluster").pivot(label_col).count().orderBy("cluster").fillna(0)
+    table = labelled.groupBy("cluster").pivot(column(label_col)).count().orderBy("cluster").fillna(0)
     header = ["cluster"] + [c for c in table.columns if c != "cluster"]
     rows = [[str(r[c]) for c in header] for r in table.collect()]
     width = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]

@@ -21,6 +21,8 @@ def job_env() -> dict[str, str]:
     env["PYSPARK_DRIVER_PYTHON"] = sys.executable
     env.pop("PYSPARK_GATEWAY_PORT", None)  # never attach to the test session's own JVM
     env.pop("PYSPARK_GATEWAY_SECRET", None)
+    for connect_state in ("SPARK_CONNECT_MODE_ENABLED", "SPARK_REMOTE", "SPARK_LOCAL_REMOTE"):
+        env.pop(connect_state, None)  # a job is classic unless its test asks for Connect
     return env
 
 

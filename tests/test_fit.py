@@ -711,3 +711,23 @@ def test_transform_matches_brute_force(spark):
     assert actual.columns == df.columns + ["cluster"]
     assert_df_equality(actual.orderBy("id"), expected.orderBy("id"), allow_nan_equality=True)
 
+
+
+def test_column_names_with_dots_and_backticks(spark):
+    """Names Spark would parse (a dot: a struct field; a backtick: quoting) are taken literally
+    by fit, transform and the silhouette; the model is the plain-named one, rows keep their
+    labels."""
+    rng = np.random.default_rng(4)
+    x = np.vstack([rng.normal(c, 1.0, size=(150, 2)) for c in (0.0, 6.0)])
+    plain, _ = make_df(spark, x)
+    odd_names = {c: n for c, n in zip([c for c in plain.columns if c != "id"], ["a.x", "b`y"])}
+    odd = plain.withColumnsRenamed(odd_names)
+    a = KMeans(2, init=x[[0, 1]]).fit(plain, list(odd_names))
+    b = KMeans(2, init=x[[0, 1]]).fit(odd, list(odd_names.values()))
+    assert b.features == ["a.x", "b`y"]
+    assert np.array_equal(a.centroids, b.centroids) and a.n_iter == b.n_iter
+    out = b.transform(odd, distance_col="dist.to.centre")
+    assert out.columns == odd.columns + ["cluster", "dist.to.centre"]
+    expected = a.transform(plain, distance_col="d").toDF(*out.columns)
+    assert_df_equality(out.orderBy("id"), expected.orderBy("id"))
+    assert b.silhouette(odd) == a.silhouette(plain)

@@ -45,7 +45,7 @@ def test_fit_pictures_are_valid_pngs(iris, tmp_path):
     df, _, _, model = iris
     assert model.n_iter > 3
     paths = plots.fit_pictures(model, df, str(tmp_path / "plots"))
-    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted(plots.FIT_PICTURES)
+    assert listing(tmp_path / "plots") == sorted(plots.FIT_PICTURES)
     for path in paths:
         check_png(Path(path))
 

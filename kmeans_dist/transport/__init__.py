@@ -3,14 +3,48 @@
 A transport holds the cached blocks of one fit and runs a task function from ``kmeans_dist.tasks``
 on every partition, returning one result per partition in partition order. The engine and the
 inits only ever call ``run``; everything Spark-specific (caching, broadcast, jobs) stays behind it.
+
+Classic Spark (a SparkContext): ``resident`` (the default: long-running tasks keep the blocks),
+``files`` (executor-local block files, one job per pass) or ``rdd`` (a cached RDD of numpy
+blocks, one job per pass). Spark Connect has no RDDs: ``arrow`` (a cached DataFrame of binary
+blocks, one ``mapInArrow`` per pass), which also runs on classic Spark.
 """
 
-from kmeans_dist.transport.base import Transport
+from __future__ import annotations
+
+from pyspark.sql import DataFrame
+
+from kmeans_dist.transport.arrow import ArrowTransport
+from kmeans_dist.transport.base import Transport, job_label
 from kmeans_dist.transport.local_files import LocalFilesTransport
 from kmeans_dist.transport.rdd import RDDTransport
 from kmeans_dist.transport.resident import ResidentTransport
 
-#: transport names accepted by ``KMeans(transport=...)``
-TRANSPORTS = {"resident": ResidentTransport, "files": LocalFilesTransport, "rdd": RDDTransport}
+#: transport names accepted by ``KMeans(transport=...)``; "auto" picks by session
+TRANSPORTS = {"resident": ResidentTransport, "files": LocalFilesTransport, "rdd": RDDTransport,
+              "arrow": ArrowTransport}
+#: the transports that need RDDs, i.e. a SparkContext
+NEEDS_RDD = ("resident", "files", "rdd")
 
-__all__ = ["Transport", "RDDTransport", "LocalFilesTransport", "ResidentTransport", "TRANSPORTS"]
+
+def choose(name: str, connect: bool) -> str:
+    """The transport to use: "auto" is resident on classic Spark and arrow on Spark Connect."""
+    if name == "auto":
+        return "arrow" if connect else "resident"
+    if connect and name in NEEDS_RDD:
+        raise ValueError(f"transport '{name}' needs RDDs, which Spark Connect sessions do not "
+                         "have; use transport='arrow' (the default there)")
+    return name
+
+
+def make(name: str, frame: DataFrame, d: int) -> Transport:
+    """A transport of kind ``name`` over the block frame (see ``data.block_frame``)."""
+    if name == "arrow":
+        return ArrowTransport(frame, d)
+    from kmeans_dist.data import block_rdd
+
+    return TRANSPORTS[name](block_rdd(frame, d))
+
+
+__all__ = ["Transport", "RDDTransport", "LocalFilesTransport", "ResidentTransport",
+           "ArrowTransport", "TRANSPORTS", "choose", "make", "job_label"]

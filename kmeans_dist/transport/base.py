@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Protocol, TypeVar
+from contextlib import contextmanager
+from typing import Any, Callable, Iterable, Iterator, Protocol, TypeVar
 
 from kmeans_dist.blocks import Block
 
@@ -17,10 +18,36 @@ class Transport(Protocol):
 
     num_partitions: int
 
-    def run(self, fn: TaskFn, value: Any) -> list:
-        """``fn(blocks, value)`` on every partition; results in partition order."""
+    def run(self, fn: TaskFn, value: Any, label: str | None = None) -> list:
+        """``fn(blocks, value)`` on every partition; results in partition order. ``label``
+        describes the Spark job in the Spark UI (see ``job_label``)."""
         ...
 
     def release(self) -> None:
         """Drop the cached blocks (and anything kept for them on the executors)."""
         ...
+
+
+@contextmanager
+def job_label(spark_or_sc: Any, label: str | None) -> Iterator[None]:
+    """Spark jobs started inside carry ``label``: as their description on classic Spark (Spark
+    UI, History Server), as a job tag on Spark Connect (tags cannot hold commas: they become
+    ';')."""
+    if label is None:
+        yield
+        return
+    if type(spark_or_sc).__module__.startswith("pyspark.sql.connect"):
+        tag = label.replace(",", ";")
+        spark_or_sc.addTag(tag)
+        try:
+            yield
+        finally:
+            spark_or_sc.removeTag(tag)
+        return
+    sc = getattr(spark_or_sc, "sparkContext", spark_or_sc)
+    before = sc.getLocalProperty("spark.job.description")
+    sc.setJobDescription(label)
+    try:
+        yield
+    finally:
+        sc.setLocalProperty("spark.job.description", before)

@@ -24,7 +24,7 @@ import numpy as np
 from pyspark import RDD, StorageLevel
 
 from kmeans_dist.blocks import Block
-from kmeans_dist.transport.base import TaskFn
+from kmeans_dist.transport.base import TaskFn, job_label
 
 
 def _root(token: str) -> str:
@@ -104,16 +104,18 @@ class LocalFilesTransport:
         self.num_partitions = rdd.getNumPartitions()
         self.misses = 0
 
-    def run(self, fn: TaskFn, value: Any) -> list:
-        results = self.handles.mapPartitions(
-            functools.partial(_from_files, fn, value, self.token)
-        ).collect()
+    def run(self, fn: TaskFn, value: Any, label: str | None = None) -> list:
+        with job_label(self.source.context, label):
+            results = self.handles.mapPartitions(
+                functools.partial(_from_files, fn, value, self.token)
+            ).collect()
         missed = [i for i, (hit, _) in enumerate(results) if not hit]
         if missed:
             self.misses += len(missed)
-            redone = self.source.context.runJob(
-                self.source, functools.partial(_from_source, fn, value, self.token), missed
-            )
+            with job_label(self.source.context, label and f"{label} (recomputing lost blocks)"):
+                redone = self.source.context.runJob(
+                    self.source, functools.partial(_from_source, fn, value, self.token), missed
+                )
             for i, r in zip(missed, redone):
                 results[i] = (True, r)
         return [r for _, r in results]

@@ -7,7 +7,7 @@ from typing import Any, Iterable
 
 from pyspark import RDD, StorageLevel
 
-from kmeans_dist.transport.base import TaskFn
+from kmeans_dist.transport.base import TaskFn, job_label
 
 
 def _apply(fn: TaskFn, value: Any, blocks: Iterable) -> Iterable:
@@ -27,8 +27,9 @@ class RDDTransport:
         self.rdd = rdd.persist(storage_level)
         self.num_partitions = rdd.getNumPartitions()
 
-    def run(self, fn: TaskFn, value: Any) -> list:
-        return self.rdd.mapPartitions(functools.partial(_apply, fn, value)).collect()
+    def run(self, fn: TaskFn, value: Any, label: str | None = None) -> list:
+        with job_label(self.rdd.context, label):
+            return self.rdd.mapPartitions(functools.partial(_apply, fn, value)).collect()
 
     def release(self) -> None:
         self.rdd.unpersist(blocking=False)

@@ -145,7 +145,8 @@ class ResidentTransport:
     # ------------------------------------------------------------------ the Spark job
     def _run_job(self, served: RDD) -> None:
         sc = served.context
-        sc.setJobGroup(self._group, f"kmeans_dist: {self.num_partitions} resident tasks",
+        sc.setJobGroup(self._group, f"kmeans_dist: {self.num_partitions} resident tasks serve "
+                       "every pass of the fit (iterations: driver log)",
                        interruptOnCancel=True)
         try:
             served.collect()
@@ -217,14 +218,17 @@ class ResidentTransport:
         self.fallback = LocalFilesTransport(self.source)
 
     # ------------------------------------------------------------------ requests
-    def run(self, fn: TaskFn, value: Any) -> list:
+    def run(self, fn: TaskFn, value: Any, label: str | None = None) -> list:
+        """One request to every resident task. Their one Spark job keeps the description it
+        started with, so ``label`` only reaches the Spark UI after a fallback (one job per
+        request there); the driver log has every iteration either way."""
         if self.fallback is not None:
-            return self.fallback.run(fn, value)
+            return self.fallback.run(fn, value, label)
         try:
             return self._request(fn, value)
         except ResidentUnavailable as exc:
             self._fall_back(str(exc))
-            return self.fallback.run(fn, value)
+            return self.fallback.run(fn, value, label)
 
     def _request(self, fn: TaskFn, value: Any) -> list:
         self._seq += 1

@@ -1,0 +1,147 @@
+"""Every entry point on a Spark Connect session: the API, the jobs (--remote, SPARK_REMOTE) and
+the pyspark.ml drop-in. References: scikit-learn's Lloyd from the same initial centres, the same
+job run on classic Spark, brute-force numpy labels, and pyspark.ml's own KMeans on the same
+Connect server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.cluster import KMeans as SKKMeans
+
+from jobutil import ROOT, TIMEOUT, describe, job_env, listing, run_job, write_csv
+from kmeans_dist import KMeans, KMeansModel
+
+RTOL = 1e-9
+
+
+def blobs(n: int = 2000, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.vstack([rng.normal(c, 1.0, (n, 3)) for c in ((0, 0, 0), (5, 5, 0), (0, 5, 5))])
+
+
+def sklearn_lloyd(x: np.ndarray, init: np.ndarray) -> SKKMeans:
+    return SKKMeans(len(init), init=init, n_init=1, algorithm="lloyd", tol=0.0,
+                    max_iter=300).fit(x)
+
+
+@pytest.fixture(scope="module")
+def data(spark):
+    x = blobs()
+    pdf = pd.DataFrame(x, columns=["a", "b", "c"]).assign(id=np.arange(len(x)))
+    return x, spark.createDataFrame(pdf)
+
+
+def run_remote(job: str, *args, env: dict | None = None) -> subprocess.CompletedProcess:
+    """A job as a Spark Connect client (no JVM of its own): ``env`` names the server."""
+    return subprocess.run([sys.executable, job, *map(str, args)], cwd=ROOT,
+                          env={**job_env(), **(env or {})}, capture_output=True, text=True,
+                          timeout=TIMEOUT)
+
+
+def test_fit_on_connect_is_scikit_learns_lloyd(data):
+    x, df = data
+    init = x[[0, 1, 2]]  # all from one blob: several iterations
+    model = KMeans(3, init=init).fit(df, ["a", "b", "c"])
+    ref = sklearn_lloyd(x, init)
+    np.testing.assert_allclose(model.centroids, ref.cluster_centers_, rtol=RTOL, atol=1e-12)
+    assert model.n_iter == ref.n_iter_ > 2
+    assert model.inertia == pytest.approx(ref.inertia_, rel=1e-9)
+    labelled = model.transform(df, distance_col="dist").orderBy("id").toPandas()
+    assert np.array_equal(labelled["cluster"].to_numpy(), ref.labels_)
+    nearest = np.linalg.norm(x - ref.cluster_centers_[ref.labels_], axis=1)
+    np.testing.assert_allclose(labelled["dist"].to_numpy(), nearest, rtol=1e-9)
+
+
+def test_iterations_carry_job_tags(server, data):
+    host, _ = server
+    _, df = data
+    model = KMeans(3, init="k-means++", seed=5, max_iter=4).fit(df, ["a", "b", "c"])
+    store = host.sparkContext._jsc.sc().statusStore()
+    tags = {str(t) for job in _scala_seq(store.jobsList(None)) for t in _scala_seq(job.jobTags())}
+    for it in range(1, model.n_iter + 1):
+        wanted = f"kmeans_dist: iteration {it}/4; k=3"
+        assert any(t.endswith(wanted) for t in tags), (wanted, sorted(tags)[-5:])
+
+
+def _scala_seq(seq) -> list:
+    it = seq.iterator()
+    out = []
+    while it.hasNext():
+        out.append(it.next())
+    return out
+
+
+def test_train_job_remote_is_the_classic_fit(server, tmp_path):
+    x = blobs(300, seed=1)
+    src = write_csv(tmp_path / "in.csv", ["a", "b", "c", "id"],
+                    [(*r, str(i)) for i, r in enumerate(x)])
+    init = write_csv(tmp_path / "init.csv", ["a", "b", "c"], x[[0, 1, 2]])
+    common = ["--input", src, "--k", 3, "--init", init, "--features", "a,b,c"]
+    with ThreadPoolExecutor(2) as pool:
+        classic = pool.submit(run_job, "jobs/train.py", *common, "--output", tmp_path / "classic")
+        remote = pool.submit(run_remote, "jobs/train.py", *common, "--output",
+                             tmp_path / "remote", "--remote", server[1])
+        classic, remote = classic.result(), remote.result()
+    assert classic.returncode == 0, describe(classic)
+    assert remote.returncode == 0, describe(remote)
+    assert f"Spark Connect {server[1]}" in remote.stderr
+    assert listing(tmp_path / "remote") == listing(tmp_path / "classic")
+    a, b = (json.loads((tmp_path / d / "model.json").read_text()) for d in ("classic", "remote"))
+    np.testing.assert_allclose(b["centroids"], a["centroids"], rtol=RTOL, atol=1e-12)
+    assert (b["n_iter"], b["cluster_sizes"]) == (a["n_iter"], a["cluster_sizes"])
+    la, lb = (pd.read_parquet(tmp_path / d / "assignments").sort_values("id")
+              for d in ("classic", "remote"))
+    assert np.array_equal(la["cluster"].to_numpy(), lb["cluster"].to_numpy())
+
+
+def test_assign_job_through_spark_remote_variable(server, tmp_path):
+    x = blobs(100, seed=2)
+    centroids = np.array([[0.0, 0.0, 0.0], [5.0, 5.0, 0.0], [0.0, 5.0, 5.0]])
+    KMeansModel(centroids, ["a", "b", "c"]).save(str(tmp_path / "model.json"))
+    src = write_csv(tmp_path / "in.csv", ["a", "b", "c"], x)
+    proc = run_remote("jobs/assign.py", "--model", tmp_path / "model.json", "--input", src,
+                      "--output", tmp_path / "out", env={"SPARK_REMOTE": server[1]})
+    assert proc.returncode == 0, describe(proc)
+    out = pd.read_parquet(tmp_path / "out").sort_values(["a", "b", "c"])
+    xs = out[["a", "b", "c"]].to_numpy()
+    brute = np.argmin(((xs[:, None, :] - centroids[None]) ** 2).sum(axis=2), axis=1)
+    assert np.array_equal(out["cluster"].to_numpy(), brute)
+    assert (tmp_path / "out" / "_SUCCESS").exists()
+
+
+def test_classic_only_transport_is_named(data):
+    _, df = data
+    with pytest.raises(ValueError, match="transport 'resident' needs RDDs, which Spark Connect"):
+        KMeans(3, transport="resident").fit(df, ["a", "b", "c"])
+
+
+def test_drop_in_estimator_beside_pyspark_ml_on_connect(spark, data, tmp_path):
+    from pyspark.ml import Pipeline, PipelineModel
+    from pyspark.ml.clustering import KMeans as SparkKMeans
+    from pyspark.ml.feature import VectorAssembler
+
+    from kmeans_dist.ml import KMeans as DropIn
+
+    x, df = data
+    assembler = VectorAssembler(inputCols=["a", "b", "c"], outputCol="features")
+    ours = Pipeline(stages=[assembler, DropIn(k=3, seed=1, tol=0.0, maxIter=50)]).fit(df)
+    theirs = Pipeline(stages=[assembler, SparkKMeans(k=3, seed=1, tol=0.0, maxIter=50)]).fit(df)
+    order = lambda cs: np.array(sorted(map(tuple, cs)))  # noqa: E731 - ids differ by init
+    np.testing.assert_allclose(order(ours.stages[-1].clusterCenters()),
+                               order(theirs.stages[-1].clusterCenters()), rtol=1e-6)
+    predicted = ours.transform(df).orderBy("id").toPandas()["prediction"].to_numpy()
+    centres = np.array(ours.stages[-1].clusterCenters())
+    brute = np.argmin(((x[:, None, :] - centres[None]) ** 2).sum(axis=2), axis=1)
+    assert np.array_equal(predicted, brute)
+    ours.write().overwrite().save(str(tmp_path / "pipeline"))
+    again = PipelineModel.load(str(tmp_path / "pipeline"))
+    reloaded = again.transform(df).orderBy("id").toPandas()["prediction"].to_numpy()
+    assert np.array_equal(reloaded, predicted)
