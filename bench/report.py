@@ -475,15 +475,13 @@ def connect_section(connect: dict) -> str:
 CONNECT_METHOD = """\
 How these rows are measured:
 
-- **Two processes per workload**, one after the other: a Spark Connect client and a classic
-  session cannot share a Python process. The classic one is a `local[2]` session as above. The
-  Connect one starts a local Spark Connect server in that process as
-  `SparkSession.builder.remote("local[2]")` does (a `local[2]` Spark with the Connect plugin and
-  the same settings), but on a free port (that builder's client always dials port 15002, which
-  another server may hold), and a client session of it; only the client is used. Both generate the same rows (the same seeded
-  `spark.range` generation over `default_parallelism(spark)` partitions, 2 in both), cache and
-  count them, and draw the same C0 (same seeded sample); "same rows and C0" compares the row
-  counts and a digest of C0's bytes.
+- **Two processes per workload**, one after the other (a Spark Connect client and a classic
+  session cannot share a Python process): a classic `local[2]` session as above, then a process
+  that starts a local Spark Connect server as `SparkSession.builder.remote("local[2]")` does (a
+  `local[2]` Spark with the Connect plugin and the same settings, on a free port rather than
+  15002, which another server may hold) and uses only a client session of it. Both generate the
+  same rows (same seeds, `default_parallelism(spark)` partitions: 2 in both), cache and count
+  them, and draw the same C0; "same rows and C0" compares the row counts and a digest of C0.
 - **ours s/iter**: `KMeans(k, init=C0, max_iter=N, tol=0, transport=...).fit(df)`, the median
   of `model.history[i]["seconds"]` after the first iteration, as in the main table: on classic
   Spark with `resident` (its default) and with `arrow`; on Spark Connect with the default,

@@ -76,7 +76,7 @@ def divisor(args: argparse.Namespace) -> int:
 
 
 def child(args: argparse.Namespace) -> None:
-    """Run one workload (or one side of its Spark Connect rows) here and write the result as JSON."""
+    """Run one workload (or one side of its Spark Connect rows) here; write its JSON result."""
     w = workloads.find(args.workload).scaled(divisor(args))
     if args.mode == "main":
         import measure
@@ -200,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     print(report.targets_table(results))
     print(report.connect_table(section["results"]))
     print(f"wrote {args.output} in {meta['minutes']:.1f} min", flush=True)
-    return 1 if any("error" in r for r in results) or report.connect_failures(section["results"]) else 0
+    failed = [r for r in results if "error" in r] + report.connect_failures(section["results"])
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> DataFrame:
     written = spark.read.parquet(args.output)
     counts = {r["cluster"]: r["count"] for r in written.groupBy("cluster").count().collect()}
     unlabelled = counts.pop(None, 0)
-    sizes = ", ".join(f"{c}: {counts.get(c, 0)}" for c in range(model.k))
+    sizes = ", ".join(f"{c}: {counts.get(c, 0)}" for c in sorted(model.cluster_ids))
     print(f"labelled {sum(counts.values())} rows of {args.input} with k={model.k} "
           f"({time.perf_counter() - started:.1f}s)\ncluster sizes: {sizes}")
     if unlabelled:

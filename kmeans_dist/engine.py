@@ -210,7 +210,10 @@ def _advance(transport: Transport, r: _Run, step: tasks.LloydStep, total: kernel
     log.info("%siteration %d: inertia %.6g, moved %d, shift %.3g, %.2fs", r.name,
              step.iteration, r.history[-1]["inertia"], total.moved, shift, seconds)
     r.prev, r.centroids, r.total = r.centroids, new, total
-    if total.moved == 0:
+    if total.moved == 0 or shift == 0.0:
+        # no row changed cluster, or the update left every centroid exactly where it was (a
+        # fixed point: the next pass could not move a row; scikit-learn stops there too, as its
+        # shift <= tol holds with tol = 0). A warm start from a converged model stops here.
         r.stop = STOP_NO_CHANGE
     elif rule.tol_abs > 0 and shift <= rule.tol_abs:
         r.stop = STOP_TOL

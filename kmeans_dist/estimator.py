@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import numbers
 import time
@@ -71,7 +72,8 @@ class KMeans:
     """Lloyd's k-means on Spark, exact to scikit-learn's ``KMeans(algorithm="lloyd")``.
 
     init: ``"k-means||"`` (default), ``"k-means++"``, ``"random"`` (k distinct random rows), an
-    array of k x d centroids, or the path of a CSV file of them. Stops when no row changes
+    array of k x d centroids, the path of a CSV file of them, or a previous ``KMeansModel`` (a warm
+    start, see ``_given_centroids``: its clusters' stable ids carry over). Stops when no row changes
     cluster, after ``max_iter`` iterations, or (``tol > 0``) when the total squared centroid shift
     is at most ``tol`` times the mean feature variance (scikit-learn's meaning), or
     (``center_tol > 0``) when no centroid moved farther than ``center_tol`` (Spark MLlib's tol).
@@ -88,7 +90,7 @@ class KMeans:
         self,
         k: int,
         *,
-        init: str | np.ndarray = "k-means||",
+        init: str | np.ndarray | KMeansModel = "k-means||",
         seed: int | None = None,
         max_iter: int = 300,
         tol: float = 0.0,
@@ -129,6 +131,10 @@ class KMeans:
                 raise ValueError(
                     f"unknown init '{init}'; use one of {', '.join(inits.INITS)} or a CSV file path"
                 )
+        elif isinstance(init, KMeansModel):
+            if init.distance != distance:
+                raise ValueError(f"the init model uses distance '{init.distance}', "
+                                 f"but distance='{distance}'")
         else:
             init = np.asarray(init, dtype=np.float64)
             if init.ndim != 2 or init.shape[0] != self.k:
@@ -148,7 +154,7 @@ class KMeans:
         """The fit parameters, as recorded in the saved model."""
         return {
             "k": self.k,
-            "init": self.init if isinstance(self.init, str) else "explicit",
+            **self._init_params(),
             "seed": self.seed,
             "max_iter": self.max_iter,
             "tol": self.tol,
@@ -160,6 +166,16 @@ class KMeans:
             "empty_clusters": self.empty_clusters,
             "invalid": self.invalid,
         }
+
+    def _init_params(self) -> dict[str, Any]:
+        """How the fit starts, as recorded: the init's name; for a warm start also the previous
+        model's k and a digest of its centroids (so a checkpoint of another start is refused)."""
+        if isinstance(self.init, str):
+            return {"init": self.init}
+        if not isinstance(self.init, KMeansModel):
+            return {"init": "explicit"}
+        digest = hashlib.sha256(self.init.centroids.tobytes()).hexdigest()[:16]
+        return {"init": "model", "init_model": {"k": self.init.k, "centroids_sha256": digest}}
 
     # ------------------------------------------------------------------ fitting
     def fit(self, df: DataFrame, features: Sequence[str] | None = None) -> KMeansModel:
@@ -175,7 +191,7 @@ class KMeans:
         started = time.perf_counter()
         features = data.resolve_features(df, features, self.weight_col)
         d = len(features)
-        given = self._given_centroids(d)
+        given = self._given_centroids(features)
         if given is not None and ks != [self.k]:
             raise ValueError(f"explicit init centroids fix k={self.k}; cannot fit k={ks}")
         spark = df.sparkSession
@@ -213,6 +229,8 @@ class KMeans:
             tried = [(seed, r, s) for (kk, seed), r, s in zip(starts, results, init_seconds)
                      if kk == k]
             models[k] = self._best(k, features, tried)
+            if isinstance(self.init, KMeansModel):
+                models[k].match_ids(self.init)
             models[k].dropped = data.dropped_counts(summary.problems)
         log.info("fit done: k=%s, %d rows, %d model(s) in %.1fs", ks, summary.rows,
                  len(results), time.perf_counter() - started)
@@ -258,7 +276,21 @@ class KMeans:
             restarts=restarts,
         )
 
-    def _given_centroids(self, d: int) -> np.ndarray | None:
+    def _given_centroids(self, features: list[str]) -> np.ndarray | None:
+        """The init's centroids when it gives them (an array, a CSV file, a previous model).
+
+        A previous model (a warm start) must have the same features in the same order. Its
+        centroids are the start when k is the same; when k grew, ``_initial_centroids`` adds
+        k-means++ centres to them; when k shrank, there is no start to give (None): the fit is a
+        fresh seeded k-means|| fit, and only the stable ids come from the previous model."""
+        d = len(features)
+        if isinstance(self.init, KMeansModel):
+            if list(features) != self.init.features:
+                raise ValueError(f"features {list(features)} do not match the init model's "
+                                 f"features {self.init.features} (same names, same order)")
+            if self.init.k > self.k:
+                return None
+            return inits.explicit(self.init.centroids, self.init.k, d, "init model centroids")
         if isinstance(self.init, str) and self.init in inits.INITS:
             return None
         source = self.init if isinstance(self.init, str) else None
@@ -290,16 +322,25 @@ class KMeans:
 
     def _initial_centroids(self, transport, given, k: int, seed: int,
                            n_rows: int) -> np.ndarray:
+        if given is not None and len(given) < k:  # a warm start with more clusters than before
+            log.info("init: the init model's %d centroids + %d seeded k-means++ centres",
+                     len(given), k - len(given))
+            return inits.extend_plus_plus(transport, given, k, seed)
         if given is not None:
             return given
         t0 = time.perf_counter()
-        if self.init == "random":
+        method = self.init
+        if isinstance(self.init, KMeansModel):  # it has more clusters than k: a fresh start
+            log.info("the init model has k=%d > %d: a fresh k-means|| start, then ids matched",
+                     self.init.k, k)
+            method = "k-means||"
+        if method == "random":
             c = inits.random_rows(transport, k, seed, n_rows)
-        elif self.init == "k-means++":
+        elif method == "k-means++":
             c = inits.kmeans_plus_plus(transport, k, seed)
         else:
             c = inits.kmeans_parallel(transport, k, seed, self.init_steps)
-        log.info("init %s: %d centroids in %.2fs", self.init, k, time.perf_counter() - t0)
+        log.info("init %s: %d centroids in %.2fs", method, k, time.perf_counter() - t0)
         return c
 
 

@@ -56,8 +56,15 @@ def random_rows(transport: Transport, k: int, seed: int, n_rows: int) -> np.ndar
 def kmeans_plus_plus(transport: Transport, k: int, seed: int) -> np.ndarray:
     """Exact k-means++: each centre drawn with probability ∝ weight x d^2, one pass per centre."""
     first = _sample(transport, tasks.SampleStep(seed, 1, 1)).candidates
-    centers = [first[0].row]
-    for i in range(1, k):
+    return extend_plus_plus(transport, np.array([first[0].row]), k, seed)
+
+
+def extend_plus_plus(transport: Transport, centers: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """``centers`` plus k - len(centers) more, drawn as k-means++ continues from them (each ∝
+    weight x d^2 to the nearest centre so far, seeded by row content): how a warm start from a
+    model with fewer clusters gets its new ones."""
+    centers = list(centers)
+    for i in range(len(centers), k):
         res = _sample(transport, tasks.SampleStep(seed, 1 + i, 1, np.array(centers)))
         if not res.candidates or res.cost <= 0:
             raise too_few_distinct(k, len(centers))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import numbers
 from typing import Any, Sequence
 
 import numpy as np
@@ -33,6 +34,9 @@ class KMeansModel:
         params: dict[str, Any] | None = None,
         restarts: list[dict] | None = None,
         dropped: dict[str, int] | None = None,
+        cluster_ids: Sequence[int] | None = None,
+        retired_ids: Sequence[int] | None = None,
+        cluster_spread: Sequence[float] | None = None,
     ) -> None:
         self.centroids = np.asarray(centroids, dtype=np.float64)
         self.features = list(features)
@@ -48,6 +52,15 @@ class KMeansModel:
         self.restarts = list(restarts or [])
         #: invalid input rows left out of the fit (invalid="skip"), by reason; empty if none
         self.dropped = {str(r): int(n) for r, n in dict(dropped or {}).items()}
+        #: the stable id of each centroid row (what ``transform`` emits); default 0..k-1
+        self.cluster_ids = _checked_ids(cluster_ids, self.k)
+        #: ids earlier models of this lineage used and this one does not: never handed out again
+        self.retired_ids = sorted(int(i) for i in retired_ids or ())
+        #: per centroid row, the RMS distance of its rows to it (see ``kmeans_dist.drift``);
+        #: None until measured (the segment job does)
+        self.cluster_spread = None if cluster_spread is None else [float(s) for s in cluster_spread]
+        if self.cluster_spread is not None and len(self.cluster_spread) != self.k:
+            raise ValueError(f"cluster_spread has {len(self.cluster_spread)} values for k={self.k}")
 
     @property
     def k(self) -> int:
@@ -59,7 +72,8 @@ class KMeansModel:
 
     # ------------------------------------------------------------------ labelling
     def predict(self, x: np.ndarray) -> np.ndarray:
-        """Nearest-centroid labels of the rows of a numpy array (features in model order)."""
+        """Nearest-centroid rows (0..k-1) of the rows of a numpy array (features in model order);
+        ``np.array(model.cluster_ids)[labels]`` are the stable ids ``transform`` emits."""
         x = np.ascontiguousarray(x, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != len(self.features):
             raise ValueError(f"expected rows of {len(self.features)} features, got shape {x.shape}")
@@ -70,8 +84,9 @@ class KMeansModel:
     def transform(self, df: DataFrame, prediction_col: str = "cluster",
                   distance_col: str | None = None,
                   features: Sequence[str] | None = None) -> DataFrame:
-        """``df`` plus an int column of each row's cluster and, if ``distance_col`` is given, a
-        double column of its distance to that centroid (Euclidean, or 1 - cos for cosine).
+        """``df`` plus an int column of each row's cluster (its stable id from ``cluster_ids``:
+        0..k-1 unless the model was renumbered after a previous one) and, if ``distance_col`` is
+        given, a double column of its distance to that centroid (Euclidean, or 1 - cos for cosine).
         Both are null where a feature is null/NaN/Inf. ``features`` names the input columns that
         hold the model's features, in the model's order (default: the model's feature names)."""
         from kmeans_dist.data import check_model_features
@@ -89,11 +104,22 @@ class KMeansModel:
         safe = [f"_c{i}" for i in range(len(fields))]
         position = {name: i for i, name in enumerate(df.columns)}
         labeller = _Labeller([safe[position[c]] for c in columns], self.centroids, self.distance,
-                             safe[len(df.columns):])
+                             safe[len(df.columns):], self.cluster_ids)
         schema = T.StructType([T.StructField(n, f.dataType, f.nullable)
                                for n, f in zip(safe, fields)])
         out = df.toDF(*safe[: len(df.columns)]).mapInArrow(labeller, schema)
         return out.toDF(*[f.name for f in fields])
+
+    def match_ids(self, previous: "KMeansModel"):
+        """Renumber the clusters after ``previous``: each takes the id of the previous cluster it
+        matches (``kmeans_dist.stable_ids``); returns its ``StableIds`` (new and retired ids)."""
+        from kmeans_dist import stable_ids  # driver only: executors never need scipy
+
+        found = stable_ids.assign(previous.cluster_ids, previous.centroids, self.centroids,
+                                  previous.retired_ids)
+        self.cluster_ids = found.ids
+        self.retired_ids = sorted(set(previous.retired_ids) | set(found.retired))
+        return found
 
     def silhouette(self, df: DataFrame, sample_size: int = 10000, seed: int = 0) -> float | None:
         """Exact mean silhouette (Euclidean, or 1 - cos for cosine) of a seeded content-hash
@@ -116,6 +142,9 @@ class KMeansModel:
             "converged": self.converged,
             "stop": self.stop,
             "cluster_sizes": self.cluster_sizes,
+            "cluster_ids": self.cluster_ids,
+            "retired_ids": self.retired_ids,
+            "cluster_spread": self.cluster_spread,
             "params": self.params,
             "history": self.history,
             "restarts": self.restarts,
@@ -145,6 +174,8 @@ class KMeansModel:
                 stop=d.get("stop"), cluster_sizes=d.get("cluster_sizes"),
                 history=d.get("history"), params=d.get("params"),
                 restarts=d.get("restarts"), dropped=d.get("dropped"),
+                cluster_ids=d.get("cluster_ids"), retired_ids=d.get("retired_ids"),
+                cluster_spread=d.get("cluster_spread"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{source} is not a valid kmeans-dist model: {exc}") from None
@@ -171,11 +202,12 @@ class _Labeller:
     distance when a second output column is asked for)."""
 
     def __init__(self, columns: list[str], centroids: np.ndarray, distance: str,
-                 outputs: list[str]) -> None:
+                 outputs: list[str], ids: Sequence[int]) -> None:
         self.columns = columns
         self.centroids = centroids
         self.cosine = distance == "cosine"
         self.outputs = outputs
+        self.ids = np.asarray(ids, dtype=np.int32)
 
     def __call__(self, batches):
         import pyarrow as pa
@@ -197,9 +229,23 @@ class _Labeller:
                 labels[ok] = kernels.assign(xo, kernels.squared_norms(xo), self.centroids)[0]
                 if len(self.outputs) > 1:
                     dist[ok] = kernels.row_distances(xo, self.centroids, labels[ok], self.cosine)
-            arrays = [pa.array(labels, mask=~ok, type=pa.int32()),
+            arrays = [pa.array(self.ids[labels], mask=~ok, type=pa.int32()),
                       pa.array(dist, mask=~ok, type=pa.float64())][: len(self.outputs)]
             schema = batch.schema
             for name, arr in zip(self.outputs, arrays):
                 schema = schema.append(pa.field(name, arr.type))
             yield pa.RecordBatch.from_arrays(batch.columns + arrays, schema=schema)
+
+
+def _checked_ids(ids: Sequence[int] | None, k: int) -> list[int]:
+    """Stable ids of k centroid rows: k distinct integers >= 0 (default 0..k-1)."""
+    if ids is None:
+        return list(range(k))
+    ids = list(ids)
+    if not all(isinstance(i, numbers.Integral) and not isinstance(i, bool) and i >= 0
+               for i in ids):
+        raise ValueError(f"cluster_ids must be integers >= 0, got {ids}")
+    ids = [int(i) for i in ids]
+    if len(ids) != k or len(set(ids)) != k:
+        raise ValueError(f"cluster_ids must be {k} distinct integers, got {ids}")
+    return ids

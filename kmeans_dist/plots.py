@@ -1,4 +1,5 @@
-"""Pictures of a fit (convergence, cluster sizes, a 2-D scatter) and of a range of k (the elbow).
+"""Pictures of a fit (convergence, cluster sizes, a 2-D scatter), of a range of k (the elbow) and of
+a scheduled run's drift (sizes before/after, the transition matrix).
 
 Drawn with matplotlib's object API (``matplotlib.figure.Figure``, rendered to PNG by Agg): no
 display and no pyplot state, so it is safe in a job, a test or a notebook whatever backend the
@@ -52,18 +53,71 @@ def convergence(model, path: str) -> None:
 
 
 def sizes(model, path: str) -> None:
-    """Rows per cluster, one bar each (counts written on the bars when there are few)."""
+    """Rows per cluster, one bar each, labelled by stable id (counts on the bars when few)."""
     counts = list(model.cluster_sizes or [])
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
     bars = ax.bar(range(len(counts)), counts, color=cluster_colors(np.arange(len(counts))))
     if len(counts) <= 30:
         ax.bar_label(bars, fmt="%d")
+    every = max(1, len(counts) // 30)  # at most ~30 tick labels
+    ax.set_xticks(range(0, len(counts), every), [str(i) for i in model.cluster_ids[::every]])
     ax.set_xlabel("cluster")
     ax.set_ylabel("rows")
     ax.set_title(f"cluster sizes: k={model.k}, {sum(counts)} rows")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     save(fig, path)
+
+
+def drift(result: dict, path: str) -> None:
+    """Rows per stable id before and after (left) and, when entities were followed by key, the
+    transition matrix (right); ``result`` as ``kmeans_dist.drift.report`` makes it."""
+    moves = result["transitions"]
+    fig = Figure(figsize=(13 if moves else 7, 5))
+    axes = fig.subplots(1, 2 if moves else 1, squeeze=False)[0]
+    ax = axes[0]
+    ids = [c["id"] for c in result["clusters"]]
+    x = np.arange(len(ids))
+    if result["previous"] is None:
+        ax.bar(x, [c["rows_after"] for c in result["clusters"]], color="C1", label="this run")
+        ax.set_title("rows per cluster (first run: no previous model)")
+    else:
+        ax.bar(x - 0.2, [c["rows_before"] for c in result["clusters"]], 0.4, color="C0",
+               label="previous run")
+        ax.bar(x + 0.2, [c["rows_after"] for c in result["clusters"]], 0.4, color="C1",
+               label="this run")
+        ax.set_title(f"rows per cluster: PSI {result['psi']:.3g}")
+    ax.set_xticks(x, [str(i) for i in ids])
+    ax.set_xlabel("cluster id")
+    ax.set_ylabel("rows")
+    ax.set_ylim(top=ax.get_ylim()[1] * 1.15)  # room for the legend above the bars
+    ax.legend(loc="upper right", ncol=2)
+    if moves:
+        transition_matrix(axes[1], moves)
+    save(fig, path)
+
+
+def transition_matrix(ax, moves: dict) -> None:
+    """Entities per (previous id, current id) as a heat map, with a row of entities new in this
+    batch and a column of those gone from it; counts written in the cells when few."""
+    counts = np.array(moves["counts"], dtype=float).reshape(len(moves["previous_ids"]),
+                                                            len(moves["current_ids"]))
+    table = np.zeros((counts.shape[0] + 1, counts.shape[1] + 1))
+    table[:-1, :-1] = counts
+    table[:-1, -1] = moves["only_previous_by_id"]
+    table[-1, :-1] = moves["only_current_by_id"]
+    table[-1, -1] = np.nan  # (new, gone): no such entity
+    ax.imshow(table, cmap="Blues")
+    if table.size <= 400:
+        for (i, j), n in np.ndenumerate(table):
+            if not np.isnan(n):
+                ax.text(j, i, f"{int(n)}", ha="center", va="center", fontsize=8,
+                        color="white" if n > np.nanmax(table) / 2 else "black")
+    ax.set_xticks(range(table.shape[1]), [*map(str, moves["current_ids"]), "gone"])
+    ax.set_yticks(range(table.shape[0]), [*map(str, moves["previous_ids"]), "new"])
+    ax.set_xlabel("cluster id now")
+    ax.set_ylabel("cluster id before")
+    ax.set_title(f"'{moves['id_col']}': {moves['changed']} of {moves['entities_in_both']} "
+                 "changed cluster")
 
 
 def scatter(model, df: DataFrame, path: str, sample_size: int = 5000, seed: int = 0) -> None:

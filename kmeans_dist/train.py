@@ -19,8 +19,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="output directory (must not exist)")
     p.add_argument("--features", type=cli.features_arg, help="a,b,c (default: numeric columns)")
     p.add_argument("--format", choices=io.FORMATS, help="input format (default: from extension)")
-    p.add_argument("--init", default="k-means||",
-                   help=f"{' | '.join(INITS)} | CENTROIDS.csv (default k-means||)")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--init", default="k-means||",
+                       help=f"{' | '.join(INITS)} | CENTROIDS.csv (default k-means||)")
+    start.add_argument("--init-model", metavar="MODEL.json",
+                       help="warm start from a saved model (same features in the same order); "
+                            "its clusters keep their ids")
     p.add_argument("--seed", type=int, help="seed for the init (default: random, recorded)")
     p.add_argument("--n-init", type=int, default=1,
                    help="seeded starts; the lowest inertia wins (default 1)")
@@ -60,13 +64,14 @@ def report(model: KMeansModel, seconds: float, rows: int) -> dict:
 
 def run(args: argparse.Namespace) -> KMeansModel:
     started = time.perf_counter()
-    estimator = KMeans(  # parameters are checked here, before Spark starts
-        args.k, init=args.init, seed=args.seed, max_iter=args.max_iter, tol=args.tol,
-        distance=args.distance, weight_col=args.weight_col, n_init=args.n_init,
-        checkpoint=args.checkpoint, resume=args.resume, invalid=args.invalid,
-    )
+    params = dict(init=args.init, seed=args.seed, max_iter=args.max_iter, tol=args.tol,
+                  distance=args.distance, weight_col=args.weight_col, n_init=args.n_init,
+                  checkpoint=args.checkpoint, resume=args.resume, invalid=args.invalid)
+    estimator = KMeans(args.k, **params)  # parameters are checked here, before Spark starts
     spark, partitions = cli.start_session(args, "kmeans-dist train")
     io.check_output_dir(args.output, args.overwrite)
+    if args.init_model:  # read through Spark's filesystem, so only now
+        estimator = KMeans(args.k, **{**params, "init": KMeansModel.load(args.init_model)})
     df = io.read_table(args.input, args.format)
     estimator.num_partitions = partitions
     model = estimator.fit(df, args.features)
@@ -84,7 +89,13 @@ def run(args: argparse.Namespace) -> KMeansModel:
     return model
 
 
-def summary(model: KMeansModel, seconds: float, output: str) -> str:
+#: what the train job writes into its output directory
+OUTPUTS = ("model.json", "assignments/", "report.json", "plots/")
+
+
+def summary(model: KMeansModel, seconds: float, output: str,
+            outputs: tuple[str, ...] = OUTPUTS) -> str:
+    """The printed summary of a fit: data, inertia and stop, sizes by cluster id, files."""
     why = {"no_change": "no row changed cluster", "tol": "centroid shift within tol",
            "center_tol": "no centroid moved more than center_tol",
            "max_iter": "max_iter reached (not converged)"}[model.stop]
@@ -92,9 +103,10 @@ def summary(model: KMeansModel, seconds: float, output: str) -> str:
         f"k={model.k} on {sum(model.cluster_sizes)} rows x {len(model.features)} features "
         f"({', '.join(model.features)})",
         f"inertia {model.inertia:.6g} after {model.n_iter} iterations: {why}; {seconds:.1f}s",
-        "cluster sizes: " + ", ".join(f"{i}: {n}" for i, n in enumerate(model.cluster_sizes)),
+        "cluster sizes: " + ", ".join(f"{i}: {n}" for i, n in
+                                      sorted(zip(model.cluster_ids, model.cluster_sizes))),
         *([f"invalid rows skipped: {describe_dropped(model.dropped)}"] if model.dropped else []),
-        f"wrote {output}/model.json, {output}/assignments/, {output}/report.json, {output}/plots/",
+        "wrote " + ", ".join(f"{output}/{name}" for name in outputs),
     ]
     return "\n".join(lines)
 
