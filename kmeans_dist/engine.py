@@ -2,8 +2,9 @@
 
 Semantics follow scikit-learn's ``lloyd`` exactly: iteration t assigns rows with centroids C_t and
 computes C_{t+1} from those labels (relocating empty clusters to the rows farthest from their
-centroid); it stops when no row changed cluster (the project's rule), when the total squared
-centroid shift is at most ``tol_abs``, or after ``max_iter``. The returned centroids are the last
+centroid); it stops when no row changed cluster (the project's rule) or no centroid moved at all
+(a fixed point, where scikit-learn's ``shift <= tol`` stops even with tol = 0), when the total
+squared centroid shift is at most ``tol_abs``, or after ``max_iter``. The returned centroids are the last
 C_{t+1}; inertia and cluster sizes are those of the rows assigned to them.
 """
 
