@@ -34,8 +34,8 @@ def _distinct_rows(rows: list[np.ndarray]) -> list[np.ndarray]:
     return out
 
 
-def _sample(transport: Transport, step: tasks.SampleStep) -> tasks.SampleResult:
-    parts = transport.run(tasks.sample, step)
+def _sample(transport: Transport, step: tasks.SampleStep, label: str) -> tasks.SampleResult:
+    parts = transport.run(tasks.sample, step, f"kmeans_dist: init {label}")
     cands = tasks.smallest([c for p in parts for c in p.candidates], step.n)
     return tasks.SampleResult(kernels.sequential_sum(np.array([p.cost for p in parts])), cands)
 
@@ -44,7 +44,7 @@ def random_rows(transport: Transport, k: int, seed: int, n_rows: int) -> np.ndar
     """k distinct rows drawn at random (weighted by row weight when there are weights)."""
     want = k
     while True:
-        found = _sample(transport, tasks.SampleStep(seed, 0, want)).candidates
+        found = _sample(transport, tasks.SampleStep(seed, 0, want), f"random, k={k}").candidates
         distinct = _distinct_rows([c.row for c in found])
         if len(distinct) >= k:
             return np.array(distinct[:k])
@@ -55,7 +55,7 @@ def random_rows(transport: Transport, k: int, seed: int, n_rows: int) -> np.ndar
 
 def kmeans_plus_plus(transport: Transport, k: int, seed: int) -> np.ndarray:
     """Exact k-means++: each centre drawn with probability ∝ weight x d^2, one pass per centre."""
-    first = _sample(transport, tasks.SampleStep(seed, 1, 1)).candidates
+    first = _sample(transport, tasks.SampleStep(seed, 1, 1), f"k-means++ centre 1/{k}").candidates
     return extend_plus_plus(transport, np.array([first[0].row]), k, seed)
 
 
@@ -65,7 +65,8 @@ def extend_plus_plus(transport: Transport, centers: np.ndarray, k: int, seed: in
     model with fewer clusters gets its new ones."""
     centers = list(centers)
     for i in range(len(centers), k):
-        res = _sample(transport, tasks.SampleStep(seed, 1 + i, 1, np.array(centers)))
+        res = _sample(transport, tasks.SampleStep(seed, 1 + i, 1, np.array(centers)),
+                      f"k-means++ centre {i + 1}/{k}")
         if not res.candidates or res.cost <= 0:
             raise too_few_distinct(k, len(centers))
         centers.append(res.candidates[0].row)
@@ -79,30 +80,32 @@ def kmeans_parallel(transport: Transport, k: int, seed: int, steps: int = 2) -> 
     driver by weighted k-means++ followed by weighted Lloyd (as Spark MLlib does).
     """
     ell = 2.0 * k
-    first = _sample(transport, tasks.SampleStep(seed, 1, 1)).candidates
-    candidates = [first[0].row]
+    first = _sample(transport, tasks.SampleStep(seed, 1, 1), f"k-means|| first centre, k={k}")
+    candidates = [first.candidates[0].row]
     round_ = 0
     while round_ < steps or (len(candidates) < k and round_ < steps + MAX_EXTRA_ROUNDS):
         round_ += 1
-        added, cost = _oversample_round(transport, seed, round_, ell, np.array(candidates))
+        added, cost = _oversample_round(transport, seed, round_, ell, np.array(candidates), k)
         if cost <= 0:
             break  # every row coincides with a candidate
         candidates = _distinct_rows(candidates + added)
     cand = np.array(candidates)
     if len(cand) < k:
         raise too_few_distinct(k, len(cand))
-    weights = np.sum(transport.run(tasks.nearest_weights, cand), axis=0)
+    weights = np.sum(transport.run(tasks.nearest_weights, cand,
+                                   f"kmeans_dist: init k-means|| candidate weights, k={k}"), axis=0)
     return local_kmeans(cand, weights, k, seed)
 
 
 def _oversample_round(transport: Transport, seed: int, round_: int, ell: float,
-                      centers: np.ndarray) -> tuple[list[np.ndarray], float]:
+                      centers: np.ndarray, k: int) -> tuple[list[np.ndarray], float]:
     """Rows with u < ell * w d^2 / cost, in rank order (key, then content: order independent);
     asks again with a larger cap if a partition was cut short."""
     cap = int(2 * ell + 10 * np.sqrt(ell) + 10)
     while True:
         step = tasks.OversampleStep(seed, 1000 + round_, cap, centers)
-        parts = transport.run(tasks.oversample, step)
+        parts = transport.run(tasks.oversample, step,
+                              f"kmeans_dist: init k-means|| round {round_}, k={k}")
         cost = kernels.sequential_sum(np.array([p.cost for p in parts]))
         threshold = -cost / ell  # keys are -(w d^2 / u); keep key < threshold
         cut_short = any(

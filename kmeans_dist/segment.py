@@ -70,7 +70,7 @@ def check_key(df: DataFrame, key: str, source: str) -> None:
     if key not in df.columns:
         raise ValueError(f"id column '{key}' not found in {source}; "
                          f"columns are {sorted(df.columns)}")
-    repeated = (df.where(F.col(key).isNotNull()).groupBy(key).count()
+    repeated = (df.where(data.column(key).isNotNull()).groupBy(data.column(key)).count()
                 .where(F.col("count") > 1).first())
     if repeated is not None:
         raise ValueError(f"id column '{key}' is not unique in {source}: {repeated[0]!r} appears "
@@ -109,8 +109,8 @@ def transition_counts(before: DataFrame, after: DataFrame,
     """(previous id, current id, entities) over a full outer join on ``key``: None where the
     entity is missing from that batch (rows with a null key or cluster are left out)."""
     def side(df: DataFrame, name: str) -> DataFrame:
-        return (df.where(F.col(key).isNotNull() & F.col("cluster").isNotNull())
-                .select(F.col(key).alias("_key"), F.col("cluster").alias(name)))
+        return (df.where(data.column(key).isNotNull() & F.col("cluster").isNotNull())
+                .select(data.column(key).alias("_key"), F.col("cluster").alias(name)))
 
     joined = side(before, "_before").join(side(after, "_after"), "_key", "full_outer")
     return [(r["_before"], r["_after"], int(r["count"]))
