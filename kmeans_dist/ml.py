@@ -9,8 +9,9 @@ Differences from pyspark.ml:
 
 * ``initMode`` also accepts ``"k-means++"``; ``"random"`` and ``"k-means||"`` sample differently
   from MLlib, so the same seed gives different (equally valid) starting centres.
-* Extra Params: ``initialCenters`` (explicit k x d starting centres), ``stopRule`` and
-  ``emptyClusters`` (see their docs). With the defaults the iterations are MLlib's.
+* Extra Params: ``initialCenters`` (explicit k x d starting centres), ``stopRule``,
+  ``emptyClusters`` and ``handleInvalid`` (see their docs). With the defaults the iterations
+  are MLlib's.
 * ``solver``, ``maxBlockSizeInMB`` and ``intermediateStorageLevel`` are accepted (the first two
   validated) but have no effect: the engine always runs its own blocked kernel and caching.
 * ``tol=0`` stops once no row changes cluster; MLlib stops once no centre moved at all, the
@@ -45,6 +46,7 @@ from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import (
     HasDistanceMeasure,
     HasFeaturesCol,
+    HasHandleInvalid,
     HasMaxBlockSizeInMB,
     HasMaxIter,
     HasPredictionCol,
@@ -88,6 +90,7 @@ _CHOICES = {
     "solver": ("auto", "row", "block"),
     "stopRule": ("mllib", "no_change"),
     "emptyClusters": ("keep", "farthest"),
+    "handleInvalid": ("error", "skip"),
 }
 
 
@@ -102,8 +105,9 @@ class _KMeansParams(
     HasSolver,
     HasMaxBlockSizeInMB,
     HasIntermediateStorageLevel,
+    HasHandleInvalid,
 ):
-    """Params of :py:class:`KMeans` and :py:class:`KMeansModel`: pyspark.ml's, plus three."""
+    """Params of :py:class:`KMeans` and :py:class:`KMeansModel`: pyspark.ml's, plus four."""
 
     k: Param[int] = Param(
         Params._dummy(), "k", "The number of clusters to create. Must be > 1.",
@@ -160,7 +164,7 @@ class _KMeansParams(
         self._setDefault(
             k=2, initMode="k-means||", initSteps=2, tol=1e-4, maxIter=20,
             distanceMeasure="euclidean", solver="auto", maxBlockSizeInMB=0.0,
-            stopRule="mllib", emptyClusters="keep",
+            stopRule="mllib", emptyClusters="keep", handleInvalid="error",
         )
 
     def getK(self) -> int:
@@ -295,6 +299,7 @@ class KMeans(
         initialCenters: Sequence[Sequence[float]] | None = None,
         stopRule: str = "mllib",
         emptyClusters: str = "keep",
+        handleInvalid: str = "error",
     ) -> None:
         super().__init__()
         self._set(**self._input_kwargs)
@@ -318,6 +323,7 @@ class KMeans(
         initialCenters: Sequence[Sequence[float]] | None = None,
         stopRule: str = "mllib",
         emptyClusters: str = "keep",
+        handleInvalid: str = "error",
     ) -> "KMeans":
         """Sets the given Params (keyword arguments only)."""
         return self._set(**self._input_kwargs)
@@ -373,6 +379,10 @@ class KMeans(
     def setEmptyClusters(self, value: str) -> "KMeans":
         return self._set(emptyClusters=value)
 
+    def setHandleInvalid(self, value: str) -> "KMeans":
+        """Rows with a null/NaN/infinite feature (or bad weight): "error" or "skip" them."""
+        return self._set(handleInvalid=value)
+
     def _seed(self) -> int:
         """The seed as the engine takes it: seed=None means the default (as in pyspark.ml, a
         hash of the class name), and a negative seed is mapped into [0, 2**63)."""
@@ -394,6 +404,7 @@ class KMeans(
             max_iter=self.getMaxIter(), tol=0.0, center_tol=center_tol,
             empty_clusters=self.getEmptyClusters(), distance=self.getDistanceMeasure(),
             weight_col=self._weight_col(), init_steps=self.getInitSteps(),
+            invalid=self.getHandleInvalid(),
         )
 
     def _fit(self, dataset: DataFrame) -> "KMeansModel":
@@ -402,7 +413,11 @@ class KMeans(
         engine = self._engine()
         col = self.getFeaturesCol()
         expanded = _expand(dataset, col, _num_features(dataset, col))
-        fitted = engine.fit(expanded.df, features=expanded.columns)
+        try:
+            fitted = engine.fit(expanded.df, features=expanded.columns)
+        except ValueError as exc:  # name this API's switch, not the engine's
+            raise ValueError(str(exc).replace("use --invalid skip (invalid='skip')",
+                                              "set handleInvalid='skip'")) from None
         model = self._copyValues(KMeansModel(fitted.centroids))
         model._summary = KMeansSummary(
             predictions=model.transform(dataset), predictionCol=model.getPredictionCol(),

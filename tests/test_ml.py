@@ -25,7 +25,7 @@ from sklearn.cluster import KMeans as SKKMeans
 from kmeans_dist.ml import KMeans, KMeansModel
 
 RTOL = 1e-9
-EXTRAS = {"stopRule": "mllib", "emptyClusters": "keep"}
+EXTRAS = {"stopRule": "mllib", "emptyClusters": "keep", "handleInvalid": "error"}
 
 
 def blobs(centres: list[list[float]], n: int, std: float, seed: int) -> np.ndarray:
@@ -266,3 +266,19 @@ def test_cross_validator_picks_k_3_by_silhouette(three):
                         numFolds=2, seed=1)
     best = cv.fit(three).bestModel
     assert best.getK() == 3 and len(best.clusterCenters()) == 3
+
+
+def test_handle_invalid_names_its_param_or_skips_the_bad_rows(spark, three):
+    """A NaN feature fails the fit naming ``handleInvalid``; "skip" fits on the other rows,
+    exactly as a fit on the clean rows does."""
+    bad = spark.createDataFrame([(Vectors.dense([float("nan"), 1.0, 2.0]),)], "features vector")
+    mixed = three.select("features").unionByName(bad)
+    start = {"initialCenters": [r[0].toArray().tolist() for r in three.select("features").take(3)]}
+    with pytest.raises(ValueError, match="1 input row has a null, NaN or infinite feature value"
+                                         r".*set handleInvalid='skip'"):
+        KMeans(k=3, **start).fit(mixed)
+    skipped = KMeans(k=3, handleInvalid="skip", **start).fit(mixed)
+    clean = KMeans(k=3, **start).fit(three)
+    np.testing.assert_array_equal(np.array(skipped.clusterCenters()),
+                                  np.array(clean.clusterCenters()))
+    assert skipped.summary.numIter == clean.summary.numIter
