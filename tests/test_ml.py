@@ -271,7 +271,8 @@ def test_cross_validator_picks_k_3_by_silhouette(three):
 def test_handle_invalid_names_its_param_or_skips_the_bad_rows(spark, three):
     """A NaN feature fails the fit naming ``handleInvalid``; "skip" fits on the other rows,
     exactly as a fit on the clean rows does."""
-    bad = spark.createDataFrame([(Vectors.dense([float("nan"), 1.0, 2.0]),)], "features vector")
+    schema = T.StructType([T.StructField("features", VectorUDT())])
+    bad = spark.createDataFrame([(Vectors.dense([float("nan"), 1.0, 2.0]),)], schema)
     mixed = three.select("features").unionByName(bad)
     start = {"initialCenters": [r[0].toArray().tolist() for r in three.select("features").take(3)]}
     with pytest.raises(ValueError, match="1 input row has a null, NaN or infinite feature value"

@@ -58,7 +58,7 @@ class PackedBlocks:
         self.parts = kd_data.block_rdd(frame, len(FEATURES)).glom().collect()
         self.num_partitions = len(self.parts)
 
-    def run(self, fn, value) -> list:
+    def run(self, fn, value, label=None) -> list:
         return [fn(iter(blocks), value) for blocks in self.parts]
 
     def release(self) -> None:

@@ -29,8 +29,8 @@ run_job = functools.partial(_run_job, JOB)
 run_job_in_process = functools.partial(_run_job_in_process, JOB)
 PARALLEL_RUNS = 3
 #: data errors run in the test's own SparkSession (see ``runs``); everything else is a subprocess
-IN_PROCESS = ["missing_feature", "non_numeric", "bad_init_shape", "k_too_large", "nan_feature",
-              "exists", "missing_input"]
+IN_PROCESS = ["csv", "parquet_overwrite", "missing_feature", "non_numeric", "bad_init_shape",
+              "k_too_large", "nan_feature", "exists", "missing_input"]
 
 IRIS_FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 MODEL_KEYS = {"format_version", "k", "features", "distance", "centroids", "inertia", "n_iter",
