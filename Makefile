@@ -29,14 +29,10 @@ check-java:
 run: check-java install
 	$(PY) jobs/train.py --conf conf/local.yaml --input data/iris.csv --k 3 --seed 42 --output $(OUT) --overwrite --label-col species
 
-# two pytest processes at once: classic Spark, and Spark Connect (a process holds one or the
-# other); the Connect one's report follows the classic one's
+# two pytest processes: classic Spark, then Spark Connect (a process holds one or the other)
 test: check-java install
-	@$(PY) -m pytest -q -p no:cacheprovider tests/connect > .connect-tests.log 2>&1 & connect=$$!; \
-	$(PY) -m pytest -q; classic=$$?; \
-	wait $$connect; remote=$$?; \
-	echo "--- tests/connect (Spark Connect) ---"; cat .connect-tests.log; rm -f .connect-tests.log; \
-	test $$classic -eq 0 -a $$remote -eq 0
+	$(PY) -m pytest -q
+	$(PY) -m pytest -q tests/connect
 
 # Speed against Spark MLlib and scikit-learn (not part of make test): writes BENCHMARKS.md
 bench: check-java install

@@ -23,8 +23,9 @@ log = logging.getLogger("kmeans_dist")
 
 
 def setup_logging() -> None:
+    # force: the job's own format on stderr even if something configured logging before
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
-                        stream=sys.stderr)
+                        stream=sys.stderr, force=True)
     logging.getLogger("py4j").setLevel(logging.WARNING)
 
 

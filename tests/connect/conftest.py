@@ -57,3 +57,4 @@ def spark(server):
     session = ConnectSession.builder.remote(server[1]).getOrCreate()
     yield session
     session.stop()
+

@@ -8,15 +8,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn.cluster import KMeans as SKKMeans
 
-from jobutil import ROOT, TIMEOUT, describe, job_env, listing, run_job, write_csv
+from connectutil import classic_mode
+from jobutil import ROOT, TIMEOUT, describe, job_env, listing, write_csv
 from kmeans_dist import KMeans, KMeansModel
 
 RTOL = 1e-9
@@ -46,15 +45,29 @@ def run_remote(job: str, *args, env: dict | None = None) -> subprocess.Completed
                           timeout=TIMEOUT)
 
 
-def test_fit_on_connect_is_scikit_learns_lloyd(data):
+def test_fit_on_connect_is_the_classic_fit_and_scikit_learns_lloyd(server, data):
+    """The same fit from the same start on Connect (arrow transport) and, in the server's own
+    classic session, on the classic default transport (resident): labels equal, centres to
+    1e-9; both are scikit-learn's Lloyd."""
     x, df = data
     init = x[[0, 1, 2]]  # all from one blob: several iterations
     model = KMeans(3, init=init).fit(df, ["a", "b", "c"])
+    labelled = model.transform(df, distance_col="dist").orderBy("id").toPandas()
+    host = server[0]
+    with classic_mode():
+        rows = labelled[["a", "b", "c", "id"]].copy()
+        rows.attrs.clear()  # Connect's plan metrics, which classic Arrow cannot serialise
+        classic_df = host.createDataFrame(rows)
+        classic = KMeans(3, init=init).fit(classic_df, ["a", "b", "c"])
+        classic_labels = classic.transform(classic_df).orderBy("id").toPandas()["cluster"]
+    np.testing.assert_allclose(model.centroids, classic.centroids, rtol=RTOL, atol=1e-12)
+    assert (model.n_iter, model.cluster_sizes) == (classic.n_iter, classic.cluster_sizes)
+    assert np.array_equal(labelled["cluster"].to_numpy(), classic_labels.to_numpy())
+
     ref = sklearn_lloyd(x, init)
     np.testing.assert_allclose(model.centroids, ref.cluster_centers_, rtol=RTOL, atol=1e-12)
     assert model.n_iter == ref.n_iter_ > 2
     assert model.inertia == pytest.approx(ref.inertia_, rel=1e-9)
-    labelled = model.transform(df, distance_col="dist").orderBy("id").toPandas()
     assert np.array_equal(labelled["cluster"].to_numpy(), ref.labels_)
     nearest = np.linalg.norm(x - ref.cluster_centers_[ref.labels_], axis=1)
     np.testing.assert_allclose(labelled["dist"].to_numpy(), nearest, rtol=1e-9)
@@ -79,27 +92,25 @@ def _scala_seq(seq) -> list:
     return out
 
 
-def test_train_job_remote_is_the_classic_fit(server, tmp_path):
+def test_train_job_with_remote_flag(server, tmp_path):
+    """jobs/train.py --remote: every output, and the model scikit-learn's Lloyd gives from the
+    same init file (the classic job's model is, see tests/test_train_job.py)."""
     x = blobs(300, seed=1)
     src = write_csv(tmp_path / "in.csv", ["a", "b", "c", "id"],
                     [(*r, str(i)) for i, r in enumerate(x)])
     init = write_csv(tmp_path / "init.csv", ["a", "b", "c"], x[[0, 1, 2]])
-    common = ["--input", src, "--k", 3, "--init", init, "--features", "a,b,c"]
-    with ThreadPoolExecutor(2) as pool:
-        classic = pool.submit(run_job, "jobs/train.py", *common, "--output", tmp_path / "classic")
-        remote = pool.submit(run_remote, "jobs/train.py", *common, "--output",
-                             tmp_path / "remote", "--remote", server[1])
-        classic, remote = classic.result(), remote.result()
-    assert classic.returncode == 0, describe(classic)
-    assert remote.returncode == 0, describe(remote)
-    assert f"Spark Connect {server[1]}" in remote.stderr
-    assert listing(tmp_path / "remote") == listing(tmp_path / "classic")
-    a, b = (json.loads((tmp_path / d / "model.json").read_text()) for d in ("classic", "remote"))
-    np.testing.assert_allclose(b["centroids"], a["centroids"], rtol=RTOL, atol=1e-12)
-    assert (b["n_iter"], b["cluster_sizes"]) == (a["n_iter"], a["cluster_sizes"])
-    la, lb = (pd.read_parquet(tmp_path / d / "assignments").sort_values("id")
-              for d in ("classic", "remote"))
-    assert np.array_equal(la["cluster"].to_numpy(), lb["cluster"].to_numpy())
+    out = tmp_path / "remote"
+    proc = run_remote("jobs/train.py", "--input", src, "--k", 3, "--init", init, "--features",
+                      "a,b,c", "--output", out, "--remote", server[1])
+    assert proc.returncode == 0, describe(proc)
+    assert f"Spark Connect {server[1]}" in proc.stderr
+    assert listing(out) == ["_SUCCESS", "assignments", "model.json", "plots", "report.json"]
+    model = json.loads((out / "model.json").read_text())
+    ref = sklearn_lloyd(x, x[[0, 1, 2]])
+    np.testing.assert_allclose(model["centroids"], ref.cluster_centers_, rtol=RTOL, atol=1e-12)
+    assert model["n_iter"] == ref.n_iter_
+    labels = pd.read_parquet(out / "assignments").sort_values("id")["cluster"].to_numpy()
+    assert np.array_equal(labels, ref.labels_)
 
 
 def test_assign_job_through_spark_remote_variable(server, tmp_path):
