@@ -50,6 +50,7 @@ def parser() -> argparse.ArgumentParser:
                    help="a,b,c (default: the previous model's, else every numeric column)")
     p.add_argument("--format", choices=io.FORMATS, help="input format (default: from extension)")
     p.add_argument("--seed", type=int, help="seed for any seeded init (default: random, recorded)")
+    train.add_fit_limits(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     cli.add_spark_args(p)
     return p
@@ -128,7 +129,7 @@ def run(args: argparse.Namespace) -> dict:
         args.k if args.k is not None else previous.k,
         init=previous if previous is not None else "k-means||", seed=args.seed,
         distance=previous.distance if previous is not None else "euclidean",
-        num_partitions=partitions,
+        num_partitions=partitions, max_iter=args.max_iter, invalid=args.invalid,
     )
     df = io.read_table(args.input, args.format)
     features = args.features or default_features(df, previous, args.id_col)

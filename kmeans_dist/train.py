@@ -28,14 +28,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="seed for the init (default: random, recorded)")
     p.add_argument("--n-init", type=int, default=1,
                    help="seeded starts; the lowest inertia wins (default 1)")
-    p.add_argument("--max-iter", type=int, default=300)
+    add_fit_limits(p)
     p.add_argument("--tol", type=float, default=0.0,
                    help="also stop when the centroid shift is at most tol x mean feature variance")
     p.add_argument("--distance", default="euclidean", help=" | ".join(DISTANCES))
     p.add_argument("--weight-col", help="non-negative row weights")
-    p.add_argument("--invalid", default="error",
-                   help="rows with a null/NaN/infinite feature or a bad weight: error (default) "
-                        "or skip (fit on the rest; counted in report.json)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--label-col", help="a known label column to cross-tabulate in the summary")
     p.add_argument("--checkpoint", help="directory to save the fit's state after every iteration")
@@ -43,6 +40,14 @@ def parser() -> argparse.ArgumentParser:
                    help="continue from the --checkpoint directory's state, if there is one")
     cli.add_spark_args(p)
     return p
+
+
+def add_fit_limits(p: argparse.ArgumentParser) -> None:
+    """--max-iter and --invalid, shared by the jobs that fit."""
+    p.add_argument("--max-iter", type=int, default=300)
+    p.add_argument("--invalid", default="error",
+                   help="rows with a null/NaN/infinite feature or a bad weight: error (default) "
+                        "or skip (fit on the rest; counted in the model's 'dropped')")
 
 
 def report(model: KMeansModel, seconds: float, rows: int) -> dict:

