@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml | $(PY)
 	@# a venv left half-made by an interrupted run has no pip: make it again
 	@$(PY) -m pip --version >/dev/null 2>&1 || $(PYTHON) -m venv --clear $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet --no-compile -e '.[test,bench,connect]'
+	$(PY) -m pip install --quiet -e '.[test,bench,connect]'
 	@rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)
