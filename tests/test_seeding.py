@@ -89,8 +89,11 @@ def test_init_is_the_same_on_any_partitioning_and_row_order(spark, rows):
             assert np.array_equal(got[init], ref[init]), (name, init, got[init], ref[init])
 
 
-@pytest.mark.parametrize("init", ["random", "k-means++", "k-means||"])
-def test_fit_gives_the_same_labels_on_any_layout(spark, rows, init):
+def test_fit_gives_the_same_labels_on_any_layout(spark, rows):
+    """The default init end to end (each init's start is the same on every layout, above; the
+    Lloyd loop from a given start is, in test_fit.py): same labels on 1 and 8 shuffled
+    partitions."""
+    init = "k-means||"
     n = len(rows)
     chosen = layouts(n)
     results = {}

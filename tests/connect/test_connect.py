@@ -158,32 +158,34 @@ def test_drop_in_estimator_beside_pyspark_ml_on_connect(spark, data, tmp_path):
     assert np.array_equal(reloaded, predicted)
 
 
-def test_segment_job_remote_keeps_ids_and_counts_transitions(server, tmp_path):
-    """Two nightly runs of the segment job over Spark Connect: day 2 (clusters drawn in another
-    order) keeps day 1's id for every generating centre; the transitions match numpy's count."""
+def test_segment_job_remote_keeps_ids_and_counts_transitions(spark, server, tmp_path):
+    """A nightly segment run over Spark Connect after yesterday's (fitted and labelled here
+    through the API on Connect): day 2, whose rows come in another order, keeps day 1's id for
+    every generating centre; the transitions match numpy's count."""
     centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
     which1 = np.repeat(np.arange(4), 150)
     which2 = np.where(np.arange(600) % 30 == 0, (which1 + 1) % 4, which1)  # 20 switch centre
-    runs = []
+    days = {}
     for day, which in ((1, which1), (2, which2)):
         x = centres[which] + np.random.default_rng(day).normal(size=(600, 2))
         order = np.random.default_rng(10 + day).permutation(600)
-        src = write_csv(tmp_path / f"day{day}.csv", ["customer", "x", "y"],
-                        [[str(i), *x[i]] for i in order])
-        prev = [] if day == 1 else ["--previous-model", runs[0] / "model.json",
-                                    "--previous-assignments", runs[0] / "assignments"]
-        out = tmp_path / f"out{day}"
-        proc = run_remote("jobs/segment.py", "--input", src, "--output", out, "--k", 4,
-                          "--seed", day, "--id-col", "customer", *prev, "--remote", server[1])
-        assert proc.returncode == 0, describe(proc)
-        runs.append(out)
-    ids = []
-    for out in runs:
-        got = pd.read_parquet(out / "assignments").sort_values("customer")
-        ids.append(got["cluster"].to_numpy())
+        days[day] = write_csv(tmp_path / f"day{day}.csv", ["customer", "x", "y"],
+                              [[str(i), *x[i]] for i in order])
+    day1 = spark.read.csv(str(days[1]), header=True, inferSchema=True)
+    model = KMeans(4, seed=3).fit(day1, ["x", "y"])
+    model.save(str(tmp_path / "day1" / "model.json"))
+    model.transform(day1).write.parquet(str(tmp_path / "day1" / "assignments"))
+    out = tmp_path / "day2"
+    proc = run_remote("jobs/segment.py", "--input", days[2], "--output", out, "--id-col",
+                      "customer", "--previous-model", tmp_path / "day1" / "model.json",
+                      "--previous-assignments", tmp_path / "day1" / "assignments",
+                      "--remote", server[1])
+    assert proc.returncode == 0, describe(proc)
+    ids = [pd.read_parquet(d / "assignments").sort_values("customer")["cluster"].to_numpy()
+           for d in (tmp_path / "day1", out)]
     by_centre = [{g: set(day_ids[which == g]) for g in range(4)}
                  for day_ids, which in zip(ids, (which1, which2))]
     assert all(len(s) == 1 for day in by_centre for s in day.values())
     assert by_centre[0] == by_centre[1]
-    drift = json.loads((runs[1] / "drift.json").read_text())
+    drift = json.loads((out / "drift.json").read_text())
     assert drift["transitions"]["changed"] == int(np.sum(ids[0] != ids[1])) == 20
