@@ -96,3 +96,12 @@ def assert_nothing_written(out: Path) -> None:
 def listing(path: Path) -> list[str]:
     """Visible entries of a directory (Hadoop's local filesystem adds hidden .crc files)."""
     return sorted(p for p in os.listdir(path) if not p.startswith("."))
+
+
+def scala_list(seq) -> list:
+    """A Scala collection from py4j (e.g. Spark's status store) as a Python list."""
+    it = seq.iterator()
+    out = []
+    while it.hasNext():
+        out.append(it.next())
+    return out

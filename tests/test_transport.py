@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from pyspark import cloudpickle
 
+from jobutil import scala_list
 from kmeans_dist import KMeans, data, kernels, tasks
 from kmeans_dist.transport import LocalFilesTransport, RDDTransport, ResidentTransport
 from kmeans_dist.transport import resident
@@ -33,17 +34,9 @@ def _fit(df, x, **kw):
     return KMeans(3, init=init, weight_col="w", **kw).fit(df, ["a", "b", "c"])
 
 
-def _scala_list(seq) -> list:
-    it = seq.iterator()
-    out = []
-    while it.hasNext():
-        out.append(it.next())
-    return out
-
-
 def _descriptions(spark) -> dict[int, str]:
     """What the Spark UI / History Server show: the status store's job descriptions."""
-    jobs = _scala_list(spark.sparkContext._jsc.sc().statusStore().jobsList(None))
+    jobs = scala_list(spark.sparkContext._jsc.sc().statusStore().jobsList(None))
     return {j.jobId(): str(j.description().get()) for j in jobs if j.description().isDefined()}
 
 

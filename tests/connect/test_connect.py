@@ -15,7 +15,7 @@ import pytest
 from sklearn.cluster import KMeans as SKKMeans
 
 from connectutil import classic_mode
-from jobutil import ROOT, TIMEOUT, describe, job_env, listing, write_csv
+from jobutil import ROOT, TIMEOUT, describe, job_env, listing, scala_list, write_csv
 from kmeans_dist import KMeans, KMeansModel
 
 RTOL = 1e-9
@@ -78,18 +78,10 @@ def test_iterations_carry_job_tags(server, data):
     _, df = data
     model = KMeans(3, init="k-means++", seed=5, max_iter=4).fit(df, ["a", "b", "c"])
     store = host.sparkContext._jsc.sc().statusStore()
-    tags = {str(t) for job in _scala_seq(store.jobsList(None)) for t in _scala_seq(job.jobTags())}
+    tags = {str(t) for job in scala_list(store.jobsList(None)) for t in scala_list(job.jobTags())}
     for it in range(1, model.n_iter + 1):
         wanted = f"kmeans_dist: iteration {it}/4; k=3"
         assert any(t.endswith(wanted) for t in tags), (wanted, sorted(tags)[-5:])
-
-
-def _scala_seq(seq) -> list:
-    it = seq.iterator()
-    out = []
-    while it.hasNext():
-        out.append(it.next())
-    return out
 
 
 def test_train_job_with_remote_flag(server, tmp_path):
