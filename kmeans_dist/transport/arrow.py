@@ -85,7 +85,9 @@ class ArrowTransport:
     """The block frame cached on the executors; each ``run`` is one ``mapInArrow`` job."""
 
     def __init__(self, frame: DataFrame, d: int,
-                 storage_level: StorageLevel = StorageLevel.MEMORY_AND_DISK) -> None:
+                 storage_level: StorageLevel = StorageLevel.MEMORY_AND_DISK_DESER) -> None:
+        # deserialized: each pass reads the cached columnar batches as they are (a serialized
+        # level would decode every batch on every pass); what DataFrame.cache() uses too
         self.frame = frame.persist(storage_level)
         self.spark = frame.sparkSession
         self.d = d
