@@ -50,8 +50,9 @@ class _HadoopFS:
         return "dir" if fs.getFileStatus(p).isDirectory() else "file"
 
     def parent(self, path: str) -> str | None:
+        """The parent directory, None at the top (a relative path's top has an empty parent)."""
         parent = self.jvm.org.apache.hadoop.fs.Path(path).getParent()
-        return None if parent is None else parent.toString()
+        return None if parent is None or not parent.toString() else parent.toString()
 
     def child(self, parent: str | None, name: str) -> str:
         jp = self.jvm.org.apache.hadoop.fs.Path

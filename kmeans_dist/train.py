@@ -120,7 +120,9 @@ def crosstab(labelled, label_col: str) -> str:
     """Rows per (cluster, label): how the clusters line up with a known labelling."""
     if label_col not in labelled.columns:
         raise ValueError(f"label column '{label_col}' not found; columns are {labelled.columns}")
-    table = labelled.groupBy("cluster").pivot(column(label_col)).count().orderBy("cluster").fillna(0)
+    # pivot takes a name, which Spark would parse: pivot a plainly named copy of the column
+    labels = labelled.select("cluster", column(label_col).alias("_label"))
+    table = labels.groupBy("cluster").pivot("_label").count().orderBy("cluster").fillna(0)
     header = ["cluster"] + [c for c in table.columns if c != "cluster"]
     rows = [[str(r[c]) for c in header] for r in table.collect()]
     width = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]

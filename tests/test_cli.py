@@ -29,3 +29,17 @@ def test_unexpected_error_exit_1_traceback_in_log(capsys, caplog):
     # the traceback goes to the log; the last line says what happened in one line
     assert "Traceback" in caplog.text and "RuntimeError: executor lost" in caplog.text
     assert err.splitlines()[-1] == "error: unexpected RuntimeError: executor lost (traceback above)"
+
+
+def test_relative_output_paths_are_checked_up_to_the_working_directory(spark):
+    """`make run` writes to a relative path (out/iris): its parents are walked up to the top,
+    which for a relative path is the working directory (Hadoop's empty parent), on both
+    filesystems (classic Hadoop, and pyarrow as on Spark Connect)."""
+    from kmeans_dist import io
+
+    for fs in (io._HadoopFS(spark), io._ArrowFS()):
+        assert fs.parent("no-such-dir-kmeans/run") is not None
+        top = fs.parent(fs.parent("no-such-dir-kmeans/run"))
+        assert top is None or fs.kind(top) == "dir", (fs, top)
+    io.check_output_dir("no-such-dir-kmeans/run", overwrite=False)  # no error, nothing written
+    assert not io.exists("no-such-dir-kmeans")

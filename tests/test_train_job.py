@@ -106,7 +106,8 @@ def _spark_runs(data) -> dict[str, tuple[list[str], Path]]:
         return d / name
 
     runs = {
-        "csv": ["--input", iris, "--k", "3", "--init", data["init_csv"], "--seed", "5"],
+        "csv": ["--input", iris, "--k", "3", "--init", data["init_csv"], "--seed", "5",
+                "--label-col", "species"],
         "parquet_overwrite": [
             "--input", data["blobs"], "--format", "parquet", "--k", "3",
             "--features", ",".join(data["blobs_features"]), "--weight-col", "w",
@@ -231,6 +232,14 @@ def test_csv_fit_matches_sklearn_and_writes_contract(runs, data):
     assert [int(m[0]) for m in logged] == list(range(1, model["n_iter"] + 1)), proc.stderr
     assert [int(m[2]) for m in logged] == [e["moved"] for e in history]
     assert str(out) in proc.stdout  # the summary says where it wrote
+
+    # --label-col: clusters cross-tabulated against the known species, counted here by numpy
+    lines = proc.stdout[proc.stdout.index("clusters against species:"):].splitlines()[1:5]
+    header = lines[0].split()
+    table = {int(r.split()[0]): dict(zip(header[1:], map(int, r.split()[1:]))) for r in lines[1:]}
+    for c in range(3):
+        for sp in np.unique(data["species"]):
+            assert table[c].get(sp, 0) == int(np.sum((sk.labels_ == c) & (data["species"] == sp)))
 
 
 # --------------------------------------------------------------------------- 2. assignments
