@@ -308,7 +308,7 @@ class KMeans:
         parts = transport.run(tasks.summarize, d, f"kmeans_dist: caching the input, {ks}")
         total = kernels.fold(parts)
         if total.problems and self.invalid == "error":
-            raise invalid_rows(total.problems)
+            raise InvalidRows(total.problems)
         dropped = data.dropped_counts(total.problems)
         if total.rows == 0:
             if dropped:
@@ -351,13 +351,19 @@ def start_seed(seed: int, i: int) -> int:
     return int(np.random.SeedSequence([seed, i]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
-def invalid_rows(problems: dict[str, tuple[int, dict]]) -> ValueError:
-    """The error for invalid rows under ``invalid="error"``: count, reason, one example row."""
-    (reason, (count, example)), *more = problems.items()
-    also = "".join(f"; {n} more with a {r}" for r, (n, _) in more)
-    rows = "1 input row has" if count == 1 else f"{count} input rows have"
-    return ValueError(f"{rows} a {reason}, e.g. {example}{also}; "
-                      "use --invalid skip (invalid='skip') to drop them and fit on the rest")
+class InvalidRows(ValueError):
+    """Invalid rows under ``invalid="error"``: count, reason, one example row, and how to skip
+    them (``remedy``, which the pyspark.ml adapter words as its own Param)."""
+
+    REMEDY = "use --invalid skip (invalid='skip')"
+
+    def __init__(self, problems: dict[str, tuple[int, dict]], remedy: str = REMEDY) -> None:
+        (reason, (count, example)), *more = problems.items()
+        also = "".join(f"; {n} more with a {r}" for r, (n, _) in more)
+        rows = "1 input row has" if count == 1 else f"{count} input rows have"
+        super().__init__(f"{rows} a {reason}, e.g. {example}{also}; "
+                         f"{remedy} to drop them and fit on the rest")
+        self.problems = problems
 
 
 def too_many_clusters(k: int, rows: int) -> ValueError:

@@ -70,6 +70,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from kmeans_dist.data import column
+from kmeans_dist.estimator import InvalidRows
 from kmeans_dist.estimator import KMeans as _Engine
 from kmeans_dist.model import KMeansModel as _EngineModel
 
@@ -415,9 +416,8 @@ class KMeans(
         expanded = _expand(dataset, col, _num_features(dataset, col))
         try:
             fitted = engine.fit(expanded.df, features=expanded.columns)
-        except ValueError as exc:  # name this API's switch, not the engine's
-            raise ValueError(str(exc).replace("use --invalid skip (invalid='skip')",
-                                              "set handleInvalid='skip'")) from None
+        except InvalidRows as exc:  # name this API's switch, not the engine's
+            raise InvalidRows(exc.problems, "set handleInvalid='skip'") from None
         model = self._copyValues(KMeansModel(fitted.centroids))
         model._summary = KMeansSummary(
             predictions=model.transform(dataset), predictionCol=model.getPredictionCol(),
