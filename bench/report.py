@@ -77,8 +77,10 @@ def get(r: dict, *path: str) -> Any:
 SECONDS = {"ours": ("ours", "s_iter"), "mllib": ("mllib", "s_iter"),
            "sklearn": ("sklearn", "s_iter"), "floor": ("floor", "s_pass"),
            "classic_resident": ("classic", "resident", "s_iter"),
+           "classic_files": ("classic", "arrow-files", "s_iter"),
            "classic_arrow": ("classic", "arrow", "s_iter"),
-           "connect_ours": ("connect", "ours", "s_iter"), "connect_ml": ("connect", "ml", "s_iter")}
+           "connect_ours": ("connect", "ours", "s_iter"),
+           "connect_arrow": ("connect", "arrow", "s_iter"), "connect_ml": ("connect", "ml", "s_iter")}
 
 
 def sec(r: dict, system: str) -> float | None:
@@ -382,22 +384,24 @@ def connect_failures(rows: Sequence[dict]) -> list[str]:
 def connect_rows(rows: Sequence[dict]) -> list[list[str]]:
     out = []
     for r in rows:
-        resident, arrow, ours, ml = (sec(r, s) for s in
-                                     ("classic_resident", "classic_arrow", "connect_ours",
-                                      "connect_ml"))
+        resident, files, arrow, ours, c_arrow, ml = (
+            sec(r, s) for s in ("classic_resident", "classic_files", "classic_arrow",
+                                "connect_ours", "connect_arrow", "connect_ml"))
         out.append([
-            r["key"], shape(r), _connect_iterations(r), fmt(resident), fmt(arrow), fmt(ours),
-            fmt(ml), times(ratio(ml, ours)), times(ratio(ours, resident)),
-            times(ratio(ours, arrow)),
+            r["key"], shape(r), _connect_iterations(r), fmt(resident), fmt(files), fmt(arrow),
+            fmt(ours), fmt(c_arrow), fmt(ml), times(ratio(ml, ours)), times(ratio(ml, c_arrow)),
+            times(ratio(ours, resident)), times(ratio(ours, files)),
         ])
     return out
 
 
 CONNECT_HEADER = (
     "workload", "n × d, k", "iterations (ours / pyspark.ml)", "ours classic, resident s/iter",
-    "ours classic, arrow s/iter", "ours Spark Connect (arrow) s/iter",
+    "ours classic, arrow-files s/iter", "ours classic, arrow s/iter",
+    "ours Spark Connect, arrow-files (default) s/iter", "ours Spark Connect, arrow s/iter",
     "pyspark.ml on Spark Connect s/iter (differenced)", "pyspark.ml Connect / ours Connect",
-    "ours Connect / ours classic resident", "ours Connect / ours classic arrow",
+    "pyspark.ml Connect / ours Connect arrow", "ours Connect / ours classic resident",
+    "ours Connect / ours classic arrow-files",
 )
 
 
@@ -413,9 +417,12 @@ def connect_check_rows(rows: Sequence[dict]) -> list[list[str]]:
         secs = get(r, "connect", "ours", "iter_seconds") or []
         out.append([
             r["key"], _same_start(r), fmt(resident, ".10g"),
+            fmt(get(r, "classic", "arrow-files", "inertia"), ".10g"),
             fmt(get(r, "classic", "arrow", "inertia"), ".10g"), fmt(connect, ".10g"),
+            fmt(get(r, "connect", "arrow", "inertia"), ".10g"),
             fmt(_rel(connect, resident), ".1e"),
-            fmt(get(r, "classic", "arrow", "max_rel_diff_to_resident"), ".1e"),
+            fmt(_max(get(r, "classic", t, "max_rel_diff_to_resident")
+                     for t in ("arrow-files", "arrow")), ".1e"),
             fmt(secs[0] if secs else None), fmt(get(r, "connect", "ours", "fit_seconds")),
             fmt(get(r, "connect", "ml", "t1")), fmt(get(r, "connect", "ml", "tn")),
             fmt(get(r, "classic", "empty_job", "s_job")),
@@ -427,8 +434,10 @@ def connect_check_rows(rows: Sequence[dict]) -> list[list[str]]:
 
 CONNECT_CHECK_HEADER = (
     "workload", "same rows and C0 in both processes", "ours inertia: classic resident",
-    "classic arrow", "Spark Connect", "Connect vs classic resident inertia (relative)",
-    "classic arrow vs resident centroids (max rel diff)", "ours Connect 1st iteration s",
+    "classic arrow-files", "classic arrow", "Spark Connect (arrow-files)", "Spark Connect (arrow)",
+    "Connect vs classic resident inertia (relative)",
+    "classic arrow-files and arrow vs resident centroids (max rel diff)",
+    "ours Connect 1st iteration s",
     "ours Connect whole fit s", "pyspark.ml Connect T(1) s", "pyspark.ml Connect T(N) s",
     "empty mapInArrow job, classic s", "empty mapInArrow job, Connect s",
     "Connect server start s",
@@ -448,6 +457,12 @@ def _same_start(r: dict) -> str:
         return "n/a"
     same = all(sides[0].get(key) == sides[1].get(key) for key in ("rows", "c0_fingerprint"))
     return "yes" if same else "NO"
+
+
+def _max(values) -> float | None:
+    """The largest of the values given (None where none is)."""
+    found = [v for v in values if v is not None]
+    return max(found) if found else None
 
 
 def _rel(a: float | None, b: float | None) -> float | None:
@@ -484,10 +499,13 @@ How these rows are measured:
   them, and draw the same C0; "same rows and C0" compares the row counts and a digest of C0.
 - **ours s/iter**: `KMeans(k, init=C0, max_iter=N, tol=0, transport=...).fit(df)`, the median
   of `model.history[i]["seconds"]` after the first iteration, as in the main table: on classic
-  Spark with `resident` (its default) and with `arrow`; on Spark Connect with the default,
-  which is `arrow` there (every iteration one `mapInArrow` job over the cached DataFrame of
-  binary blocks, its per-partition results collected by the client). The fits start from the
-  same C0 on the same rows, so their inertias should agree to rounding.
+  Spark with `resident` (its default) and with the two DataFrame transports; on Spark Connect
+  with those two: `arrow-files`, the default there (the blocks written once to executor-local
+  files, a cached DataFrame of their handles, every iteration one `mapInArrow` over the handles
+  that maps the files), and `arrow` (every iteration one `mapInArrow` over the cached DataFrame
+  of binary blocks, which moves every block from the JVM to Python). Both collect one row of
+  partials per partition on the client. The fits start from the same C0 on the same rows, so
+  their inertias should agree to rounding.
 - **pyspark.ml on Spark Connect s/iter**: pyspark.ml's `KMeans` has no parameter for initial
   centres (only `initMode`, "k-means||" or "random", and a seed), so it cannot start from C0
   and its centroids are not compared. Its cost per Lloyd iteration (a pass of the same n·k·d
@@ -499,8 +517,8 @@ How these rows are measured:
   costs: the random init's pass, the Connect ML round trips, the model and summary kept on the
   server. A figure ≤ 0 (noise larger than N − 1 iterations) shows as n/a.
 - **Fixed cost of a job**: the empty `mapInArrow` job (one task per partition over 2 rows,
-  collected; median of 5 after a warm-up) on each session. Every iteration on the `arrow`
-  transport pays about that on top of its work; on Spark Connect it includes the client's gRPC
+  collected; median of 5 after a warm-up) on each session. Every iteration on the DataFrame
+  transports pays about that on top of its work; on Spark Connect it includes the client's gRPC
   round trip, the server's analysis and planning of the plan sent, and the Arrow result stream.
   The server start is paid once per process and is in no per-iteration figure."""
 

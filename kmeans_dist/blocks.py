@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,3 +39,8 @@ def merge_problems(into: dict[str, tuple[int, list]], more: dict[str, tuple[int,
             into[reason] = (into[reason][0] + count, into[reason][1])
         else:
             into[reason] = (count, example)
+
+
+def problems_from_json(text: str) -> dict[str, tuple[int, list]]:
+    """``Block.problems`` from its JSON text (as packed into the block frame)."""
+    return {k: (v[0], v[1]) for k, v in json.loads(text).items()}

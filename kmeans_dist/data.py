@@ -20,7 +20,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from kmeans_dist import kernels
-from kmeans_dist.blocks import Block
+from kmeans_dist.blocks import Block, problems_from_json
 
 NUMERIC_TYPES = (T.ByteType, T.ShortType, T.IntegerType, T.LongType, T.FloatType, T.DoubleType,
                  T.DecimalType)
@@ -152,7 +152,7 @@ def decode_fields(d: int, part: int, start: int, rows: int, x, x_sq, w,
                  np.frombuffer(x, dtype=np.float64).reshape(int(rows), d),
                  np.frombuffer(x_sq, dtype=np.float64),
                  None if w is None else np.frombuffer(w, dtype=np.float64),
-                 {k: (v[0], v[1]) for k, v in json.loads(problems).items()})
+                 problems_from_json(problems))
 
 
 class _Packer:

@@ -11,6 +11,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import types as T
 
 from kmeans_dist import io, kernels
+from kmeans_dist.threads import task_blas_threads
 
 FORMAT_VERSION = 1
 DISTANCES = ("euclidean", "cosine")
@@ -210,6 +211,10 @@ class _Labeller:
         self.ids = np.asarray(ids, dtype=np.int32)
 
     def __call__(self, batches):
+        with task_blas_threads():
+            yield from self._label(batches)
+
+    def _label(self, batches):
         import pyarrow as pa
         import pyarrow.compute as pc
 

@@ -32,6 +32,7 @@ from pyspark.sql import functions as F
 from kmeans_dist import kernels
 from kmeans_dist.config import default_parallelism
 from kmeans_dist.data import check_model_features, column
+from kmeans_dist.threads import task_blas_threads
 
 log = logging.getLogger("kmeans_dist")
 
@@ -211,6 +212,10 @@ class SliceScorer:
         self.block_rows = max(1, BLOCK_ENTRIES // len(x))
 
     def __call__(self, batches: Iterator) -> Iterator:
+        with task_blas_threads():
+            yield from self._score(batches)
+
+    def _score(self, batches: Iterator) -> Iterator:
         import pyarrow as pa
 
         for batch in batches:

@@ -14,8 +14,10 @@ from pyspark import cloudpickle
 
 from jobutil import scala_list
 from kmeans_dist import KMeans, data, kernels, tasks
-from kmeans_dist.transport import LocalFilesTransport, RDDTransport, ResidentTransport
+from kmeans_dist.transport import (ArrowFilesTransport, LocalFilesTransport, RDDTransport,
+                                   ResidentTransport)
 from kmeans_dist.transport import resident
+from kmeans_dist.transport.arrow import RESULT_SCHEMA, _remove_files
 from kmeans_dist.transport.local_files import _remove
 
 
@@ -55,7 +57,7 @@ def test_transports_and_kernels_agree_bit_for_bit(spark, points):
     # numpy against numba on the default transport; numba's kernel elsewhere (the kernels'
     # own equality is tested in test_kernels.py)
     for transport, use_numba in [("resident", False), ("resident", True), ("files", True),
-                                 ("rdd", True), ("arrow", True)]:
+                                 ("rdd", True), ("arrow", True), ("arrow-files", False)]:
         m = _fit(df, x, transport=transport, use_numba=use_numba, block_rows=100)
         assert np.array_equal(m.centroids, ref.centroids), (transport, use_numba)
         assert m.inertia == ref.inertia and m.n_iter == ref.n_iter
@@ -63,18 +65,31 @@ def test_transports_and_kernels_agree_bit_for_bit(spark, points):
         assert [h["moved"] for h in m.history] == [h["moved"] for h in ref.history]
 
 
-def test_missing_files_are_recomputed_and_repaired(points):
+def _files_on_rdd(frame):
+    """LocalFilesTransport, and how to remove its files from every executor."""
+    t = LocalFilesTransport(data.block_rdd(frame, 3))
+    return t, lambda: t.handles.mapPartitions(functools.partial(_remove, t.token)).collect()
+
+
+def _files_on_frame(frame):
+    """ArrowFilesTransport (Spark Connect's default), and how to remove its files."""
+    t = ArrowFilesTransport(frame, 3)
+    return t, lambda: t.handles.mapInArrow(functools.partial(_remove_files, t.token),
+                                           RESULT_SCHEMA).collect()
+
+
+@pytest.mark.parametrize("make", [_files_on_rdd, _files_on_frame], ids=["rdd", "frame"])
+def test_missing_files_are_recomputed_and_repaired(points, make):
     df, x, w = points
-    d = 3
     frame = data.block_frame(df, ["a", "b", "c"], weight_col="w", block_rows=100)
-    transport = LocalFilesTransport(data.block_rdd(frame, d))
+    transport, remove_files = make(frame)
     try:
         c = x[[0, 500, 1000]]
         step = tasks.LloydStep("t", 1, c, None)
         first = kernels.fold(transport.run(tasks.lloyd, step))
         assert transport.misses == 0
         # every executor loses its files, as after a restart or a cleaner
-        transport.handles.mapPartitions(functools.partial(_remove, transport.token)).collect()
+        remove_files()
         again = kernels.fold(transport.run(tasks.lloyd, step))
         assert transport.misses == transport.num_partitions
         third = kernels.fold(transport.run(tasks.lloyd, step))

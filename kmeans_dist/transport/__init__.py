@@ -6,15 +6,17 @@ inits only ever call ``run``; everything Spark-specific (caching, broadcast, job
 
 Classic Spark (a SparkContext): ``resident`` (the default: long-running tasks keep the blocks),
 ``files`` (executor-local block files, one job per pass) or ``rdd`` (a cached RDD of numpy
-blocks, one job per pass). Spark Connect has no RDDs: ``arrow`` (a cached DataFrame of binary
-blocks, one ``mapInArrow`` per pass), which also runs on classic Spark.
+blocks, one job per pass). Spark Connect has no RDDs: ``arrow-files`` (the default there:
+executor-local block files and a cached DataFrame of their handles, one ``mapInArrow`` per pass)
+or ``arrow`` (a cached DataFrame of binary blocks, one ``mapInArrow`` per pass); both also run on
+classic Spark.
 """
 
 from __future__ import annotations
 
 from pyspark.sql import DataFrame
 
-from kmeans_dist.transport.arrow import ArrowTransport
+from kmeans_dist.transport.arrow import ArrowFilesTransport, ArrowTransport
 from kmeans_dist.transport.base import Transport, job_label
 from kmeans_dist.transport.local_files import LocalFilesTransport
 from kmeans_dist.transport.rdd import RDDTransport
@@ -22,29 +24,30 @@ from kmeans_dist.transport.resident import ResidentTransport
 
 #: transport names accepted by ``KMeans(transport=...)``; "auto" picks by session
 TRANSPORTS = {"resident": ResidentTransport, "files": LocalFilesTransport, "rdd": RDDTransport,
-              "arrow": ArrowTransport}
+              "arrow": ArrowTransport, "arrow-files": ArrowFilesTransport}
 #: the transports that need RDDs, i.e. a SparkContext
 NEEDS_RDD = ("resident", "files", "rdd")
 
 
 def choose(name: str, connect: bool) -> str:
-    """The transport to use: "auto" is resident on classic Spark and arrow on Spark Connect."""
+    """The transport to use: "auto" is resident on classic Spark and arrow-files on Spark
+    Connect."""
     if name == "auto":
-        return "arrow" if connect else "resident"
+        return "arrow-files" if connect else "resident"
     if connect and name in NEEDS_RDD:
         raise ValueError(f"transport '{name}' needs RDDs, which Spark Connect sessions do not "
-                         "have; use transport='arrow' (the default there)")
+                         "have; use transport='arrow-files' (the default there) or 'arrow'")
     return name
 
 
 def make(name: str, frame: DataFrame, d: int) -> Transport:
     """A transport of kind ``name`` over the block frame (see ``data.block_frame``)."""
-    if name == "arrow":
-        return ArrowTransport(frame, d)
+    if name in ("arrow", "arrow-files"):
+        return TRANSPORTS[name](frame, d)
     from kmeans_dist.data import block_rdd
 
     return TRANSPORTS[name](block_rdd(frame, d))
 
 
 __all__ = ["Transport", "RDDTransport", "LocalFilesTransport", "ResidentTransport",
-           "ArrowTransport", "TRANSPORTS", "choose", "make", "job_label"]
+           "ArrowTransport", "ArrowFilesTransport", "TRANSPORTS", "choose", "make", "job_label"]

@@ -1,4 +1,4 @@
-"""Spark Connect (or any session): the binary-block DataFrame cached, one ``mapInArrow`` per task.
+"""DataFrame transports (Spark Connect, or any session): one ``mapInArrow`` job per task.
 
 Spark Connect has no SparkContext, no RDD and no broadcast variable, but ``mapInArrow`` works. The
 rows are packed once (``data.block_frame``: raw float64 bytes of a few thousand rows per row, with
@@ -12,10 +12,18 @@ classic transports run; only the way they reach the data differs.
 The per-block labels that let a task count moved rows are kept in files under the executor's
 local directory, as ``LocalFilesTransport`` does (the cached partition's task usually runs where it
 is cached); a task that finds none recomputes them, which gives the same labels.
+
+``ArrowFilesTransport`` (the default on Spark Connect) is ``LocalFilesTransport`` in DataFrame
+form: moving the cached blocks from the JVM to the Python worker is most of a pass above, so the
+blocks are written once to executor-local ``.npy`` files, what is cached is a tiny DataFrame of
+their handles (one row per block), and each pass maps the files instead of receiving the data. A
+partition whose task finds no files (it ran elsewhere, the files were removed) is recomputed from
+the block frame's lineage, which writes its files again where it runs.
 """
 
 from __future__ import annotations
 
+import json
 import pickle
 import shutil
 import uuid
@@ -24,11 +32,15 @@ from typing import Any, Iterator
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 
-from kmeans_dist.blocks import Block
-from kmeans_dist.transport.base import TaskFn, job_label
-from kmeans_dist.transport.local_files import _base, _root
+from kmeans_dist.blocks import Block, problems_from_json
+from kmeans_dist.transport.base import TaskFn, in_task, job_label
+from kmeans_dist.transport.local_files import _base, _open, _root, _store
 
 RESULT_SCHEMA = "part int, result binary"
+#: a block written to executor-local files: everything but its arrays
+HANDLE_SCHEMA = "part int, start long, has_w boolean, problems string"
+#: a pass over the handles: ``hit`` is false where the task found no files
+FILES_RESULT_SCHEMA = "part int, hit boolean, result binary"
 
 
 def _blocks(batches: Iterator, d: int, token: str) -> Iterator[Block]:
@@ -49,6 +61,17 @@ def _blocks(batches: Iterator, d: int, token: str) -> Iterator[Block]:
             yield block
 
 
+def _dumps(result: Any) -> bytes:
+    """A task's own result, read back only by the client that started the job."""
+    return pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _partition() -> int:
+    from pyspark import TaskContext
+
+    return TaskContext.get().partitionId()
+
+
 class _Task:
     """The mapInArrow function of one ``run``: ``fn(blocks, value)`` on this partition."""
 
@@ -59,16 +82,11 @@ class _Task:
         import os
 
         import pyarrow as pa
-        from pyspark import TaskContext
 
         os.makedirs(_root(self.token), exist_ok=True)
-        result = self.fn(_blocks(batches, self.d, self.token), self.value)
-        yield pa.RecordBatch.from_pydict({
-            "part": pa.array([TaskContext.get().partitionId()], pa.int32()),
-            # the task's own result, read back only by the client that started this run
-            "result": pa.array([pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)],
-                               pa.binary()),
-        })
+        result = in_task(self.fn, _blocks(batches, self.d, self.token), self.value)
+        yield pa.RecordBatch.from_pydict({"part": pa.array([_partition()], pa.int32()),
+                                          "result": pa.array([_dumps(result)], pa.binary())})
 
 
 def _remove_files(token: str, batches: Iterator) -> Iterator:
@@ -79,6 +97,17 @@ def _remove_files(token: str, batches: Iterator) -> Iterator:
     shutil.rmtree(_root(token), ignore_errors=True)
     yield pa.RecordBatch.from_pydict({"part": pa.array([0], pa.int32()),
                                       "result": pa.array([b""], pa.binary())})
+
+
+def _release(spark, frame: DataFrame, token: str) -> None:
+    """Remove the run's executor-local files (labels, blocks), then drop the cached frame."""
+    import functools
+
+    with job_label(spark, "kmeans_dist: releasing the cached blocks"):
+        try:
+            frame.mapInArrow(functools.partial(_remove_files, token), RESULT_SCHEMA).collect()
+        finally:
+            frame.unpersist()
 
 
 class ArrowTransport:
@@ -103,10 +132,102 @@ class ArrowTransport:
         return [pickle.loads(r.result) for r in rows]
 
     def release(self) -> None:
-        import functools
+        _release(self.spark, self.frame, self.token)
 
-        try:
-            self.frame.mapInArrow(functools.partial(_remove_files, self.token),
-                                  RESULT_SCHEMA).collect()
-        finally:
-            self.frame.unpersist()
+
+# --------------------------------------------------------------------------- executor-local files
+class _Store:
+    """The cached handle frame's function: write the partition's blocks to local files."""
+
+    def __init__(self, d: int, token: str) -> None:
+        self.d, self.token = d, token
+
+    def __call__(self, batches: Iterator) -> Iterator:
+        import pyarrow as pa
+
+        handles = _store(self.token, _blocks(batches, self.d, self.token))
+        if handles:
+            yield pa.RecordBatch.from_pydict({
+                "part": pa.array([h["part"] for h in handles], pa.int32()),
+                "start": pa.array([h["start"] for h in handles], pa.int64()),
+                "has_w": pa.array([h["has_w"] for h in handles], pa.bool_()),
+                "problems": pa.array([json.dumps(h["problems"]) for h in handles], pa.string()),
+            })
+
+
+def _files_result(pa, part: int, hit: bool, result: Any):
+    return pa.RecordBatch.from_pydict({"part": pa.array([part], pa.int32()),
+                                       "hit": pa.array([hit], pa.bool_()),
+                                       "result": pa.array([_dumps(result) if hit else b""],
+                                                          pa.binary())})
+
+
+class _FromFiles:
+    """A pass over the handles: ``fn(blocks, value)`` on the partition's mapped files."""
+
+    def __init__(self, fn: TaskFn, value: Any, token: str) -> None:
+        self.fn, self.value, self.token = fn, value, token
+
+    def __call__(self, batches: Iterator) -> Iterator:
+        import pyarrow as pa
+
+        handles = [{**h, "problems": problems_from_json(h["problems"])}
+                   for batch in batches for h in batch.to_pylist()]
+        blocks = _open(self.token, handles)
+        hit = blocks is not None
+        yield _files_result(pa, _partition(), hit, in_task(self.fn, blocks, self.value) if hit else None)
+
+
+class _FromSource:
+    """The recompute of lost partitions: their blocks again from the lineage, written to files
+    here, then ``fn`` on them. A partition the filter left empty returns nothing."""
+
+    def __init__(self, fn: TaskFn, value: Any, d: int, token: str) -> None:
+        self.fn, self.value, self.d, self.token = fn, value, d, token
+
+    def __call__(self, batches: Iterator) -> Iterator:
+        import pyarrow as pa
+
+        blocks = list(_blocks(batches, self.d, self.token))
+        if blocks:
+            _store(self.token, blocks)
+            yield _files_result(pa, blocks[0].part, True,
+                                in_task(self.fn, blocks, self.value))
+
+
+class ArrowFilesTransport:
+    """Blocks in executor-local files, a cached DataFrame of their handles, one ``mapInArrow``
+    over the handles per ``run``; lost partitions are recomputed from the block frame."""
+
+    def __init__(self, frame: DataFrame, d: int) -> None:
+        self.source = frame
+        self.spark = frame.sparkSession
+        self.d = d
+        self.token = uuid.uuid4().hex
+        self.handles = frame.mapInArrow(_Store(d, self.token), HANDLE_SCHEMA).persist(
+            StorageLevel.MEMORY_AND_DISK)
+        self.num_partitions = 0  # known after the first run
+        self.misses = 0
+
+    def run(self, fn: TaskFn, value: Any, label: str | None = None) -> list:
+        from pyspark.sql import functions as F
+
+        out = self.handles.mapInArrow(_FromFiles(fn, value, self.token), FILES_RESULT_SCHEMA)
+        with job_label(self.spark, label):
+            rows = sorted(out.collect(), key=lambda r: r.part)
+        self.num_partitions = len(rows)
+        results = {r.part: pickle.loads(r.result) for r in rows if r.hit}
+        missed = [r.part for r in rows if not r.hit]
+        if missed:
+            self.misses += len(missed)
+            redo = self.source.where(F.col("part").isin(missed)).mapInArrow(
+                _FromSource(fn, value, self.d, self.token), FILES_RESULT_SCHEMA)
+            with job_label(self.spark, label and f"{label} (recomputing lost blocks)"):
+                results.update((r.part, pickle.loads(r.result)) for r in redo.collect())
+            missing = sorted(set(missed) - set(results))
+            if missing:
+                raise RuntimeError(f"partitions {missing} could not be recomputed")
+        return [results[p] for p in range(self.num_partitions)]
+
+    def release(self) -> None:
+        _release(self.spark, self.handles, self.token)

@@ -6,6 +6,7 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator, Protocol, TypeVar
 
 from kmeans_dist.blocks import Block
+from kmeans_dist.threads import task_blas_threads
 
 R = TypeVar("R")
 
@@ -26,6 +27,13 @@ class Transport(Protocol):
     def release(self) -> None:
         """Drop the cached blocks (and anything kept for them on the executors)."""
         ...
+
+
+def in_task(fn: TaskFn, blocks: Iterable[Block], value: Any) -> Any:
+    """``fn(blocks, value)`` as every transport runs it inside a Spark task: BLAS limited to the
+    task's CPUs (see ``threads``)."""
+    with task_blas_threads():
+        return fn(blocks, value)
 
 
 @contextmanager

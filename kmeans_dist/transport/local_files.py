@@ -24,7 +24,7 @@ import numpy as np
 from pyspark import RDD, StorageLevel
 
 from kmeans_dist.blocks import Block
-from kmeans_dist.transport.base import TaskFn, job_label
+from kmeans_dist.transport.base import TaskFn, in_task, job_label
 
 
 def _root(token: str) -> str:
@@ -75,7 +75,7 @@ def _open(token: str, handles: list[dict]) -> list[Block] | None:
 
 def _from_files(fn: TaskFn, value: Any, token: str, handles: Iterator[dict]) -> Iterator:
     blocks = _open(token, list(handles))
-    yield (False, None) if blocks is None else (True, fn(blocks, value))
+    yield (False, None) if blocks is None else (True, in_task(fn, blocks, value))
 
 
 def _from_source(fn: TaskFn, value: Any, token: str, blocks: Iterator[Block]) -> Iterator:
@@ -83,7 +83,7 @@ def _from_source(fn: TaskFn, value: Any, token: str, blocks: Iterator[Block]) ->
     _store(token, blocks)
     for b in blocks:
         b.scratch = _base(token, b.part, b.start)
-    yield fn(blocks, value)
+    yield in_task(fn, blocks, value)
 
 
 def _remove(token: str, handles: Iterator[dict]) -> Iterator[int]:

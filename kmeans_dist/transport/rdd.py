@@ -7,11 +7,11 @@ from typing import Any, Iterable
 
 from pyspark import RDD, StorageLevel
 
-from kmeans_dist.transport.base import TaskFn, job_label
+from kmeans_dist.transport.base import TaskFn, in_task, job_label
 
 
 def _apply(fn: TaskFn, value: Any, blocks: Iterable) -> Iterable:
-    yield fn(blocks, value)
+    yield in_task(fn, blocks, value)
 
 
 class RDDTransport:

@@ -31,7 +31,7 @@ from typing import Any, Iterator
 
 from pyspark import RDD, cloudpickle
 
-from kmeans_dist.transport.base import TaskFn
+from kmeans_dist.transport.base import TaskFn, in_task
 from kmeans_dist.transport.local_files import LocalFilesTransport
 
 log = logging.getLogger("kmeans_dist")
@@ -96,7 +96,7 @@ def _serve(host: str, port: int, token: str, blocks: Iterator) -> Iterator[int]:
                 request = pickle.loads(data)
                 if request is None:
                     break
-                result = ("ok", request[1](held, request[2]))
+                result = ("ok", in_task(request[1], held, request[2]))
             except Exception as exc:  # noqa: BLE001 - reported to the driver, which re-raises
                 result = ("error", f"{type(exc).__name__}: {exc}")
             _send(sock, result)

@@ -46,12 +46,15 @@ def run_remote(job: str, *args, env: dict | None = None) -> subprocess.Completed
 
 
 def test_fit_on_connect_is_the_classic_fit_and_scikit_learns_lloyd(server, data):
-    """The same fit from the same start on Connect (arrow transport) and, in the server's own
-    classic session, on the classic default transport (resident): labels equal, centres to
-    1e-9; both are scikit-learn's Lloyd."""
+    """The same fit from the same start on Connect (its two transports: arrow-files, the
+    default, and arrow) and, in the server's own classic session, on the classic default
+    transport (resident): labels equal, centres to 1e-9; both are scikit-learn's Lloyd."""
     x, df = data
     init = x[[0, 1, 2]]  # all from one blob: several iterations
     model = KMeans(3, init=init).fit(df, ["a", "b", "c"])
+    blocks = KMeans(3, init=init, transport="arrow").fit(df, ["a", "b", "c"])
+    assert np.array_equal(blocks.centroids, model.centroids)
+    assert [h["moved"] for h in blocks.history] == [h["moved"] for h in model.history]
     labelled = model.transform(df, distance_col="dist").orderBy("id").toPandas()
     host = server[0]
     with classic_mode():
