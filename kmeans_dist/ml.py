@@ -35,7 +35,7 @@ import json
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 from pyspark import keyword_only
@@ -390,39 +390,74 @@ class KMeans(
         seed = self.getSeed()
         return (self._defaultParamMap[self.seed] if seed is None else seed) % 2**63
 
-    def _engine(self) -> _Engine:
-        """The engine estimator these Params describe."""
+    def _engine_args(self) -> dict[str, Any]:
+        """The engine estimator's arguments these Params describe, but k."""
         tol, cosine = self.getTol(), self.getDistanceMeasure() == "cosine"
         # MLlib's cosine rule is 1 - cos(old, new) <= tol; for unit centres that is
         # |old - new| <= sqrt(2 tol), the engine's (Euclidean) centre rule
         center_tol = 0.0 if self.getStopRule() == "no_change" else (
             math.sqrt(2 * tol) if cosine else tol)
-        centers = self.getInitialCenters()
-        return _Engine(
-            self.getK(),
-            init=self.getInitMode() if centers is None else np.asarray(centers, dtype=np.float64),
-            seed=self._seed(),
-            max_iter=self.getMaxIter(), tol=0.0, center_tol=center_tol,
-            empty_clusters=self.getEmptyClusters(), distance=self.getDistanceMeasure(),
-            weight_col=self._weight_col(), init_steps=self.getInitSteps(),
-            invalid=self.getHandleInvalid(),
+        return dict(
+            init=self.getInitMode(), seed=self._seed(), max_iter=self.getMaxIter(), tol=0.0,
+            center_tol=center_tol, empty_clusters=self.getEmptyClusters(),
+            distance=self.getDistanceMeasure(), weight_col=self._weight_col(),
+            init_steps=self.getInitSteps(), invalid=self.getHandleInvalid(),
         )
 
+    def _shared_pass_key(self) -> tuple | None:
+        """Estimators with equal keys differ at most in k, so one engine pass fits them all
+        (see ``fitMultiple``); None where k is fixed by ``initialCenters``."""
+        if self.getInitialCenters() is not None:
+            return None
+        return (self.getFeaturesCol(), *sorted(self._engine_args().items()))
+
     def _fit(self, dataset: DataFrame) -> "KMeansModel":
-        self._validate()
-        self._check_prediction_col(dataset)
-        engine = self._engine()
+        return self._fit_ks(dataset, [self])[0]
+
+    def fitMultiple(self, dataset: DataFrame, paramMaps: Sequence[dict]) -> Iterator:
+        """pyspark.ml's ``fitMultiple`` (what ``CrossValidator`` and ``TrainValidationSplit``
+        call): param maps that differ only in ``k`` are fitted together, in the same passes over
+        the data, each model exactly what its own ``fit`` gives; the rest one by one."""
+        estimators = [self.copy(pm) for pm in paramMaps]
+        groups: dict[Any, list[int]] = {}
+        for i, est in enumerate(estimators):
+            key = est._shared_pass_key()
+            groups.setdefault(("alone", i) if key is None else key, []).append(i)
+        if len(groups) == len(estimators):
+            return super().fitMultiple(dataset, paramMaps)
+        models: list[KMeansModel | None] = [None] * len(estimators)
+        for members in groups.values():
+            fitted = estimators[members[0]]._fit_ks(dataset, [estimators[i] for i in members])
+            for i, model in zip(members, fitted):
+                models[i] = model
+        return iter(list(enumerate(models)))  # a list iterator: safe across CV's threads
+
+    def _fit_ks(self, dataset: DataFrame, estimators: list["KMeans"]) -> list["KMeansModel"]:
+        """The models of ``estimators`` (this one's Params but k), fitted in one engine run."""
+        for est in estimators:
+            est._validate()
+            est._check_prediction_col(dataset)
+        args = self._engine_args()
+        centers = self.getInitialCenters()
+        if centers is not None:
+            args["init"] = np.asarray(centers, dtype=np.float64)
         col = self.getFeaturesCol()
         expanded = _expand(dataset, col, _num_features(dataset, col))
         try:
-            fitted = engine.fit(expanded.df, features=expanded.columns)
+            fitted = _Engine(self.getK(), **args).fit_many(
+                expanded.df, [est.getK() for est in estimators], features=expanded.columns)
         except InvalidRows as exc:  # name this API's switch, not the engine's
             raise InvalidRows(exc.problems, "set handleInvalid='skip'") from None
+        return [est._model(dataset, fitted[est.getK()]) for est in estimators]
+
+    def _model(self, dataset: DataFrame, fitted: Any) -> "KMeansModel":
+        """The drop-in model of an engine fit, with pyspark.ml's training summary."""
         model = self._copyValues(KMeansModel(fitted.centroids))
         model._summary = KMeansSummary(
             predictions=model.transform(dataset), predictionCol=model.getPredictionCol(),
-            featuresCol=col, k=self.getK(), clusterSizes=list(fitted.cluster_sizes),
-            trainingCost=float(fitted.inertia), numIter=fitted.n_iter,
+            featuresCol=self.getFeaturesCol(), k=self.getK(),
+            clusterSizes=list(fitted.cluster_sizes), trainingCost=float(fitted.inertia),
+            numIter=fitted.n_iter,
         )
         return model
 

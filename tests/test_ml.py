@@ -260,11 +260,22 @@ def test_estimator_and_model_save_load(fit, tmp_path):
 
 
 def test_cross_validator_picks_k_3_by_silhouette(three):
+    """CrossValidator over k (through ``fitMultiple``, which fits the whole k grid in shared
+    passes: each model is what its own ``fit`` gives) picks the k of the data."""
     km = KMeans(seed=1)
     grid = ParamGridBuilder().addGrid(km.k, [2, 3, 4]).build()
+    shared = dict(km.fitMultiple(three, grid))
+    assert [m.getK() for _, m in sorted(shared.items())] == [2, 3, 4]
+    alone = km.copy(grid[2]).fit(three)
+    np.testing.assert_array_equal(np.array(shared[2].clusterCenters()),
+                                  np.array(alone.clusterCenters()))
+    assert shared[2].summary.numIter == alone.summary.numIter
+    assert shared[2].summary.clusterSizes == alone.summary.clusterSizes
     cv = CrossValidator(estimator=km, estimatorParamMaps=grid, evaluator=ClusteringEvaluator(),
                         numFolds=2, seed=1)
-    best = cv.fit(three).bestModel
+    fitted = cv.fit(three)
+    assert int(np.argmax(fitted.avgMetrics)) == 1
+    best = fitted.bestModel
     assert best.getK() == 3 and len(best.clusterCenters()) == 3
 
 
