@@ -15,18 +15,30 @@ from dataclasses import dataclass
 
 import numpy as np
 
-try:  # the fused loop is an optional accelerator; results are identical without it
-    from kmeans_dist import _fused
-except ImportError:  # pragma: no cover - exercised where numba is not installed
-    _fused = None
+#: the fused numba loop's module once looked for: the module, or False where numba is missing
+_FUSED = None
 
 #: rows per GEMM chunk: a (chunk x k) distance matrix stays cache-sized
 CHUNK_ROWS = 8192
 
 
+def _fused():
+    """The fused loop's module (an optional accelerator: results are identical without it), or
+    None. Imported on first use, not with this module: importing numba costs ~0.35 s in every
+    fresh Python worker, and tasks that never run the loop (``transform``) skip it."""
+    global _FUSED
+    if _FUSED is None:
+        try:
+            from kmeans_dist import _fused as module
+        except ImportError:  # pragma: no cover - exercised where numba is not installed
+            module = False
+        _FUSED = module
+    return _FUSED or None
+
+
 def use_numba(enabled: bool | None = None) -> bool:
-    """Whether the fused numba loop is available (and, when ``enabled`` is given, wanted)."""
-    return _fused is not None and (enabled is None or enabled)
+    """Whether the fused numba loop is wanted (``enabled`` None: when available) and available."""
+    return (enabled is None or bool(enabled)) and _fused() is not None
 
 
 def squared_norms(x: np.ndarray) -> np.ndarray:
@@ -178,7 +190,7 @@ def _fused_partials(x, x_sq, w, centroids, c_sq, prev_labels):
     for lo in range(0, m, CHUNK_ROWS):
         hi = min(lo + CHUNK_ROWS, m)
         scores = _chunk_scores(x[lo:hi], neg2_ct, c_sq)
-        _fused.accumulate(
+        _fused().accumulate(
             scores, x, x_sq, w_arr, has_w, prev, has_prev, lo, labels, sums, weights, counts, acc
         )
     if not has_w:
