@@ -38,9 +38,12 @@ class _HadoopFS:
     def __init__(self, spark: SparkSession) -> None:
         self.jvm = spark.sparkContext._jvm
         self.conf = spark.sparkContext._jsc.hadoopConfiguration()
+        # looked up once: each step of a py4j package path is a round trip to the JVM
+        self.Path = self.jvm.org.apache.hadoop.fs.Path
+        self.IOUtils = self.jvm.org.apache.commons.io.IOUtils
 
     def _fs(self, path: str):
-        jpath = self.jvm.org.apache.hadoop.fs.Path(path)
+        jpath = self.Path(path)
         return jpath.getFileSystem(self.conf), jpath
 
     def kind(self, path: str) -> str | None:
@@ -51,12 +54,11 @@ class _HadoopFS:
 
     def parent(self, path: str) -> str | None:
         """The parent directory, None at the top (a relative path's top has an empty parent)."""
-        parent = self.jvm.org.apache.hadoop.fs.Path(path).getParent()
+        parent = self.Path(path).getParent()
         return None if parent is None or not parent.toString() else parent.toString()
 
     def child(self, parent: str | None, name: str) -> str:
-        jp = self.jvm.org.apache.hadoop.fs.Path
-        return jp(jp(parent or "."), name).toString()
+        return self.Path(self.Path(parent or "."), name).toString()
 
     def mkdirs(self, path: str) -> None:
         fs, p = self._fs(path)
@@ -75,7 +77,7 @@ class _HadoopFS:
         fs, p = self._fs(path)
         stream = fs.open(p)
         try:
-            return bytes(self.jvm.org.apache.commons.io.IOUtils.toByteArray(stream))
+            return bytes(self.IOUtils.toByteArray(stream))
         finally:
             stream.close()
 
@@ -157,11 +159,21 @@ class _ArrowFS:
             f.write(data)
 
 
+#: the last classic session's filesystem access, reused while that SparkContext lives
+_hadoop: tuple = (None, None)
+
+
 def _fs() -> _HadoopFS | _ArrowFS:
     """The filesystem access of the active session: Hadoop's on classic Spark, pyarrow's on
     Spark Connect (and, for local paths, when no session is running)."""
+    global _hadoop
     spark = SparkSession.getActiveSession()
-    return _ArrowFS() if spark is None or is_connect(spark) else _HadoopFS(spark)
+    if spark is None or is_connect(spark):
+        return _ArrowFS()
+    sc = spark.sparkContext
+    if _hadoop[0] is not sc:
+        _hadoop = (sc, _HadoopFS(spark))
+    return _hadoop[1]
 
 
 def exists(path: str) -> bool:

@@ -531,13 +531,9 @@ class KMeansModel(Model, _KMeansParams, MLWritable, MLReadable["KMeansModel"]):
         self._check_prediction_col(dataset)
         pred = self.getPredictionCol()
         expanded = _expand(dataset, self.getFeaturesCol(), self.numFeatures)
-        # the engine labels rows with mapInArrow, which cannot address column names containing
-        # dots: it runs on positional names and the real ones are put back
-        names = expanded.df.columns
-        plain = [f"{_TMP}c{i}" for i in range(len(names))]
-        out = self._engine().transform(expanded.df.toDF(*plain), prediction_col=pred,
-                                       features=plain[-self.numFeatures:])
-        return out.toDF(*names, pred).drop(*expanded.columns)
+        out = self._engine().transform(expanded.df, prediction_col=pred,
+                                       features=expanded.columns)
+        return out.drop(*expanded.columns)
 
     def write(self) -> MLWriter:
         return _ModelWriter(self)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import numbers
+import uuid
 from typing import Any, Sequence
 
 import numpy as np
@@ -99,17 +100,24 @@ class KMeansModel:
         for f in added:
             if f.name in df.columns:
                 raise ValueError(f"column '{f.name}' already exists in the input")
-        # mapInArrow addresses every input column by name, which fails for names with dots or
-        # backticks: run it on positional names and put the real ones back (no data moves)
-        fields = df.schema.fields + added
-        safe = [f"_c{i}" for i in range(len(fields))]
-        position = {name: i for i, name in enumerate(df.columns)}
-        labeller = _Labeller([safe[position[c]] for c in columns], self.centroids, self.distance,
-                             safe[len(df.columns):], self.cluster_ids)
-        schema = T.StructType([T.StructField(n, f.dataType, f.nullable)
-                               for n, f in zip(safe, fields)])
-        out = df.toDF(*safe[: len(df.columns)]).mapInArrow(labeller, schema)
-        return out.toDF(*[f.name for f in fields])
+        # only the feature columns go to Python (a scalar Arrow UDF over a struct of them); the
+        # other columns stay in the JVM, and plans built on the output (ClusteringEvaluator's)
+        # run ~4x faster than over a mapInArrow of whole rows
+        from pyspark.sql import functions as F
+        from kmeans_dist.data import column
+
+        labeller = _Labeller(self.centroids, self.distance, self.cluster_ids,
+                             distance_col is not None)
+        struct = F.struct(*[column(c).cast("double").alias(f"f{i}")
+                            for i, c in enumerate(columns)])
+        scored = F.pandas_udf(labeller, labeller.return_type())(struct)
+        if distance_col is None:
+            return df.withColumn(prediction_col, scored)
+        tmp = f"__kmeans_dist_{uuid.uuid4().hex}"
+        return (df.withColumn(tmp, scored)
+                .withColumn(prediction_col, F.col(tmp)["cluster"])
+                .withColumn(distance_col, F.col(tmp)["distance"])
+                .drop(tmp))
 
     def match_ids(self, previous: "KMeansModel"):
         """Renumber the clusters after ``previous``: each takes the id of the previous cluster it
@@ -199,47 +207,40 @@ class KMeansModel:
 
 
 class _Labeller:
-    """The mapInArrow function behind ``transform``: append each row's nearest centroid (and its
-    distance when a second output column is asked for)."""
+    """The scalar Arrow UDF behind ``transform``: each row's nearest centroid's id (and its
+    distance when asked), null where a feature is null or not finite."""
 
-    def __init__(self, columns: list[str], centroids: np.ndarray, distance: str,
-                 outputs: list[str], ids: Sequence[int]) -> None:
-        self.columns = columns
+    def __init__(self, centroids: np.ndarray, distance: str, ids: Sequence[int],
+                 with_distance: bool) -> None:
         self.centroids = centroids
         self.cosine = distance == "cosine"
-        self.outputs = outputs
         self.ids = np.asarray(ids, dtype=np.int32)
+        self.with_distance = with_distance
 
-    def __call__(self, batches):
+    def return_type(self) -> str:
+        return "cluster int, distance double" if self.with_distance else "int"
+
+    def __call__(self, features):  # a pandas DataFrame: one double column per feature
+        import pandas as pd
+
         with task_blas_threads():
-            yield from self._label(batches)
-
-    def _label(self, batches):
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        for batch in batches:
-            x = np.empty((batch.num_rows, len(self.columns)))
-            for j, name in enumerate(self.columns):
-                col = pc.cast(batch.column(name), pa.float64())
-                x[:, j] = col.to_numpy(zero_copy_only=False)
+            x = features.to_numpy(dtype=np.float64, na_value=np.nan)
             ok = np.isfinite(x).all(axis=1)
             if self.cosine:
                 x = kernels.normalize_rows(np.where(ok[:, None], x, 0.0))
                 ok &= np.any(x != 0, axis=1)
-            labels = np.zeros(batch.num_rows, dtype=np.int32)
-            dist = np.zeros(batch.num_rows)
+            labels = np.zeros(len(x), dtype=np.int64)
+            dist = np.full(len(x), np.nan)
             if ok.any():
                 xo = np.ascontiguousarray(x[ok])
                 labels[ok] = kernels.assign(xo, kernels.squared_norms(xo), self.centroids)[0]
-                if len(self.outputs) > 1:
+                if self.with_distance:
                     dist[ok] = kernels.row_distances(xo, self.centroids, labels[ok], self.cosine)
-            arrays = [pa.array(self.ids[labels], mask=~ok, type=pa.int32()),
-                      pa.array(dist, mask=~ok, type=pa.float64())][: len(self.outputs)]
-            schema = batch.schema
-            for name, arr in zip(self.outputs, arrays):
-                schema = schema.append(pa.field(name, arr.type))
-            yield pa.RecordBatch.from_arrays(batch.columns + arrays, schema=schema)
+        cluster = pd.array(self.ids[labels], dtype="Int32")
+        cluster[~ok] = pd.NA
+        if not self.with_distance:
+            return pd.Series(cluster)
+        return pd.DataFrame({"cluster": cluster, "distance": dist})  # NaN becomes null
 
 
 def _checked_ids(ids: Sequence[int] | None, k: int) -> list[int]:

@@ -271,8 +271,9 @@ def test_cross_validator_picks_k_3_by_silhouette(three):
                                   np.array(alone.clusterCenters()))
     assert shared[2].summary.numIter == alone.summary.numIter
     assert shared[2].summary.clusterSizes == alone.summary.clusterSizes
+    # parallelism=2: the evaluations (a few short Spark jobs each) overlap, as on a cluster
     cv = CrossValidator(estimator=km, estimatorParamMaps=grid, evaluator=ClusteringEvaluator(),
-                        numFolds=2, seed=1)
+                        numFolds=2, seed=1, parallelism=2)
     fitted = cv.fit(three)
     assert int(np.argmax(fitted.avgMetrics)) == 1
     best = fitted.bestModel
