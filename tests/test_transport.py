@@ -154,7 +154,7 @@ def _exit_once(blocks, marker: str):
 
 def _resident(df, **kw):
     frame = data.block_frame(df, ["a", "b", "c"], weight_col="w", block_rows=100)
-    return ResidentTransport(data.block_rdd(frame, 3), **kw)
+    return ResidentTransport(frame, 3, **kw)
 
 
 @pytest.mark.parametrize("slots_known", [True, False])
@@ -233,7 +233,7 @@ x = np.concatenate([rng.normal(c, 1.0, size=(400, 3)) for c in (0.0, 4.0, 9.0)])
 rows = [tuple(map(float, r)) + (1.0,) for r in x]
 df = spark.sparkContext.parallelize(rows, 2).toDF(["a", "b", "c", "w"])
 frame = data.block_frame(df, ["a", "b", "c"], weight_col="w", block_rows=100)
-t = ResidentTransport(data.block_rdd(frame, 3))
+t = ResidentTransport(frame, 3)
 before = _lloyd_steps(t, x)
 assert t.run(_exit_once, {marker!r}) == [600, 600]
 after = _lloyd_steps(t, x)

@@ -42,7 +42,7 @@ def choose(name: str, connect: bool) -> str:
 
 def make(name: str, frame: DataFrame, d: int) -> Transport:
     """A transport of kind ``name`` over the block frame (see ``data.block_frame``)."""
-    if name in ("arrow", "arrow-files"):
+    if name in ("resident", "arrow", "arrow-files"):
         return TRANSPORTS[name](frame, d)
     from kmeans_dist.data import block_rdd
 

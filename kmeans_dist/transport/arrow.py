@@ -43,8 +43,9 @@ HANDLE_SCHEMA = "part int, start long, has_w boolean, problems string"
 FILES_RESULT_SCHEMA = "part int, hit boolean, result binary"
 
 
-def _blocks(batches: Iterator, d: int, token: str) -> Iterator[Block]:
-    """The blocks of one partition, viewed on the Arrow batches' buffers."""
+def _blocks(batches: Iterator, d: int, token: str | None) -> Iterator[Block]:
+    """The blocks of one partition, viewed on the Arrow batches' buffers; their side files
+    (labels) under the run's executor-local directory, or none (``token`` None: in memory)."""
     from kmeans_dist.data import decode_fields
 
     for batch in batches:
@@ -57,7 +58,8 @@ def _blocks(batches: Iterator, d: int, token: str) -> Iterator[Block]:
             block = decode_fields(d, part[i], start[i], rows[i], x[i].as_buffer(),
                                   x_sq[i].as_buffer(),
                                   None if not w[i].is_valid else w[i].as_buffer(), problems[i])
-            block.scratch = _base(token, block.part, block.start)
+            if token is not None:
+                block.scratch = _base(token, block.part, block.start)
             yield block
 
 
@@ -174,8 +176,10 @@ class _FromFiles:
         handles = [{**h, "problems": problems_from_json(h["problems"])}
                    for batch in batches for h in batch.to_pylist()]
         blocks = _open(self.token, handles)
-        hit = blocks is not None
-        yield _files_result(pa, _partition(), hit, in_task(self.fn, blocks, self.value) if hit else None)
+        if blocks is None:
+            yield _files_result(pa, _partition(), False, None)
+        else:
+            yield _files_result(pa, _partition(), True, in_task(self.fn, blocks, self.value))
 
 
 class _FromSource:
@@ -226,7 +230,8 @@ class ArrowFilesTransport:
                 results.update((r.part, pickle.loads(r.result)) for r in redo.collect())
             missing = sorted(set(missed) - set(results))
             if missing:
-                raise RuntimeError(f"partitions {missing} could not be recomputed")
+                raise RuntimeError(f"partitions {missing} lost their block files and their "
+                                   "recompute found no rows: did the input change mid-fit?")
         return [results[p] for p in range(self.num_partitions)]
 
     def release(self) -> None:

@@ -2,16 +2,16 @@
 
 Each Spark job costs a fixed ~30 ms per task wave before any data moves (scheduling, shipping the
 task, starting it in a Python worker, returning its result), which is most of an iteration once the
-data is kept on the executors. Here one Spark job starts one task per partition; each task builds
-its partition's blocks from the source (Spark's lineage, so a retried task rebuilds them), keeps
-them in its Python worker, connects back to a socket on the driver and then runs every task
-function the driver sends until told to stop. An iteration is then one message out and one back per
-partition.
+data is kept on the executors. Here one Spark job (a ``mapInArrow`` over the block frame) starts one
+task per partition; each task receives its partition's blocks as Arrow batches straight from the
+packing (Spark's lineage, so a retried task rebuilds them), keeps them in its Python worker,
+connects back to a socket on the driver and then runs every task function the driver sends until
+told to stop. An iteration is then one message out and one back per partition.
 
 Fault tolerance stays Spark's: if a resident task dies, Spark retries it (``spark.task.maxFailures``)
 and the new attempt reconnects; the driver resends the pending request to it. Where the resident
 job cannot run (not enough free task slots for every partition at once, the driver unreachable from
-the executors, or the job fails for good), the transport falls back to ``LocalFilesTransport`` (one
+the executors, or the job fails for good), the transport falls back to ``ArrowFilesTransport`` (one
 Spark job per request) and gives the same results.
 """
 
@@ -29,10 +29,11 @@ import threading
 import time
 from typing import Any, Iterator
 
-from pyspark import RDD, cloudpickle
+from pyspark import cloudpickle
+from pyspark.sql import DataFrame
 
+from kmeans_dist.transport.arrow import ArrowFilesTransport, _blocks
 from kmeans_dist.transport.base import TaskFn, in_task
-from kmeans_dist.transport.local_files import LocalFilesTransport
 
 log = logging.getLogger("kmeans_dist")
 
@@ -78,8 +79,10 @@ def _recv(sock: socket.socket) -> Any:
 
 
 # --------------------------------------------------------------------------- executor side
-def _serve(host: str, port: int, token: str, blocks: Iterator) -> Iterator[int]:
-    """The resident task: hold this partition's blocks and answer the driver's requests."""
+def _serve(host: str, port: int, token: str, d: int, batches: Iterator) -> Iterator:
+    """The resident task (a mapInArrow function over the block frame): hold this partition's
+    blocks and answer the driver's requests."""
+    import pyarrow as pa
     from pyspark import TaskContext
 
     ctx = TaskContext.get()
@@ -88,7 +91,9 @@ def _serve(host: str, port: int, token: str, blocks: Iterator) -> Iterator[int]:
         sock.settimeout(None)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.sendall(_HELLO.pack(token.encode("ascii"), part, attempt))
-        held = list(blocks)  # drained: Spark discards a worker that leaves input unread
+        # drained: Spark discards a worker that leaves input unread; the blocks are views on
+        # the Arrow batches, which they keep alive; labels stay in this worker's memory
+        held = list(_blocks(batches, d, None))
         _send(sock, ("ready", part))
         while True:
             data = _recv_bytes(sock)
@@ -100,17 +105,19 @@ def _serve(host: str, port: int, token: str, blocks: Iterator) -> Iterator[int]:
             except Exception as exc:  # noqa: BLE001 - reported to the driver, which re-raises
                 result = ("error", f"{type(exc).__name__}: {exc}")
             _send(sock, result)
-    yield 0
+    yield pa.RecordBatch.from_pydict({"part": pa.array([part], pa.int32())})
 
 
 # --------------------------------------------------------------------------- driver side
 class ResidentTransport:
     """Long-running tasks hold the blocks; requests go over sockets; falls back to files."""
 
-    def __init__(self, rdd: RDD, connect_timeout: float = CONNECT_TIMEOUT,
+    def __init__(self, frame: DataFrame, d: int, connect_timeout: float = CONNECT_TIMEOUT,
                  reconnect_timeout: float = RECONNECT_TIMEOUT):
-        self.source = rdd
-        self.num_partitions = rdd.getNumPartitions()
+        self.source = frame
+        self.d = d
+        self.sc = frame.sparkSession.sparkContext
+        self.num_partitions = frame.rdd.getNumPartitions()
         self.reconnect_timeout = reconnect_timeout
         self.fallback: LocalFilesTransport | None = None
         self.reconnects = 0
@@ -122,7 +129,7 @@ class ResidentTransport:
         self._job_error: BaseException | None = None
         self._job_done = threading.Event()
         self._closed = False
-        sc = rdd.context
+        sc = self.sc
         slots = task_slots(sc)
         if slots is not None and slots < self.num_partitions:
             self._job = None
@@ -133,9 +140,9 @@ class ResidentTransport:
         self._server.settimeout(0.5)
         port = self._server.getsockname()[1]
         threading.Thread(target=self._accept, daemon=True).start()
-        self._job = threading.Thread(
-            target=self._run_job, args=(rdd.mapPartitions(
-                functools.partial(_serve, host, port, self._token)),), daemon=True)
+        served = frame.mapInArrow(functools.partial(_serve, host, port, self._token, d),
+                                  "part int")
+        self._job = threading.Thread(target=self._run_job, args=(served,), daemon=True)
         self._job.start()
         try:
             self._wait_for(set(range(self.num_partitions)), connect_timeout)
@@ -143,8 +150,8 @@ class ResidentTransport:
             self._fall_back(str(exc))
 
     # ------------------------------------------------------------------ the Spark job
-    def _run_job(self, served: RDD) -> None:
-        sc = served.context
+    def _run_job(self, served: DataFrame) -> None:
+        sc = self.sc
         sc.setJobGroup(self._group, f"kmeans_dist: {self.num_partitions} resident tasks serve "
                        "every pass of the fit (iterations: driver log)",
                        interruptOnCancel=True)
@@ -215,7 +222,7 @@ class ResidentTransport:
         log.warning("resident tasks unavailable (%s); running one Spark job per iteration",
                     why.splitlines()[0])
         self._stop_job()
-        self.fallback = LocalFilesTransport(self.source)
+        self.fallback = ArrowFilesTransport(self.source, self.d)
 
     # ------------------------------------------------------------------ requests
     def run(self, fn: TaskFn, value: Any, label: str | None = None) -> list:
@@ -271,10 +278,10 @@ class ResidentTransport:
                 pass
         if len(self._conns) < self.num_partitions:
             # tasks still waiting for a slot would start, connect and wait for good: cancel them
-            self.source.context.cancelJobGroup(self._group)
+            self.sc.cancelJobGroup(self._group)
         self._job.join(timeout=30)
         if self._job.is_alive():
-            self.source.context.cancelJobGroup(self._group)
+            self.sc.cancelJobGroup(self._group)
             self._job.join(timeout=30)
         for conn in self._conns.values():
             conn.close()
