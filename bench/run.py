@@ -10,8 +10,9 @@ Each workload runs in its own Python process (this script with --workload), in a
 Spark session, so its timings share one session and one cached data set and its driver memory
 peaks are its own; this process gathers their JSON results and writes the report and the plot.
 Then the Spark Connect section (bench/connect.py): for each main workload, a classic process
-(ours on the resident and the arrow transport) and a Spark Connect process (ours and pyspark.ml
-on a local Connect server), same rows, same C0.
+(ours on the resident transport and the two DataFrame transports, arrow-files and arrow) and a
+Spark Connect process (ours on both DataFrame transports and pyspark.ml, on a local Connect
+server), same rows, same C0.
 """
 
 from __future__ import annotations
