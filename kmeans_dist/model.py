@@ -9,7 +9,6 @@ from typing import Any, Sequence
 
 import numpy as np
 from pyspark.sql import DataFrame
-from pyspark.sql import types as T
 
 from kmeans_dist import io, kernels
 from kmeans_dist.threads import task_blas_threads
@@ -91,20 +90,17 @@ class KMeansModel:
         given, a double column of its distance to that centroid (Euclidean, or 1 - cos for cosine).
         Both are null where a feature is null/NaN/Inf. ``features`` names the input columns that
         hold the model's features, in the model's order (default: the model's feature names)."""
-        from kmeans_dist.data import check_model_features
+        from pyspark.sql import functions as F
+
+        from kmeans_dist.data import check_model_features, column
 
         columns = check_model_features(df, self.features, features)
-        added = [T.StructField(prediction_col, T.IntegerType())]
-        if distance_col is not None:
-            added.append(T.StructField(distance_col, T.DoubleType()))
-        for f in added:
-            if f.name in df.columns:
-                raise ValueError(f"column '{f.name}' already exists in the input")
+        for name in (prediction_col, distance_col):
+            if name is not None and name in df.columns:
+                raise ValueError(f"column '{name}' already exists in the input")
         # only the feature columns go to Python (a scalar Arrow UDF over a struct of them); the
         # other columns stay in the JVM, and plans built on the output (ClusteringEvaluator's)
         # run ~4x faster than over a mapInArrow of whole rows
-        from pyspark.sql import functions as F
-        from kmeans_dist.data import column
 
         labeller = _Labeller(self.centroids, self.distance, self.cluster_ids,
                              distance_col is not None)
