@@ -187,10 +187,11 @@ def _fused_partials(x, x_sq, w, centroids, c_sq, prev_labels):
     w_arr = w if has_w else np.empty(0)
     prev = prev_labels if has_prev else np.empty(0, dtype=np.int32)
     neg2_ct = _scaled(centroids)
+    accumulate = _fused().accumulate
     for lo in range(0, m, CHUNK_ROWS):
         hi = min(lo + CHUNK_ROWS, m)
         scores = _chunk_scores(x[lo:hi], neg2_ct, c_sq)
-        _fused().accumulate(
+        accumulate(
             scores, x, x_sq, w_arr, has_w, prev, has_prev, lo, labels, sums, weights, counts, acc
         )
     if not has_w:

@@ -36,11 +36,11 @@ from kmeans_dist.blocks import Block, problems_from_json
 from kmeans_dist.transport.base import TaskFn, in_task, job_label
 from kmeans_dist.transport.local_files import _base, _open, _root, _store
 
-RESULT_SCHEMA = "part int, result binary"
+#: one row per task: its partition, and its result; ``hit`` is false where a task over block
+#: handles found no files (and has no result)
+RESULT_SCHEMA = "part int, hit boolean, result binary"
 #: a block written to executor-local files: everything but its arrays
 HANDLE_SCHEMA = "part int, start long, has_w boolean, problems string"
-#: a pass over the handles: ``hit`` is false where the task found no files
-FILES_RESULT_SCHEMA = "part int, hit boolean, result binary"
 
 
 def _blocks(batches: Iterator, d: int, token: str | None) -> Iterator[Block]:
@@ -63,9 +63,21 @@ def _blocks(batches: Iterator, d: int, token: str | None) -> Iterator[Block]:
             yield block
 
 
-def _dumps(result: Any) -> bytes:
-    """A task's own result, read back only by the client that started the job."""
-    return pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
+def _result(part: int, hit: bool = True, result: Any = None):
+    """A task's one row of RESULT_SCHEMA; its result is read back only by the client that
+    started the job (``_collect``)."""
+    import pyarrow as pa
+
+    data = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL) if hit else b""
+    return pa.RecordBatch.from_pydict({"part": pa.array([part], pa.int32()),
+                                       "hit": pa.array([hit], pa.bool_()),
+                                       "result": pa.array([data], pa.binary())})
+
+
+def _collect(spark, out: DataFrame, label: str | None) -> list:
+    """The rows of a job of ``_result`` rows, in partition order."""
+    with job_label(spark, label):
+        return sorted(out.collect(), key=lambda r: r.part)
 
 
 def _partition() -> int:
@@ -83,22 +95,16 @@ class _Task:
     def __call__(self, batches: Iterator) -> Iterator:
         import os
 
-        import pyarrow as pa
-
         os.makedirs(_root(self.token), exist_ok=True)
-        result = in_task(self.fn, _blocks(batches, self.d, self.token), self.value)
-        yield pa.RecordBatch.from_pydict({"part": pa.array([_partition()], pa.int32()),
-                                          "result": pa.array([_dumps(result)], pa.binary())})
+        yield _result(_partition(),
+                      result=in_task(self.fn, _blocks(batches, self.d, self.token), self.value))
 
 
 def _remove_files(token: str, batches: Iterator) -> Iterator:
-    import pyarrow as pa
-
     for _ in batches:
         pass
     shutil.rmtree(_root(token), ignore_errors=True)
-    yield pa.RecordBatch.from_pydict({"part": pa.array([0], pa.int32()),
-                                      "result": pa.array([b""], pa.binary())})
+    yield _result(_partition())
 
 
 def _release(spark, frame: DataFrame, token: str) -> None:
@@ -127,9 +133,7 @@ class ArrowTransport:
 
     def run(self, fn: TaskFn, value: Any, label: str | None = None) -> list:
         out = self.frame.mapInArrow(_Task(fn, value, self.d, self.token), RESULT_SCHEMA)
-        with job_label(self.spark, label):
-            rows = out.collect()
-        rows.sort(key=lambda r: r.part)
+        rows = _collect(self.spark, out, label)
         self.num_partitions = len(rows)
         return [pickle.loads(r.result) for r in rows]
 
@@ -157,13 +161,6 @@ class _Store:
             })
 
 
-def _files_result(pa, part: int, hit: bool, result: Any):
-    return pa.RecordBatch.from_pydict({"part": pa.array([part], pa.int32()),
-                                       "hit": pa.array([hit], pa.bool_()),
-                                       "result": pa.array([_dumps(result) if hit else b""],
-                                                          pa.binary())})
-
-
 class _FromFiles:
     """A pass over the handles: ``fn(blocks, value)`` on the partition's mapped files."""
 
@@ -171,15 +168,13 @@ class _FromFiles:
         self.fn, self.value, self.token = fn, value, token
 
     def __call__(self, batches: Iterator) -> Iterator:
-        import pyarrow as pa
-
         handles = [{**h, "problems": problems_from_json(h["problems"])}
                    for batch in batches for h in batch.to_pylist()]
         blocks = _open(self.token, handles)
         if blocks is None:
-            yield _files_result(pa, _partition(), False, None)
+            yield _result(_partition(), hit=False)
         else:
-            yield _files_result(pa, _partition(), True, in_task(self.fn, blocks, self.value))
+            yield _result(_partition(), result=in_task(self.fn, blocks, self.value))
 
 
 class _FromSource:
@@ -190,13 +185,10 @@ class _FromSource:
         self.fn, self.value, self.d, self.token = fn, value, d, token
 
     def __call__(self, batches: Iterator) -> Iterator:
-        import pyarrow as pa
-
         blocks = list(_blocks(batches, self.d, self.token))
         if blocks:
             _store(self.token, blocks)
-            yield _files_result(pa, blocks[0].part, True,
-                                in_task(self.fn, blocks, self.value))
+            yield _result(blocks[0].part, result=in_task(self.fn, blocks, self.value))
 
 
 class ArrowFilesTransport:
@@ -216,18 +208,17 @@ class ArrowFilesTransport:
     def run(self, fn: TaskFn, value: Any, label: str | None = None) -> list:
         from pyspark.sql import functions as F
 
-        out = self.handles.mapInArrow(_FromFiles(fn, value, self.token), FILES_RESULT_SCHEMA)
-        with job_label(self.spark, label):
-            rows = sorted(out.collect(), key=lambda r: r.part)
+        out = self.handles.mapInArrow(_FromFiles(fn, value, self.token), RESULT_SCHEMA)
+        rows = _collect(self.spark, out, label)
         self.num_partitions = len(rows)
         results = {r.part: pickle.loads(r.result) for r in rows if r.hit}
         missed = [r.part for r in rows if not r.hit]
         if missed:
             self.misses += len(missed)
             redo = self.source.where(F.col("part").isin(missed)).mapInArrow(
-                _FromSource(fn, value, self.d, self.token), FILES_RESULT_SCHEMA)
-            with job_label(self.spark, label and f"{label} (recomputing lost blocks)"):
-                results.update((r.part, pickle.loads(r.result)) for r in redo.collect())
+                _FromSource(fn, value, self.d, self.token), RESULT_SCHEMA)
+            redone = _collect(self.spark, redo, label and f"{label} (recomputing lost blocks)")
+            results.update((r.part, pickle.loads(r.result)) for r in redone)
             missing = sorted(set(missed) - set(results))
             if missing:
                 raise RuntimeError(f"partitions {missing} lost their block files and their "
