@@ -45,3 +45,28 @@ def accumulate(scores, x, x_sq, w, has_w, prev, has_prev, lo, labels, sums, weig
             moved += 1.0
     acc[0] = inertia
     acc[1] = moved
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_S30, _S27, _S31, _S12 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(12)
+
+
+@numba.njit(cache=True, nogil=True)
+def row_uniforms(bits, key, out):
+    """kernels.row_uniforms for every row of ``bits`` (m x words, uint64) in one pass: the same
+    splitmix64 folds in the same order, so the same values bit for bit, without a transposed
+    copy and a dozen array passes per column."""
+    m, words = bits.shape
+    for i in range(m):
+        z = key
+        for j in range(words):
+            z ^= bits[i, j]
+            z += _GOLDEN
+            z ^= z >> _S30
+            z *= _M1
+            z ^= z >> _S27
+            z *= _M2
+            z ^= z >> _S31
+        out[i] = (np.float64(z >> _S12) + 0.5) / 4503599627370496.0

@@ -312,6 +312,11 @@ def row_uniforms(seed: int, stream: int, x: np.ndarray, w: np.ndarray | None = N
     where it sits, so seeded sampling picks the same rows on any partitioning and in any row
     order; identical rows get identical values.
     """
+    fused = _fused()
+    if fused is not None:  # same values, one pass over the rows
+        out = np.empty(x.shape[0])
+        fused.row_uniforms(row_bits(x, w), _seed_key(seed, stream), out)
+        return out
     words = np.ascontiguousarray(row_bits(x, w).T)  # one contiguous array per column
     z = np.full(words.shape[1], _seed_key(seed, stream), dtype=np.uint64)
     tmp = np.empty_like(z)

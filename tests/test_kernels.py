@@ -665,6 +665,37 @@ def test_row_uniforms_deterministic_and_seed_stream_sensitive():
     assert kernels.row_uniforms(1, 0, np.empty((0, 2))).shape == (0,)
 
 
+def _splitmix_reference(seed: int, stream: int, row: list[float]) -> float:
+    """row_uniforms for one row in plain Python integers (the documented recipe)."""
+    mask = (1 << 64) - 1
+
+    def mix(z: int) -> int:
+        z = (z + 0x9E3779B97F4A7C15) & mask
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        return z ^ (z >> 31)
+
+    z = mix(mix(seed & mask) ^ (stream & mask))
+    for v in row:
+        z = mix(z ^ int(np.float64(v).view(np.uint64)))
+    return ((z >> 12) + 0.5) / 2.0**52
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["numba", "numpy"])
+def test_row_uniforms_match_plain_python_splitmix(monkeypatch, fused):
+    if fused and kernels._fused() is None:
+        pytest.skip("numba not installed")
+    if not fused:
+        monkeypatch.setattr(kernels, "_FUSED", False)
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(300, 4)) * 1e3
+    x[0] = [0.0, -0.0, np.finfo(float).max, 5e-324]  # signed zero, extremes keep their bits
+    w = rng.uniform(0, 5, size=300)
+    got = kernels.row_uniforms(11, 2**63 + 1, x, w)
+    expected = [_splitmix_reference(11, 2**63 + 1, list(r) + [wi]) for r, wi in zip(x, w)]
+    assert got.tolist() == expected
+
+
 def test_row_uniforms_large_and_negative_seed():
     a = kernels.row_uniforms(2**64 - 1, 2**63 + 5, _seq(0, 1000))
     b = kernels.row_uniforms(-1, 2**63 + 5, _seq(0, 1000))  # -1 & (2^64-1) == 2^64-1
