@@ -135,9 +135,10 @@ def prepared(spark: SparkSession, w: Workload) -> tuple[DataFrame, list[str], di
     return df, features, info, c0
 
 
-def block_frame(df: DataFrame, features: list[str]) -> DataFrame:
-    """The library's validated float64 blocks of ``df`` (what a fit iterates over)."""
-    return data.block_frame(df, features, weight_col=None, block_rows=None, cosine=False,
+def packing(df: DataFrame, features: list[str]) -> data.Packing:
+    """The library's validated float64 rows of ``df`` and their packer (what a fit iterates
+    over)."""
+    return data.packing(df, features, weight_col=None, block_rows=None, cosine=False,
                             num_partitions=default_parallelism(df.sparkSession))
 
 
@@ -161,11 +162,11 @@ def ours_from(sc, df: DataFrame, features: list[str], c0: np.ndarray, iters: int
     return result, model.centroids
 
 
-def read_floor(sc, frame: DataFrame, d: int, passes: int, transport_name: str) -> dict:
+def read_floor(sc, packed: data.Packing, d: int, passes: int, transport_name: str) -> dict:
     """Seconds of a pass that only reads every cached block, on one of the library's transports:
     the first ``run`` builds and caches the blocks, the next ``passes`` runs are timed."""
     before = probes.storage(sc)
-    transport = transports.make(transport_name, frame, d)
+    transport = transports.make(transport_name, packed, d)
     try:
         t0 = time.perf_counter()
         transport.run(touch, None)  # computes the blocks and writes their files
@@ -354,8 +355,9 @@ def run_workload(w: Workload, iters: int) -> dict:
                                   "iters": iters, "data": info}
         result["ours"], ours_c = ours_from(sc, df, features, c0, iters)
         say(w, line("ours from C0", result["ours"], "s_iter", "s/iter"))
-        frame = block_frame(df, features)
-        result.update(_floors(sc, w, frame, iters, result["ours"]["transport"]))
+        packed = packing(df, features)
+        frame = packed.frame
+        result.update(_floors(sc, w, packed, iters, result["ours"]["transport"]))
         result["mllib"] = mllib_from(sc, frame, w.d, c0, result["ours"]["n_iter"], ours_c, spark_log)
         say(w, line("MLlib from C0", result["mllib"], "s_iter", "s/iter")
             + f", centroids max rel diff {result['mllib']['max_rel_diff']:.1e}")
@@ -369,10 +371,10 @@ def run_workload(w: Workload, iters: int) -> dict:
         spark.stop()
 
 
-def _floors(sc, w: Workload, frame: DataFrame, passes: int, ours_transport: str) -> dict:
+def _floors(sc, w: Workload, packed: data.Packing, passes: int, ours_transport: str) -> dict:
     """The read floor on ours' transport ("floor") and on the files transport ("floor_files", the
     issue's definition; the same run when ours uses files)."""
-    floors = {name: read_floor(sc, frame, w.d, passes, name)
+    floors = {name: read_floor(sc, packed, w.d, passes, name)
               for name in dict.fromkeys([ours_transport, "files"])}
     for name, floor in floors.items():
         say(w, line(f"read floor ({name})", floor, "s_pass", "s/pass"))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -113,7 +114,21 @@ def default_block_rows(d: int) -> int:
     return max(1024, BLOCK_BYTES // (8 * max(d, 1)))
 
 
-def block_frame(
+@dataclass(frozen=True)
+class Packing:
+    """The validated feature rows of a fit and the function that packs them into blocks: kept
+    apart so a transport can pack inside its own task (one hop from the JVM, not two)."""
+
+    rows: DataFrame
+    packer: _Packer
+
+    @property
+    def frame(self) -> DataFrame:
+        """The block frame: one row per block (see BLOCK_SCHEMA)."""
+        return self.rows.mapInArrow(self.packer, BLOCK_SCHEMA)
+
+
+def packing(
     df: DataFrame,
     features: Sequence[str],
     *,
@@ -121,8 +136,8 @@ def block_frame(
     block_rows: int | None = None,
     cosine: bool = False,
     num_partitions: int | None = None,
-) -> DataFrame:
-    """A DataFrame with one row per block of validated features (see BLOCK_SCHEMA)."""
+) -> Packing:
+    """The feature columns of ``df`` as doubles, and their packer (see ``Packing``)."""
     cols = [column(c).cast("double").alias(f"f{i}") for i, c in enumerate(features)]
     if weight_col is not None:
         cols.append(column(weight_col).cast("double").alias("w"))
@@ -130,8 +145,13 @@ def block_frame(
     if num_partitions is not None:  # never more partitions than the input has: no shuffle
         selected = selected.coalesce(num_partitions)
     rows = block_rows or default_block_rows(len(features))
-    packer = _Packer(list(features), weight_col, rows, cosine)
-    return selected.mapInArrow(packer, BLOCK_SCHEMA)
+    return Packing(selected, _Packer(list(features), weight_col, rows, cosine))
+
+
+def block_frame(df: DataFrame, features: Sequence[str], **options) -> DataFrame:
+    """A DataFrame with one row per block of validated features (see BLOCK_SCHEMA); ``options``
+    as for ``packing``."""
+    return packing(df, features, **options).frame
 
 
 def block_rdd(frame: DataFrame, d: int):

@@ -196,12 +196,12 @@ class KMeans:
             raise ValueError(f"explicit init centroids fix k={self.k}; cannot fit k={ks}")
         spark = df.sparkSession
         name = transports.choose(self.transport, is_connect(spark))
-        frame = data.block_frame(
+        packed = data.packing(
             df, features, weight_col=self.weight_col, block_rows=self.block_rows,
             cosine=self.distance == "cosine",
             num_partitions=self.num_partitions or default_parallelism(spark),
         )
-        transport = transports.make(name, frame, d)
+        transport = transports.make(name, packed, d)
         try:
             summary = self._summarize(transport, d, max(ks), _ks_label(ks))
             ckpt, saved = self._checkpoint(features, ks, summary)

@@ -153,8 +153,8 @@ def _exit_once(blocks, marker: str):
 
 
 def _resident(df, **kw):
-    frame = data.block_frame(df, ["a", "b", "c"], weight_col="w", block_rows=100)
-    return ResidentTransport(frame, 3, **kw)
+    packed = data.packing(df, ["a", "b", "c"], weight_col="w", block_rows=100)
+    return ResidentTransport(packed, 3, **kw)
 
 
 @pytest.mark.parametrize("slots_known", [True, False])
@@ -232,8 +232,8 @@ rng = np.random.default_rng(7)
 x = np.concatenate([rng.normal(c, 1.0, size=(400, 3)) for c in (0.0, 4.0, 9.0)])
 rows = [tuple(map(float, r)) + (1.0,) for r in x]
 df = spark.sparkContext.parallelize(rows, 2).toDF(["a", "b", "c", "w"])
-frame = data.block_frame(df, ["a", "b", "c"], weight_col="w", block_rows=100)
-t = ResidentTransport(frame, 3)
+packed = data.packing(df, ["a", "b", "c"], weight_col="w", block_rows=100)
+t = ResidentTransport(packed, 3)
 before = _lloyd_steps(t, x)
 assert t.run(_exit_once, {marker!r}) == [600, 600]
 after = _lloyd_steps(t, x)

@@ -14,8 +14,7 @@ classic Spark.
 
 from __future__ import annotations
 
-from pyspark.sql import DataFrame
-
+from kmeans_dist.data import Packing
 from kmeans_dist.transport.arrow import ArrowFilesTransport, ArrowTransport
 from kmeans_dist.transport.base import Transport, job_label
 from kmeans_dist.transport.local_files import LocalFilesTransport
@@ -40,13 +39,15 @@ def choose(name: str, connect: bool) -> str:
     return name
 
 
-def make(name: str, frame: DataFrame, d: int) -> Transport:
-    """A transport of kind ``name`` over the block frame (see ``data.block_frame``)."""
-    if name in ("resident", "arrow", "arrow-files"):
-        return TRANSPORTS[name](frame, d)
+def make(name: str, packing: Packing, d: int) -> Transport:
+    """A transport of kind ``name`` over the packed rows (see ``data.packing``)."""
+    if name == "resident":
+        return ResidentTransport(packing, d)
+    if name in ("arrow", "arrow-files"):
+        return TRANSPORTS[name](packing.frame, d)
     from kmeans_dist.data import block_rdd
 
-    return TRANSPORTS[name](block_rdd(frame, d))
+    return TRANSPORTS[name](block_rdd(packing.frame, d))
 
 
 __all__ = ["Transport", "RDDTransport", "LocalFilesTransport", "ResidentTransport",

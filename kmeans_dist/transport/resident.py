@@ -2,9 +2,9 @@
 
 Each Spark job costs a fixed ~30 ms per task wave before any data moves (scheduling, shipping the
 task, starting it in a Python worker, returning its result), which is most of an iteration once the
-data is kept on the executors. Here one Spark job (a ``mapInArrow`` over the block frame) starts one
-task per partition; each task receives its partition's blocks as Arrow batches straight from the
-packing (Spark's lineage, so a retried task rebuilds them), keeps them in its Python worker,
+data is kept on the executors. Here one Spark job (a ``mapInArrow`` over the feature rows) starts
+one task per partition; each task packs its partition's rows into blocks itself (Spark's lineage,
+so a retried task rebuilds them), keeps them in its Python worker,
 connects back to a socket on the driver and then runs every task function the driver sends until
 told to stop. An iteration is then one message out and one back per partition.
 
@@ -27,11 +27,12 @@ import socket
 import struct
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from pyspark import cloudpickle
 from pyspark.sql import DataFrame
 
+from kmeans_dist.data import Packing
 from kmeans_dist.transport.arrow import ArrowFilesTransport, _blocks
 from kmeans_dist.transport.base import TaskFn, in_task
 
@@ -79,9 +80,10 @@ def _recv(sock: socket.socket) -> Any:
 
 
 # --------------------------------------------------------------------------- executor side
-def _serve(host: str, port: int, token: str, d: int, batches: Iterator) -> Iterator:
-    """The resident task (a mapInArrow function over the block frame): hold this partition's
-    blocks and answer the driver's requests."""
+def _serve(host: str, port: int, token: str, packer: Callable, d: int,
+           batches: Iterator) -> Iterator:
+    """The resident task (a mapInArrow function over the feature rows): pack this partition's
+    blocks, hold them and answer the driver's requests."""
     import pyarrow as pa
     from pyspark import TaskContext
 
@@ -92,8 +94,8 @@ def _serve(host: str, port: int, token: str, d: int, batches: Iterator) -> Itera
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.sendall(_HELLO.pack(token.encode("ascii"), part, attempt))
         # drained: Spark discards a worker that leaves input unread; the blocks are views on
-        # the Arrow batches, which they keep alive; labels stay in this worker's memory
-        held = list(_blocks(batches, d, None))
+        # the packed batches, which they keep alive; labels stay in this worker's memory
+        held = list(_blocks(packer(batches), d, None))
         _send(sock, ("ready", part))
         while True:
             data = _recv_bytes(sock)
@@ -112,14 +114,14 @@ def _serve(host: str, port: int, token: str, d: int, batches: Iterator) -> Itera
 class ResidentTransport:
     """Long-running tasks hold the blocks; requests go over sockets; falls back to files."""
 
-    def __init__(self, frame: DataFrame, d: int, connect_timeout: float = CONNECT_TIMEOUT,
+    def __init__(self, packing: Packing, d: int, connect_timeout: float = CONNECT_TIMEOUT,
                  reconnect_timeout: float = RECONNECT_TIMEOUT):
-        self.source = frame
+        self.source = packing.frame  # for the fallback
         self.d = d
-        self.sc = frame.sparkSession.sparkContext
-        self.num_partitions = frame.rdd.getNumPartitions()
+        self.sc = packing.rows.sparkSession.sparkContext
+        self.num_partitions = packing.rows.rdd.getNumPartitions()
         self.reconnect_timeout = reconnect_timeout
-        self.fallback: LocalFilesTransport | None = None
+        self.fallback: ArrowFilesTransport | None = None
         self.reconnects = 0
         self._seq = 0
         self._conns: dict[int, socket.socket] = {}
@@ -140,8 +142,10 @@ class ResidentTransport:
         self._server.settimeout(0.5)
         port = self._server.getsockname()[1]
         threading.Thread(target=self._accept, daemon=True).start()
-        served = frame.mapInArrow(functools.partial(_serve, host, port, self._token, d),
-                                  "part int")
+        # packing and serving in one task: the rows cross from the JVM once (a separate block
+        # frame would send them to Python, back to the JVM, and to Python again)
+        served = packing.rows.mapInArrow(
+            functools.partial(_serve, host, port, self._token, packing.packer, d), "part int")
         self._job = threading.Thread(target=self._run_job, args=(served,), daemon=True)
         self._job.start()
         try:
