@@ -23,7 +23,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 import probes
-from kmeans_dist import KMeans, data, get_session
+from kmeans_dist import KMeans, data, get_session, tasks
 from kmeans_dist.blocks import Block
 from kmeans_dist.config import default_parallelism, is_connect
 from kmeans_dist import transport as transports
@@ -47,6 +47,15 @@ def touch(blocks: Iterable[Block], _: Any) -> float:
     """The read floor's task: read every byte of every block (x and its squared norms) by summing
     them; no distance math."""
     return sum(float(b.x.sum()) + float(b.x_sq.sum()) for b in blocks)
+
+
+def lloyd_math(blocks: Iterable[Block], step: tasks.LloydStep) -> float:
+    """The arithmetic floor's task: the fit's own Lloyd kernel over the partition's blocks, timed
+    inside the task (no transport, no driver)."""
+    blocks = list(blocks)
+    t0 = time.perf_counter()
+    tasks.lloyd(blocks, step)
+    return time.perf_counter() - t0
 
 
 def block_bytes(blocks: Iterable[Block], _: Any) -> tuple[int, int]:
@@ -162,9 +171,12 @@ def ours_from(sc, df: DataFrame, features: list[str], c0: np.ndarray, iters: int
     return result, model.centroids
 
 
-def read_floor(sc, packed: data.Packing, d: int, passes: int, transport_name: str) -> dict:
+def read_floor(sc, packed: data.Packing, d: int, passes: int, transport_name: str,
+               c0: np.ndarray) -> dict:
     """Seconds of a pass that only reads every cached block, on one of the library's transports:
-    the first ``run`` builds and caches the blocks, the next ``passes`` runs are timed."""
+    the first ``run`` builds and caches the blocks, the next ``passes`` runs are timed. Also the
+    arithmetic floor: the slowest task's seconds in the Lloyd kernel from C0 (what an iteration
+    costs with no transport at all), median of ``passes`` after a warm-up."""
     before = probes.storage(sc)
     transport = transports.make(transport_name, packed, d)
     try:
@@ -172,11 +184,15 @@ def read_floor(sc, packed: data.Packing, d: int, passes: int, transport_name: st
         transport.run(touch, None)  # computes the blocks and writes their files
         cache_seconds = time.perf_counter() - t0
         secs = timed_runs(lambda: transport.run(touch, None), passes)
+        math = [max(transport.run(lloyd_math, tasks.LloydStep("math-floor", i + 1, c0,
+                                                                  None if i == 0 else c0)))
+                for i in range(passes + 1)][1:]
         sizes = transport.run(block_bytes, None)
         handles = probes.new_storage(sc, before)
     finally:
         transport.release()
     return {"transport": transport_name, "s_pass": statistics.median(secs), "pass_seconds": secs,
+            "math_s": statistics.median(math), "math_seconds": math,
             "cache_seconds": cache_seconds, "block_bytes": sum(s for s, _ in sizes),
             "rows": sum(r for _, r in sizes), "spark_cache": handles}
 
@@ -357,7 +373,7 @@ def run_workload(w: Workload, iters: int) -> dict:
         say(w, line("ours from C0", result["ours"], "s_iter", "s/iter"))
         packed = packing(df, features)
         frame = packed.frame
-        result.update(_floors(sc, w, packed, iters, result["ours"]["transport"]))
+        result.update(_floors(sc, w, packed, iters, result["ours"]["transport"], c0))
         result["mllib"] = mllib_from(sc, frame, w.d, c0, result["ours"]["n_iter"], ours_c, spark_log)
         say(w, line("MLlib from C0", result["mllib"], "s_iter", "s/iter")
             + f", centroids max rel diff {result['mllib']['max_rel_diff']:.1e}")
@@ -371,13 +387,15 @@ def run_workload(w: Workload, iters: int) -> dict:
         spark.stop()
 
 
-def _floors(sc, w: Workload, packed: data.Packing, passes: int, ours_transport: str) -> dict:
+def _floors(sc, w: Workload, packed: data.Packing, passes: int, ours_transport: str,
+            c0: np.ndarray) -> dict:
     """The read floor on ours' transport ("floor") and on the files transport ("floor_files", the
     issue's definition; the same run when ours uses files)."""
-    floors = {name: read_floor(sc, packed, w.d, passes, name)
+    floors = {name: read_floor(sc, packed, w.d, passes, name, c0)
               for name in dict.fromkeys([ours_transport, "files"])}
     for name, floor in floors.items():
         say(w, line(f"read floor ({name})", floor, "s_pass", "s/pass"))
+        say(w, line(f"arithmetic floor ({name})", floor, "math_s", "s/pass"))
     return {"floor": floors[ours_transport], "floor_files": floors["files"]}
 
 

@@ -184,12 +184,13 @@ def per_iteration_rows(results: Sequence[dict]) -> list[list[str]]:
     rows = []
     for r in ok_results(results):
         ours, mllib, sk, floor = (sec(r, s) for s in ("ours", "mllib", "sklearn", "floor"))
+        math = get(r, "floor", "math_s")
         rows.append([
             r["key"], shape(r), str(get(r, "ours", "n_iter")), get(r, "ours", "transport") or "n/a",
             fmt(ours), fmt(mllib), fmt(sk),
             fmt(floor), times(ratio(mllib, ours)), times(ratio(sk, ours)),
             times(ratio(ours, floor)), times(ratio(mllib, floor)), times(ratio(sk, floor)),
-            _agree(r),
+            fmt(math), times(ratio(ours, math)), _agree(r),
         ])
     return rows
 
@@ -197,7 +198,8 @@ def per_iteration_rows(results: Sequence[dict]) -> list[list[str]]:
 PER_ITERATION_HEADER = (
     "workload", "n × d, k", "iterations", "ours' transport", "kmeans-dist s/iter", "MLlib s/iter",
     "scikit-learn s/iter", "read floor s/pass (ours' transport)", "MLlib / ours", "sklearn / ours", "ours / floor",
-    "MLlib / floor", "sklearn / floor", "centroids vs MLlib",
+    "MLlib / floor", "sklearn / floor", "arithmetic floor s (slowest task's kernel)",
+    "ours / arithmetic floor", "centroids vs MLlib",
 )
 
 
@@ -574,12 +576,16 @@ METHOD = """\
   after a 1-iteration warm-up (single machine, all cores through OpenMP). That includes
   scikit-learn's per-fit input checks; the cross-check table also gives (T(N) − T(1)) / (N − 1).
 - **Read floor**: one of the library's transports (`kmeans_dist.transport.make(name, ...)`) over
-  `data.block_frame(...)` blocks; the first `run` builds and caches the blocks; then N timed
+  `data.packing(...)` blocks; the first `run` builds and caches the blocks; then N timed
   `run`s of a task that sums every block's `x` and `x_sq` (reads every byte, no distance math);
   median. It is measured on the transport ours' fit used (`KMeans(...).transport`, its default)
   and on `files` (the issue's definition, written when `files` was the default); ratios
   "/ floor" divide s/iter by the floor on ours' transport, the cross-check table gives the
   `files` one.
+- **Arithmetic floor**: on the same transport, N + 1 runs of the fit's own Lloyd kernel
+  (`tasks.lloyd` from C0, the previous labels kept as in a fit) timed inside each task; per run
+  the slowest task, median of the last N. What an iteration costs with no data movement and no
+  driver work at all, so "ours / arithmetic floor" is the transport's and the driver's overhead.
 - **Whole default fit**: pyspark.ml `KMeans(k, seed=42)` with its defaults (k-means||, maxIter 20,
   tol 1e-4) on the cached `VectorAssembler` output; then ours `KMeans(k, seed=42,
   max_iter=numIter)` (default init k-means||) on the cached input, so both run the same number of
