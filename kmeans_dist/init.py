@@ -141,27 +141,31 @@ def local_kmeans(points: np.ndarray, weights: np.ndarray, k: int, seed: int,
     # a few GFLOP at most: large k on many candidates gets fewer seedings (at least one)
     seedings = max(1, min(seedings, int(LOCAL_WORK // (len(points) * k * points.shape[1]))))
     for _ in range(seedings):
-        c = _weighted_lloyd(points, p_sq, w, _greedy_plus_plus(points, w, k, rng), max_iter)
+        c = _weighted_lloyd(points, p_sq, w, _greedy_plus_plus(points, p_sq, w, k, rng), max_iter)
         cost = float(kernels.min_distances(points, p_sq, c) @ w)
         if cost < best_cost:
             best, best_cost = c, cost
     return best
 
 
-def _greedy_plus_plus(points: np.ndarray, w: np.ndarray, k: int,
+def _greedy_plus_plus(points: np.ndarray, p_sq: np.ndarray, w: np.ndarray, k: int,
                       rng: np.random.Generator) -> np.ndarray:
     """Weighted k-means++ where each new centre is the best of 2 + ln k draws (the one that
     lowers the weighted cost most), as scikit-learn seeds."""
     trials = 2 + int(np.log(k))
+
+    def dist_to(idx: np.ndarray) -> np.ndarray:  # (len(idx), n) squared distances, by GEMM
+        d2 = p_sq[idx, None] - 2.0 * (points[idx] @ points.T) + p_sq[None, :]
+        return np.maximum(d2, 0.0)
+
     chosen = [int(rng.choice(len(points), p=w / w.sum()))]
-    closest = ((points - points[chosen[0]]) ** 2).sum(axis=1)
+    closest = dist_to(np.array(chosen))[0]
     for _ in range(1, k):
         mass = closest * w
         if mass.sum() <= 0:  # every candidate with weight is a centre already
             mass = (~np.isin(np.arange(len(points)), chosen)).astype(float)
         draws = rng.choice(len(points), size=trials, p=mass / mass.sum())
-        dist = np.minimum(closest[None, :],
-                          ((points[None, :, :] - points[draws][:, None, :]) ** 2).sum(axis=2))
+        dist = np.minimum(closest[None, :], dist_to(draws))
         pick = int(np.argmin(dist @ w))
         chosen.append(int(draws[pick]))
         closest = dist[pick]

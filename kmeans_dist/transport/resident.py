@@ -4,9 +4,9 @@ Each Spark job costs a fixed ~30 ms per task wave before any data moves (schedul
 task, starting it in a Python worker, returning its result), which is most of an iteration once the
 data is kept on the executors. Here one Spark job (a ``mapInArrow`` over the feature rows) starts
 one task per partition; each task packs its partition's rows into blocks itself (Spark's lineage,
-so a retried task rebuilds them), keeps them in its Python worker,
-connects back to a socket on the driver and then runs every task function the driver sends until
-told to stop. An iteration is then one message out and one back per partition.
+so a retried task rebuilds them), keeps them in its Python worker, connects back to a socket on
+the driver and then runs every task function the driver sends until told to stop. An iteration
+is then one message out and one back per partition.
 
 Fault tolerance stays Spark's: if a resident task dies, Spark retries it (``spark.task.maxFailures``)
 and the new attempt reconnects; the driver resends the pending request to it. Where the resident
