@@ -120,7 +120,7 @@ class Packing:
     apart so a transport can pack inside its own task (one hop from the JVM, not two)."""
 
     rows: DataFrame
-    packer: _Packer
+    packer: Packer
 
     @property
     def frame(self) -> DataFrame:
@@ -145,7 +145,7 @@ def packing(
     if num_partitions is not None:  # never more partitions than the input has: no shuffle
         selected = selected.coalesce(num_partitions)
     rows = block_rows or default_block_rows(len(features))
-    return Packing(selected, _Packer(list(features), weight_col, rows, cosine))
+    return Packing(selected, Packer(list(features), weight_col, rows, cosine))
 
 
 def block_frame(df: DataFrame, features: Sequence[str], **options) -> DataFrame:
@@ -175,8 +175,9 @@ def decode_fields(d: int, part: int, start: int, rows: int, x, x_sq, w,
                  problems_from_json(problems))
 
 
-class _Packer:
-    """The mapInArrow function: Arrow batches of one partition -> binary blocks."""
+class Packer:
+    """Packs one partition's rows into blocks: as a mapInArrow function (binary blocks, see
+    BLOCK_SCHEMA), or straight into ``Block``s inside a task of its own (``blocks``)."""
 
     def __init__(self, features: list[str], weight_col: str | None, block_rows: int, cosine: bool):
         self.features = features
@@ -185,45 +186,53 @@ class _Packer:
         self.cosine = cosine
 
     def __call__(self, batches: Iterator) -> Iterator:
-        import pyarrow as pa
+        """Arrow batches of one partition -> one row of BLOCK_SCHEMA per block."""
+        for block in self.blocks(batches):
+            yield _encode(block)
+
+    def blocks(self, batches: Iterator) -> Iterator[Block]:
+        """Arrow batches of one partition -> its blocks of ``block_rows`` valid rows (the last
+        one fewer); the rows dropped since the previous block are counted in the next one. Rows
+        are copied once, from the validated batch into the block."""
         from pyspark import TaskContext
 
         part = TaskContext.get().partitionId()
-        d = len(self.features)
-        pending_x: list[np.ndarray] = []
-        pending_w: list[np.ndarray] = []
-        pending_rows = 0
-        start = 0
+        size, d = self.block_rows, len(self.features)
+        weighted = self.weight_col is not None
+        start = fill = 0
+        bx, bw = np.empty((size, d)), (np.empty(size) if weighted else None)
         problems: dict[str, list] = {}
         for batch in batches:
-            x = np.empty((batch.num_rows, d))
-            for j in range(d):
-                x[:, j] = batch.column(j).to_numpy(zero_copy_only=False)
-            w = None
-            if self.weight_col is not None:
-                w = batch.column(d).to_numpy(zero_copy_only=False).astype(np.float64)
-            keep = self._valid_rows(x, w, problems, batch)
+            x, w = self._valid(batch, problems)
+            pos = 0
+            while pos < x.shape[0]:
+                take = min(size - fill, x.shape[0] - pos)
+                bx[fill:fill + take] = x[pos:pos + take]
+                if weighted:
+                    bw[fill:fill + take] = w[pos:pos + take]
+                fill, pos = fill + take, pos + take
+                if fill == size:
+                    yield _block(part, start, bx, bw, problems)
+                    start, fill, problems = start + size, 0, {}
+                    bx, bw = np.empty((size, d)), (np.empty(size) if weighted else None)
+        if fill or problems:
+            yield _block(part, start, bx[:fill], None if bw is None else bw[:fill], problems)
+
+    def _valid(self, batch, problems: dict) -> tuple[np.ndarray, np.ndarray | None]:
+        """A batch's rows (float64, rows x d) and weights; invalid rows dropped and noted."""
+        d = len(self.features)
+        x = np.empty((batch.num_rows, d))
+        for j in range(d):
+            x[:, j] = batch.column(j).to_numpy(zero_copy_only=False)
+        w = None
+        if self.weight_col is not None:
+            w = batch.column(d).to_numpy(zero_copy_only=False).astype(np.float64)
+        keep = self._valid_rows(x, w, problems, batch)
+        if not keep.all():
             x, w = x[keep], (None if w is None else w[keep])
-            if self.cosine:
-                x = kernels.normalize_rows(x)
-            pending_x.append(x)
-            if w is not None:
-                pending_w.append(w)
-            pending_rows += x.shape[0]
-            while pending_rows >= self.block_rows:
-                xs = np.concatenate(pending_x)
-                ws = np.concatenate(pending_w) if pending_w else None
-                n = self.block_rows
-                yield self._emit(pa, part, start, xs[:n], None if ws is None else ws[:n], problems)
-                problems = {}
-                start += n
-                pending_x = [xs[n:]]
-                pending_w = [] if ws is None else [ws[n:]]
-                pending_rows = xs.shape[0] - n
-        if pending_rows or problems:
-            xs = np.concatenate(pending_x) if pending_x else np.empty((0, d))
-            ws = np.concatenate(pending_w) if pending_w else None
-            yield self._emit(pa, part, start, xs, ws, problems)
+        if self.cosine:
+            x = kernels.normalize_rows(x)
+        return x, w
 
     def _valid_rows(self, x: np.ndarray, w: np.ndarray | None, problems: dict,
                     batch) -> np.ndarray:
@@ -253,19 +262,28 @@ class _Packer:
         problems[reason] = [count, {c: _json_value(batch.column(j)[i].as_py())
                                     for j, c in enumerate(names)}]
 
-    def _emit(self, pa, part, start, x, w, problems):
-        x = np.ascontiguousarray(x)
-        return pa.RecordBatch.from_pydict(
-            {
-                "part": pa.array([part], pa.int32()),
-                "start": pa.array([start], pa.int64()),
-                "rows": pa.array([x.shape[0]], pa.int64()),
-                "x": pa.array([x.tobytes()], pa.binary()),
-                "x_sq": pa.array([kernels.squared_norms(x).tobytes()], pa.binary()),
-                "w": pa.array([None if w is None else w.tobytes()], pa.binary()),
-                "problems": pa.array([json.dumps(problems)], pa.string()),
-            }
-        )
+
+
+def _block(part: int, start: int, x: np.ndarray, w: np.ndarray | None, problems: dict) -> Block:
+    return Block(part, start, x, kernels.squared_norms(x), w,
+                 {reason: (count, example) for reason, (count, example) in problems.items()})
+
+
+def _encode(b: Block):
+    """A block as one row of BLOCK_SCHEMA (an Arrow record batch)."""
+    import pyarrow as pa
+
+    return pa.RecordBatch.from_pydict(
+        {
+            "part": pa.array([b.part], pa.int32()),
+            "start": pa.array([b.start], pa.int64()),
+            "rows": pa.array([b.rows], pa.int64()),
+            "x": pa.array([b.x.tobytes()], pa.binary()),
+            "x_sq": pa.array([b.x_sq.tobytes()], pa.binary()),
+            "w": pa.array([None if b.w is None else b.w.tobytes()], pa.binary()),
+            "problems": pa.array([json.dumps(b.problems)], pa.string()),
+        }
+    )
 
 
 def _json_value(v: float | None) -> float | str | None:

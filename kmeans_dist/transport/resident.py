@@ -27,13 +27,14 @@ import socket
 import struct
 import threading
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 from pyspark import cloudpickle
 from pyspark.sql import DataFrame
 
-from kmeans_dist.data import Packing
-from kmeans_dist.transport.arrow import ArrowFilesTransport, _blocks
+from kmeans_dist import kernels
+from kmeans_dist.data import Packer, Packing
+from kmeans_dist.transport.arrow import ArrowFilesTransport
 from kmeans_dist.transport.base import TaskFn, in_task
 
 log = logging.getLogger("kmeans_dist")
@@ -80,8 +81,7 @@ def _recv(sock: socket.socket) -> Any:
 
 
 # --------------------------------------------------------------------------- executor side
-def _serve(host: str, port: int, token: str, packer: Callable, d: int,
-           batches: Iterator) -> Iterator:
+def _serve(host: str, port: int, token: str, packer: Packer, batches: Iterator) -> Iterator:
     """The resident task (a mapInArrow function over the feature rows): pack this partition's
     blocks, hold them and answer the driver's requests."""
     import pyarrow as pa
@@ -93,9 +93,10 @@ def _serve(host: str, port: int, token: str, packer: Callable, d: int,
         sock.settimeout(None)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.sendall(_HELLO.pack(token.encode("ascii"), part, attempt))
-        # drained: Spark discards a worker that leaves input unread; the blocks are views on
-        # the packed batches, which they keep alive; labels stay in this worker's memory
-        held = list(_blocks(packer(batches), d, None))
+        threading.Thread(target=kernels.warm_up, daemon=True).start()  # beside the packing
+        # drained: Spark discards a worker that leaves input unread; labels stay in this
+        # worker's memory
+        held = list(packer.blocks(batches))
         _send(sock, ("ready", part))
         while True:
             data = _recv_bytes(sock)
@@ -145,7 +146,7 @@ class ResidentTransport:
         # packing and serving in one task: the rows cross from the JVM once (a separate block
         # frame would send them to Python, back to the JVM, and to Python again)
         served = packing.rows.mapInArrow(
-            functools.partial(_serve, host, port, self._token, packing.packer, d), "part int")
+            functools.partial(_serve, host, port, self._token, packing.packer), "part int")
         self._job = threading.Thread(target=self._run_job, args=(served,), daemon=True)
         self._job.start()
         try:
