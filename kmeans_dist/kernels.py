@@ -24,6 +24,12 @@ CHUNK_ROWS = 8192
 SCORE_BYTES = 1 << 18
 
 
+#: above this many centroids the fused loop takes its labels from numpy's argmin (SIMD): per
+#: million rows on one core, 0.024 s against the scalar loop's 0.12 s at k=128; at k=16 the loop
+#: is faster (0.008 s against 0.031 s)
+NUMPY_ARGMIN_K = 32
+
+
 def chunk_rows(k: int) -> int:
     """Rows per GEMM chunk for k centroids: measured on one core, 2048 rows at k=16 and 512 at
     k=128 were 20-25% faster per pass than 8192 (the score matrix had left the L2 cache); below
@@ -211,12 +217,14 @@ def _fused_partials(x, x_sq, w, centroids, c_sq, prev_labels):
     neg2_ct = _scaled(centroids)
     accumulate = _fused().accumulate
     step = chunk_rows(k)
+    labelled = k > NUMPY_ARGMIN_K
     for lo in range(0, m, step):
         hi = min(lo + step, m)
         scores = _chunk_scores(x[lo:hi], neg2_ct, c_sq)
-        accumulate(
-            scores, x, x_sq, w_arr, has_w, prev, has_prev, lo, labels, sums, weights, counts, acc
-        )
+        if labelled:
+            labels[lo:hi] = np.argmin(scores, axis=1)
+        accumulate(scores, x, x_sq, w_arr, has_w, prev, has_prev, lo, labels, labelled, sums,
+                   weights, counts, acc)
     if not has_w:
         weights = counts.astype(np.float64)
     moved = int(acc[1]) if has_prev else m

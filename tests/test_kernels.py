@@ -220,7 +220,7 @@ def _check_partials_vs_brute(p, labels, x, w, c, prev):
 
 @pytest.mark.parametrize("numba", NUMBA_MODES)
 @pytest.mark.parametrize("weighted", ["none", "random", "with_zeros"])
-@pytest.mark.parametrize("m,d,k", [(1, 2, 1), (23, 3, 4), (100, 5, 7), (64, 2, 3)])
+@pytest.mark.parametrize("m,d,k", [(1, 2, 1), (23, 3, 4), (100, 5, 7), (64, 2, 3), (300, 4, 40)])
 def test_block_partials_matches_brute_force(small_chunks, numba, weighted, m, d, k):
     rng = np.random.default_rng(m + 31 * d + 997 * k)
     x, c = make_data(rng, m, d, k)
@@ -287,7 +287,11 @@ def test_block_partials_exact_ties_lowest_index_wins(numba, small_chunks):
 
 
 @pytest.mark.parametrize("numba", NUMBA_MODES)
-def test_block_partials_duplicate_centroids_random(numba, small_chunks):
+@pytest.mark.parametrize("numpy_argmin", [False, True], ids=["loop-argmin", "numpy-argmin"])
+def test_block_partials_duplicate_centroids_random(numba, numpy_argmin, small_chunks, monkeypatch):
+    """Ties go to the lowest index whether the fused loop finds the nearest centroid itself or
+    takes numpy's argmin (its path for many centroids)."""
+    monkeypatch.setattr(kernels, "NUMPY_ARGMIN_K", 0 if numpy_argmin else 10**9)
     rng = np.random.default_rng(21)
     base = rng.normal(size=(4, 9))
     order = [2, 0, 1, 0, 3, 2, 1, 3, 0, 2, 1, 3]
@@ -314,7 +318,8 @@ def test_block_partials_prev_labels_int64(numba, small_chunks):
 @pytest.mark.skipif(not HAVE_NUMBA, reason="numba not installed")
 @pytest.mark.parametrize("weighted", ["none", "random", "with_zeros"])
 @pytest.mark.parametrize("with_prev", [False, True])
-@pytest.mark.parametrize("m,d,k", [(50, 3, 5), (113, 8, 9), (7, 2, 2), (200, 1, 4)])
+@pytest.mark.parametrize("m,d,k",
+                         [(50, 3, 5), (113, 8, 9), (7, 2, 2), (200, 1, 4), (300, 4, 40)])
 def test_block_partials_numba_and_numpy_bit_identical(small_chunks, weighted, with_prev, m, d, k):
     rng = np.random.default_rng(m * 7 + d * 3 + k)
     # wide dynamic range so any difference in accumulation order would show in the last bits
