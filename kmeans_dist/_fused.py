@@ -60,20 +60,32 @@ _M2 = np.uint64(0x94D049BB133111EB)
 _S30, _S27, _S31, _S12 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(12)
 
 
+#: rows mixed side by side in ``row_uniforms``: independent rows let the compiler run the mixing
+#: in SIMD lanes (one row at a time, each word waits for the previous one: 0.073 -> 0.039 s per
+#: million rows of 16 words on one core)
+_LANES = 256
+
+
 @numba.njit(cache=True, nogil=True)
 def row_uniforms(bits, key, out):
-    """kernels.row_uniforms for every row of ``bits`` (m x words, uint64) in one pass: the same
-    splitmix64 folds in the same order, so the same values bit for bit, without a transposed
-    copy and a dozen array passes per column."""
+    """kernels.row_uniforms for every row of ``bits`` (m x words, uint64): the same splitmix64
+    folds in the same order per row, so the same values bit for bit, without a transposed copy
+    and a dozen array passes per column."""
     m, words = bits.shape
-    for i in range(m):
-        z = key
+    z = np.empty(_LANES, dtype=np.uint64)
+    for lo in range(0, m, _LANES):
+        n = min(_LANES, m - lo)
+        for i in range(n):
+            z[i] = key
         for j in range(words):
-            z ^= bits[i, j]
-            z += _GOLDEN
-            z ^= z >> _S30
-            z *= _M1
-            z ^= z >> _S27
-            z *= _M2
-            z ^= z >> _S31
-        out[i] = (np.float64(z >> _S12) + 0.5) / 4503599627370496.0
+            for i in range(n):
+                v = z[i] ^ bits[lo + i, j]
+                v += _GOLDEN
+                v ^= v >> _S30
+                v *= _M1
+                v ^= v >> _S27
+                v *= _M2
+                v ^= v >> _S31
+                z[i] = v
+        for i in range(n):
+            out[lo + i] = (np.float64(z[i] >> _S12) + 0.5) / 4503599627370496.0

