@@ -673,13 +673,7 @@ def test_row_uniforms_deterministic_and_seed_stream_sensitive():
 def _splitmix_reference(seed: int, stream: int, row: list[float]) -> float:
     """row_uniforms for one row in plain Python integers (the documented recipe)."""
     mask = (1 << 64) - 1
-
-    def mix(z: int) -> int:
-        z = (z + 0x9E3779B97F4A7C15) & mask
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
-        return z ^ (z >> 31)
-
+    mix = _py_splitmix64  # defined below, with the (0, 1) contract tests
     z = mix(mix(seed & mask) ^ (stream & mask))
     for v in row:
         z = mix(z ^ int(np.float64(v).view(np.uint64)))
