@@ -263,8 +263,9 @@ class Packer:
                                     for j, c in enumerate(names)}]
 
 
-
 def _block(part: int, start: int, x: np.ndarray, w: np.ndarray | None, problems: dict) -> Block:
+    """A packed block, its squared norms computed once here, its problems as ``Block`` holds
+    them (what ``problems_from_json`` gives back from the block frame)."""
     return Block(part, start, x, kernels.squared_norms(x), w,
                  {reason: (count, example) for reason, (count, example) in problems.items()})
 
