@@ -202,6 +202,7 @@ class KMeans:
             num_partitions=self.num_partitions or default_parallelism(spark),
         )
         transport = transports.make(name, packed, d)
+        ran = {"name": name}
         try:
             summary = self._summarize(transport, d, max(ks), _ks_label(ks))
             ckpt, saved = self._checkpoint(features, ks, summary)
@@ -222,6 +223,7 @@ class KMeans:
                 on_iteration=(lambda it, runs: ckpt.save(starts, init_seconds, it, runs))
                 if ckpt else None,
             )
+            ran = transports.record(name, transport)
         finally:
             transport.release()
         models = {}
@@ -232,6 +234,7 @@ class KMeans:
             if isinstance(self.init, KMeansModel):
                 models[k].match_ids(self.init)
             models[k].dropped = data.dropped_counts(summary.problems)
+            models[k].transport = dict(ran)
         log.info("fit done: k=%s, %d rows, %d model(s) in %.1fs", ks, summary.rows,
                  len(results), time.perf_counter() - started)
         return models

@@ -38,6 +38,7 @@ class KMeansModel:
         cluster_ids: Sequence[int] | None = None,
         retired_ids: Sequence[int] | None = None,
         cluster_spread: Sequence[float] | None = None,
+        transport: dict[str, Any] | None = None,
     ) -> None:
         self.centroids = np.asarray(centroids, dtype=np.float64)
         self.features = list(features)
@@ -62,6 +63,9 @@ class KMeansModel:
         self.cluster_spread = None if cluster_spread is None else [float(s) for s in cluster_spread]
         if self.cluster_spread is not None and len(self.cluster_spread) != self.k:
             raise ValueError(f"cluster_spread has {len(self.cluster_spread)} values for k={self.k}")
+        #: the transport that ran the fit: its name; for resident tasks where they held the
+        #: blocks (memory or files) and the memory budget; a fallback and its reason
+        self.transport = dict(transport or {})
 
     @property
     def k(self) -> int:
@@ -154,6 +158,7 @@ class KMeansModel:
             "history": self.history,
             "restarts": self.restarts,
             "dropped": self.dropped,
+            "transport": self.transport,
         }
 
     @classmethod
@@ -180,7 +185,7 @@ class KMeansModel:
                 history=d.get("history"), params=d.get("params"),
                 restarts=d.get("restarts"), dropped=d.get("dropped"),
                 cluster_ids=d.get("cluster_ids"), retired_ids=d.get("retired_ids"),
-                cluster_spread=d.get("cluster_spread"),
+                cluster_spread=d.get("cluster_spread"), transport=d.get("transport"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{source} is not a valid kmeans-dist model: {exc}") from None

@@ -18,6 +18,7 @@ from kmeans_dist.transport import (ArrowFilesTransport, LocalFilesTransport, RDD
                                    ResidentTransport)
 from kmeans_dist.transport import resident
 from kmeans_dist.transport.arrow import RESULT_SCHEMA, _remove_files
+from kmeans_dist.transport.budget import Budget
 from kmeans_dist.transport.local_files import _remove
 
 
@@ -57,23 +58,30 @@ def test_transports_and_kernels_agree_bit_for_bit(spark, points):
     # numpy against numba on the default transport; numba's kernel elsewhere (the kernels'
     # own equality is tested in test_kernels.py)
     for transport, use_numba in [("resident", False), ("resident", True), ("files", True),
-                                 ("rdd", True), ("arrow", True), ("arrow-files", False)]:
+                                 ("rdd", True), ("arrow", True), ("arrow-files", False),
+                                 ("resident-files", True), ("resident-memory", False)]:
         m = _fit(df, x, transport=transport, use_numba=use_numba, block_rows=100)
+        # the transport asked for is the one that ran (a silent fallback would not prove it)
+        assert m.transport["name"] == transport.split("-")[0] if transport.startswith(
+            "resident") else m.transport == {"name": transport}, m.transport
+        if transport.startswith("resident"):
+            assert m.transport["storage"] == {"resident": "memory"}.get(
+                transport, transport.split("-")[-1]), m.transport
         assert np.array_equal(m.centroids, ref.centroids), (transport, use_numba)
         assert m.inertia == ref.inertia and m.n_iter == ref.n_iter
         assert m.cluster_sizes == ref.cluster_sizes
         assert [h["moved"] for h in m.history] == [h["moved"] for h in ref.history]
 
 
-def _files_on_rdd(frame):
+def _files_on_rdd(frame, packed):
     """LocalFilesTransport, and how to remove its files from every executor."""
     t = LocalFilesTransport(data.block_rdd(frame, 3))
     return t, lambda: t.handles.mapPartitions(functools.partial(_remove, t.token)).collect()
 
 
-def _files_on_frame(frame):
+def _files_on_frame(frame, packed):
     """ArrowFilesTransport (Spark Connect's default), and how to remove its files."""
-    t = ArrowFilesTransport(frame, 3)
+    t = ArrowFilesTransport(packed, 3)
     return t, lambda: t.handles.mapInArrow(functools.partial(_remove_files, t.token),
                                            RESULT_SCHEMA).collect()
 
@@ -81,8 +89,8 @@ def _files_on_frame(frame):
 @pytest.mark.parametrize("make", [_files_on_rdd, _files_on_frame], ids=["rdd", "frame"])
 def test_missing_files_are_recomputed_and_repaired(points, make):
     df, x, w = points
-    frame = data.block_frame(df, ["a", "b", "c"], weight_col="w", block_rows=100)
-    transport, remove_files = make(frame)
+    packed = data.packing(df, ["a", "b", "c"], weight_col="w", block_rows=100)
+    transport, remove_files = make(packed.frame, packed)
     try:
         c = x[[0, 500, 1000]]
         step = tasks.LloydStep("t", 1, c, None)
@@ -277,3 +285,47 @@ def test_resident_task_lost_is_retried_by_spark_and_fit_unchanged(tmp_path):
     assert "RESULT True 1 True" in proc.stdout, proc.stdout + proc.stderr[-3000:]
     # and a whole fit with a task killed in iteration 3 gives the fault-free model
     assert "FIT True True True True True" in proc.stdout, proc.stdout + proc.stderr[-3000:]
+
+
+def test_resident_over_its_memory_budget_holds_blocks_in_files(points, caplog):
+    """A budget smaller than a partition's rows: every task keeps its blocks in local files,
+    says so in one log line with the numbers, gives the same partials, and removes its files
+    when released."""
+    df, x, _ = points
+    two = df.coalesce(2)
+    with caplog.at_level("INFO", logger="kmeans_dist"):
+        transport = _resident(two, budget=Budget(1000, "a test budget"))
+    try:
+        assert transport.fallback is None
+        assert sorted(transport.held) == [0, 1]
+        assert {r["storage"] for r in transport.held.values()} == {"files"}
+        assert sum(r["rows"] for r in transport.held.values()) == len(x)
+        assert all(r["bytes"] == r["rows"] * (3 * 8 + 8 + 8 + 4) for r in transport.held.values())
+        dirs = {r["dir"] for r in transport.held.values()}  # the executors' local directory
+        assert len(dirs) == 1 and os.path.isdir(dirs.pop())
+        got = _lloyd_steps(transport, x)
+        record = transport.record()
+    finally:
+        transport.release()
+    assert not any(os.path.exists(r["dir"]) for r in transport.held.values())
+    assert record["name"] == "resident" and record["storage"] == "files"
+    assert record["budget_per_task"] == 1000 and record["budget"] == "a test budget"
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("resident tasks")]
+    assert len(lines) == 1, lines
+    assert "2 partitions, 1,200 rows" in lines[0] and "0 MiB per task (a test budget)" in lines[0]
+    assert lines[0].endswith("blocks held in executor-local memory-mapped files"), lines[0]
+    ref = RDDTransport(data.block_rdd(data.block_frame(
+        two, ["a", "b", "c"], weight_col="w", block_rows=100), 3))
+    try:
+        assert _same(got, _lloyd_steps(ref, x))
+    finally:
+        ref.release()
+
+
+def test_default_fit_records_resident_blocks_in_memory_within_the_local_budget(points):
+    df, x, _ = points
+    m = _fit(df.coalesce(2), x)
+    assert m.transport["name"] == "resident" and m.transport["storage"] == "memory"
+    assert m.transport["budget"].startswith("local mode: 0.5 x ")
+    assert 0 < m.transport["held_bytes"] <= m.transport["budget_per_task"] * 2
+    assert m.transport["held_bytes"] == len(x) * (3 * 8 + 8 + 8 + 4)

@@ -4,7 +4,9 @@ A transport holds the cached blocks of one fit and runs a task function from ``k
 on every partition, returning one result per partition in partition order. The engine and the
 inits only ever call ``run``; everything Spark-specific (caching, broadcast, jobs) stays behind it.
 
-Classic Spark (a SparkContext): ``resident`` (the default: long-running tasks keep the blocks),
+Classic Spark (a SparkContext): ``resident`` (the default: long-running tasks keep the blocks,
+in their workers' memory while it fits the executors' budget, else in executor-local
+memory-mapped files; ``resident-memory`` and ``resident-files`` force one or the other),
 ``files`` (executor-local block files, one job per pass) or ``rdd`` (a cached RDD of numpy
 blocks, one job per pass). Spark Connect has no RDDs: ``arrow-files`` (the default there:
 executor-local block files and a cached DataFrame of their handles, one ``mapInArrow`` per pass)
@@ -22,15 +24,18 @@ from kmeans_dist.transport.rdd import RDDTransport
 from kmeans_dist.transport.resident import ResidentTransport
 
 #: transport names accepted by ``KMeans(transport=...)``; "auto" picks by session
-TRANSPORTS = {"resident": ResidentTransport, "files": LocalFilesTransport, "rdd": RDDTransport,
-              "arrow": ArrowTransport, "arrow-files": ArrowFilesTransport}
+TRANSPORTS = {"resident": ResidentTransport, "resident-memory": ResidentTransport,
+              "resident-files": ResidentTransport, "files": LocalFilesTransport,
+              "rdd": RDDTransport, "arrow": ArrowTransport, "arrow-files": ArrowFilesTransport}
 #: the transports that need RDDs, i.e. a SparkContext
-NEEDS_RDD = ("resident", "files", "rdd")
+NEEDS_RDD = ("resident", "resident-memory", "resident-files", "files", "rdd")
+#: where the resident tasks hold their blocks: the memory budget decides, or the user does
+RESIDENT_STORAGE = {"resident": "auto", "resident-memory": "memory", "resident-files": "files"}
 
 
 def choose(name: str, connect: bool) -> str:
-    """The transport to use: "auto" is resident on classic Spark and arrow-files on Spark
-    Connect."""
+    """The transport to use: "auto" is resident on classic Spark (blocks in memory within the
+    executors' budget, else in local files) and arrow-files on Spark Connect."""
     if name == "auto":
         return "arrow-files" if connect else "resident"
     if connect and name in NEEDS_RDD:
@@ -41,14 +46,23 @@ def choose(name: str, connect: bool) -> str:
 
 def make(name: str, packing: Packing, d: int) -> Transport:
     """A transport of kind ``name`` over the packed rows (see ``data.packing``)."""
-    if name == "resident":
-        return ResidentTransport(packing, d)
-    if name in ("arrow", "arrow-files"):
-        return TRANSPORTS[name](packing.frame, d)
+    if name in RESIDENT_STORAGE:
+        return ResidentTransport(packing, d, storage=RESIDENT_STORAGE[name])
+    if name == "arrow-files":
+        return ArrowFilesTransport(packing, d)
+    if name == "arrow":
+        return ArrowTransport(packing.frame, d)
     from kmeans_dist.data import block_rdd
 
     return TRANSPORTS[name](block_rdd(packing.frame, d))
 
 
+def record(name: str, transport: Transport) -> dict:
+    """What the model records of the transport that ran the fit (name; for resident tasks,
+    where the blocks were held; a fallback and its reason)."""
+    return getattr(transport, "record", lambda: {"name": name})()
+
+
 __all__ = ["Transport", "RDDTransport", "LocalFilesTransport", "ResidentTransport",
-           "ArrowTransport", "ArrowFilesTransport", "TRANSPORTS", "choose", "make", "job_label"]
+           "ArrowTransport", "ArrowFilesTransport", "TRANSPORTS", "choose", "make", "record",
+           "job_label"]

@@ -33,6 +33,7 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 
 from kmeans_dist.blocks import Block, problems_from_json
+from kmeans_dist.data import Packer, Packing
 from kmeans_dist.transport.base import TaskFn, in_task, job_label
 from kmeans_dist.transport.local_files import _base, _open, _root, _store
 
@@ -143,15 +144,16 @@ class ArrowTransport:
 
 # --------------------------------------------------------------------------- executor-local files
 class _Store:
-    """The cached handle frame's function: write the partition's blocks to local files."""
+    """The cached handle frame's function: pack the partition's rows into blocks and write each
+    to local files as it is made (one block in memory at a time)."""
 
-    def __init__(self, d: int, token: str) -> None:
-        self.d, self.token = d, token
+    def __init__(self, packer: Packer, token: str) -> None:
+        self.packer, self.token = packer, token
 
     def __call__(self, batches: Iterator) -> Iterator:
         import pyarrow as pa
 
-        handles = _store(self.token, _blocks(batches, self.d, self.token))
+        handles = [h for b in self.packer.blocks(batches) for h in _store(self.token, [b])]
         if handles:
             yield pa.RecordBatch.from_pydict({
                 "part": pa.array([h["part"] for h in handles], pa.int32()),
@@ -178,36 +180,45 @@ class _FromFiles:
 
 
 class _FromSource:
-    """The recompute of lost partitions: their blocks again from the lineage, written to files
-    here, then ``fn`` on them. A partition the filter left empty returns nothing."""
+    """The recompute of lost partitions: their rows again from the lineage, packed and written
+    to files here, then ``fn`` on them. Other partitions only drain their rows."""
 
-    def __init__(self, fn: TaskFn, value: Any, d: int, token: str) -> None:
-        self.fn, self.value, self.d, self.token = fn, value, d, token
+    def __init__(self, fn: TaskFn, value: Any, packer: Packer, token: str,
+                 parts: list[int]) -> None:
+        self.fn, self.value, self.packer, self.token = fn, value, packer, token
+        self.parts = set(parts)
 
     def __call__(self, batches: Iterator) -> Iterator:
-        blocks = list(_blocks(batches, self.d, self.token))
-        if blocks:
-            _store(self.token, blocks)
-            yield _result(blocks[0].part, result=in_task(self.fn, blocks, self.value))
+        part = _partition()
+        if part not in self.parts:
+            for _ in batches:  # drained: Spark discards a worker that leaves input unread
+                pass
+            return
+        handles = [h for b in self.packer.blocks(batches) for h in _store(self.token, [b])]
+        blocks = _open(self.token, handles)
+        yield _result(part, result=in_task(self.fn, blocks, self.value))
 
 
 class ArrowFilesTransport:
     """Blocks in executor-local files, a cached DataFrame of their handles, one ``mapInArrow``
-    over the handles per ``run``; lost partitions are recomputed from the block frame."""
+    over the handles per ``run``; lost partitions are recomputed from the rows' lineage.
 
-    def __init__(self, frame: DataFrame, d: int) -> None:
-        self.source = frame
-        self.spark = frame.sparkSession
+    The rows are packed where they arrive, in the task that writes the files, and each block goes
+    to disk as soon as it is full: a task holds one block and one Arrow batch of rows at a time,
+    whatever the partition's size (a frame of packed blocks would reach it as one Arrow batch of
+    up to ``maxRecordsPerBatch`` blocks, i.e. the whole partition)."""
+
+    def __init__(self, packing: Packing, d: int) -> None:
+        self.packing = packing
+        self.spark = packing.rows.sparkSession
         self.d = d
         self.token = uuid.uuid4().hex
-        self.handles = frame.mapInArrow(_Store(d, self.token), HANDLE_SCHEMA).persist(
-            StorageLevel.MEMORY_AND_DISK)
+        self.handles = packing.rows.mapInArrow(_Store(packing.packer, self.token),
+                                               HANDLE_SCHEMA).persist(StorageLevel.MEMORY_AND_DISK)
         self.num_partitions = 0  # known after the first run
         self.misses = 0
 
     def run(self, fn: TaskFn, value: Any, label: str | None = None) -> list:
-        from pyspark.sql import functions as F
-
         out = self.handles.mapInArrow(_FromFiles(fn, value, self.token), RESULT_SCHEMA)
         rows = _collect(self.spark, out, label)
         self.num_partitions = len(rows)
@@ -215,8 +226,8 @@ class ArrowFilesTransport:
         missed = [r.part for r in rows if not r.hit]
         if missed:
             self.misses += len(missed)
-            redo = self.source.where(F.col("part").isin(missed)).mapInArrow(
-                _FromSource(fn, value, self.d, self.token), RESULT_SCHEMA)
+            redo = self.packing.rows.mapInArrow(
+                _FromSource(fn, value, self.packing.packer, self.token, missed), RESULT_SCHEMA)
             redone = _collect(self.spark, redo, label and f"{label} (recomputing lost blocks)")
             results.update((r.part, pickle.loads(r.result)) for r in redone)
             missing = sorted(set(missed) - set(results))

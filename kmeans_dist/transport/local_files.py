@@ -57,20 +57,23 @@ def _store(token: str, blocks: Iterable[Block]) -> list[dict]:
     return handles
 
 
+def mapped(token: str, h: dict) -> Block:
+    """The block of handle ``h`` mapped from this executor's files (FileNotFoundError if not
+    here). The mapping goes when the block does: page cache, not the worker's heap."""
+    px, pxsq, pw = _paths(token, h["part"], h["start"])
+    x = np.asarray(np.load(px, mmap_mode="r"))
+    x_sq = np.asarray(np.load(pxsq, mmap_mode="r"))
+    w = np.asarray(np.load(pw, mmap_mode="r")) if h["has_w"] else None
+    return Block(h["part"], h["start"], x, x_sq, w, h["problems"],
+                 scratch=_base(token, h["part"], h["start"]))
+
+
 def _open(token: str, handles: list[dict]) -> list[Block] | None:
     """Blocks mapped from this executor's files, or None if any file is missing here."""
-    blocks = []
-    for h in handles:
-        px, pxsq, pw = _paths(token, h["part"], h["start"])
-        try:
-            x = np.asarray(np.load(px, mmap_mode="r"))
-            x_sq = np.asarray(np.load(pxsq, mmap_mode="r"))
-            w = np.asarray(np.load(pw, mmap_mode="r")) if h["has_w"] else None
-        except FileNotFoundError:
-            return None
-        blocks.append(Block(h["part"], h["start"], x, x_sq, w, h["problems"],
-                            scratch=_base(token, h["part"], h["start"])))
-    return blocks
+    try:
+        return [mapped(token, h) for h in handles]
+    except FileNotFoundError:
+        return None
 
 
 def _from_files(fn: TaskFn, value: Any, token: str, handles: Iterator[dict]) -> Iterator:

@@ -32,10 +32,12 @@ from typing import Any, Iterator
 from pyspark import cloudpickle
 from pyspark.sql import DataFrame
 
-from kmeans_dist import kernels
+from kmeans_dist import kernels, tasks
 from kmeans_dist.data import Packer, Packing
 from kmeans_dist.transport.arrow import ArrowFilesTransport
 from kmeans_dist.transport.base import TaskFn, in_task
+from kmeans_dist.transport.budget import Budget, mib, row_bytes, task_budget
+from kmeans_dist.transport.holding import FILES, MEMORY, Held, limit_label_cache
 
 log = logging.getLogger("kmeans_dist")
 
@@ -81,33 +83,42 @@ def _recv(sock: socket.socket) -> Any:
 
 
 # --------------------------------------------------------------------------- executor side
-def _serve(host: str, port: int, token: str, packer: Packer, batches: Iterator) -> Iterator:
+def _serve(host: str, port: int, token: str, packer: Packer, storage: str, budget: int,
+           batches: Iterator) -> Iterator:
     """The resident task (a mapInArrow function over the feature rows): pack this partition's
-    blocks, hold them and answer the driver's requests."""
+    blocks, hold them (in memory within ``budget`` bytes, else in local files: ``holding``) and
+    answer the driver's requests."""
     import pyarrow as pa
     from pyspark import TaskContext
 
     ctx = TaskContext.get()
     part, attempt = ctx.partitionId(), ctx.attemptNumber()
+    held = Held(token, part, storage, budget,
+                row_bytes(len(packer.features), packer.weight_col is not None))
     with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT) as sock:
         sock.settimeout(None)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.sendall(_HELLO.pack(token.encode("ascii"), part, attempt))
         threading.Thread(target=kernels.warm_up, daemon=True).start()  # beside the packing
-        # drained: Spark discards a worker that leaves input unread; labels stay in this
-        # worker's memory
-        held = list(packer.blocks(batches))
-        _send(sock, ("ready", part))
-        while True:
-            data = _recv_bytes(sock)
-            try:
-                request = pickle.loads(data)
-                if request is None:
-                    break
-                result = ("ok", in_task(request[1], held, request[2]))
-            except Exception as exc:  # noqa: BLE001 - reported to the driver, which re-raises
-                result = ("error", f"{type(exc).__name__}: {exc}")
-            _send(sock, result)
+        # drained: Spark discards a worker that leaves input unread
+        for block in packer.blocks(batches):
+            held.add(block)
+        label_limit = limit_label_cache(held)
+        try:
+            _send(sock, ("ready", part, held.report()))
+            while True:
+                data = _recv_bytes(sock)
+                try:
+                    request = pickle.loads(data)
+                    if request is None:
+                        break
+                    result = ("ok", in_task(request[1], held, request[2]))
+                except Exception as exc:  # noqa: BLE001 - reported to the driver, which re-raises
+                    result = ("error", f"{type(exc).__name__}: {exc}")
+                _send(sock, result)
+        finally:
+            tasks.LABELS.max_bytes = label_limit
+            held.release()
     yield pa.RecordBatch.from_pydict({"part": pa.array([part], pa.int32())})
 
 
@@ -115,14 +126,20 @@ def _serve(host: str, port: int, token: str, packer: Packer, batches: Iterator) 
 class ResidentTransport:
     """Long-running tasks hold the blocks; requests go over sockets; falls back to files."""
 
-    def __init__(self, packing: Packing, d: int, connect_timeout: float = CONNECT_TIMEOUT,
+    def __init__(self, packing: Packing, d: int, storage: str = "auto",
+                 budget: Budget | None = None, connect_timeout: float = CONNECT_TIMEOUT,
                  reconnect_timeout: float = RECONNECT_TIMEOUT):
-        self.source = packing.frame  # for the fallback
+        self.packing = packing  # for the fallback
         self.d = d
         self.sc = packing.rows.sparkSession.sparkContext
         self.num_partitions = packing.rows.rdd.getNumPartitions()
         self.reconnect_timeout = reconnect_timeout
+        self.storage = storage
+        self.budget = budget or session_budget(self.sc)
+        #: per partition, what its task holds (rows, bytes, storage), from its ready message
+        self.held: dict[int, dict] = {}
         self.fallback: ArrowFilesTransport | None = None
+        self.fallback_reason: str | None = None
         self.reconnects = 0
         self._seq = 0
         self._conns: dict[int, socket.socket] = {}
@@ -146,13 +163,42 @@ class ResidentTransport:
         # packing and serving in one task: the rows cross from the JVM once (a separate block
         # frame would send them to Python, back to the JVM, and to Python again)
         served = packing.rows.mapInArrow(
-            functools.partial(_serve, host, port, self._token, packing.packer), "part int")
+            functools.partial(_serve, host, port, self._token, packing.packer, storage,
+                              self.budget.per_task), "part int")
         self._job = threading.Thread(target=self._run_job, args=(served,), daemon=True)
         self._job.start()
         try:
             self._wait_for(set(range(self.num_partitions)), connect_timeout)
         except ResidentUnavailable as exc:
             self._fall_back(str(exc))
+            return
+        log.info("%s", self._held_line())
+
+    def _held_line(self) -> str:
+        """One line with the numbers: where the tasks hold their blocks, and why."""
+        reports = [self.held[p] for p in sorted(self.held)]
+        rows = sum(r["rows"] for r in reports)
+        largest = max((r["bytes"] for r in reports), default=0)
+        in_files = [p for p in sorted(self.held) if self.held[p]["storage"] == FILES]
+        where = ("in the Python workers' memory" if not in_files else
+                 "in executor-local memory-mapped files" if len(in_files) == len(reports) else
+                 f"in executor-local memory-mapped files for partitions {in_files}, in memory "
+                 "for the rest")
+        why = {"auto": f"budget {self.budget.describe()}",
+               MEMORY: "storage forced to memory", FILES: "storage forced to files"}[self.storage]
+        return (f"resident tasks: {len(reports)} partitions, {rows:,} rows, largest task "
+                f"{mib(largest)} of blocks, norms, weights and labels; {why}: blocks held {where}")
+
+    def record(self) -> dict:
+        """Which transport ran and how, for the model: name, storage, fallback."""
+        if self.fallback is not None:
+            return {"name": "arrow-files", "requested": "resident",
+                    "fallback": self.fallback_reason}
+        storages = sorted({r["storage"] for r in self.held.values()})
+        return {"name": "resident", "storage": storages[0] if len(storages) == 1 else "mixed",
+                "partitions": self.num_partitions,
+                "held_bytes": sum(r["bytes"] for r in self.held.values()),
+                "budget_per_task": self.budget.per_task, "budget": self.budget.source}
 
     # ------------------------------------------------------------------ the Spark job
     def _run_job(self, served: DataFrame) -> None:
@@ -187,7 +233,7 @@ class ResidentTransport:
                 return
             self._arrivals.put(("hello", part, None))
             conn.settimeout(None)  # building the blocks may take a while on big partitions
-            _recv(conn)
+            self.held[part] = _recv(conn)[2]
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._arrivals.put(("ready", part, conn))
         except (OSError, ValueError, EOFError, struct.error, pickle.UnpicklingError):
@@ -227,7 +273,8 @@ class ResidentTransport:
         log.warning("resident tasks unavailable (%s); running one Spark job per iteration",
                     why.splitlines()[0])
         self._stop_job()
-        self.fallback = ArrowFilesTransport(self.source, self.d)
+        self.fallback_reason = why.splitlines()[0]
+        self.fallback = ArrowFilesTransport(self.packing, self.d)
 
     # ------------------------------------------------------------------ requests
     def run(self, fn: TaskFn, value: Any, label: str | None = None) -> list:
@@ -298,6 +345,17 @@ class ResidentTransport:
             self.fallback.release()
         else:
             self._stop_job()
+
+
+def session_budget(sc) -> Budget:
+    """The memory one resident task may hold in this session (see ``budget``)."""
+    slots = task_slots(sc)
+    try:
+        executors = sc._jsc.sc().getExecutorMemoryStatus().size() - 1  # less the driver
+    except Exception:  # noqa: BLE001 - a Spark API through py4j: treat as unknown
+        executors = 0
+    per_executor = -(-slots // executors) if slots and executors > 0 else None
+    return task_budget(dict(sc.getConf().getAll()), sc.master, per_executor)
 
 
 def task_slots(sc) -> int | None:

@@ -1,0 +1,170 @@
+"""The resident tasks' memory budget (``transport.budget``) and where a task holds its blocks
+(``transport.holding``): the rule's numbers worked by hand, and blocks identical in memory and in
+files."""
+
+import os
+
+import numpy as np
+import pytest
+
+from kmeans_dist import kernels
+from kmeans_dist.blocks import Block
+from kmeans_dist.transport import budget
+from kmeans_dist.transport.holding import FILES, MEMORY, Held
+
+MIB = 1 << 20
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("512m", 512 * MIB), ("2g", 2 << 30), ("1536", 1536 * MIB), ("1.5g", 1536 * MIB),
+    ("384MiB", 384 * MIB), ("64k", 64 << 10), ("100b", 100),
+])
+def test_memory_sizes_read_as_spark_reads_them(text, expected):
+    assert budget.size_bytes(text) == expected
+
+
+def test_a_bad_memory_size_is_refused():
+    with pytest.raises(ValueError, match="not a memory size: '12 parsecs'"):
+        budget.size_bytes("12 parsecs")
+
+
+def test_pyspark_memory_is_shared_by_the_executor_cores():
+    b = budget.task_budget({"spark.executor.pyspark.memory": "2g", "spark.executor.cores": "4",
+                            "spark.executor.memoryOverhead": "8g"}, "yarn", None)
+    assert b.per_task == 512 * MIB
+    assert b.source == "spark.executor.pyspark.memory 2,048 MiB / 4 task slots"
+
+
+def test_explicit_overhead_is_shared_by_the_task_slots():
+    # 4 cores, 2 cpus per task: 2 slots share 3 GiB
+    b = budget.task_budget({"spark.executor.memoryOverhead": "3g", "spark.executor.cores": "4",
+                            "spark.task.cpus": "2"}, "spark://m:7077", None)
+    assert b.per_task == 1536 * MIB
+
+
+def test_default_overhead_is_a_tenth_of_the_heap_but_at_least_384_mib():
+    small = budget.task_budget({"spark.executor.memory": "1g"}, "yarn", 2)
+    assert small.per_task == 192 * MIB  # max(384 MiB, 102 MiB) over 2 measured slots
+    assert "2 task slots" in small.source
+    big = budget.task_budget({"spark.executor.memory": "20g", "spark.executor.cores": "4"},
+                             "yarn", 2)
+    assert big.per_task == (2048 * MIB) // 4  # 10% of 20 GiB; the conf's cores win
+    assert budget.task_budget({"spark.executor.memory": "20g"}, "yarn", None).per_task == 2048 * MIB
+
+
+def test_kubernetes_gives_python_executors_a_larger_default_factor():
+    k8s = budget.task_budget({"spark.executor.memory": "10g", "spark.executor.cores": "2"},
+                             "k8s://https://api:6443", None)
+    assert k8s.per_task == (4096 * MIB) // 2
+    set_factor = budget.task_budget({"spark.executor.memory": "10g",
+                                     "spark.executor.memoryOverheadFactor": "0.2"}, "yarn", 1)
+    assert set_factor.per_task == 2048 * MIB
+
+
+def test_local_mode_shares_half_the_available_memory(monkeypatch):
+    monkeypatch.setattr(budget, "available_memory", lambda: 8 << 30)
+    assert budget.task_budget({}, "local[4]", None).per_task == (4 << 30) // 4
+    assert budget.task_budget({}, "local", None).per_task == 4 << 30
+    assert budget.task_budget({}, "local[2,3]", None).per_task == 2 << 30
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert budget.task_budget({}, "local[*]", None).per_task == (4 << 30) // 8
+
+
+def test_available_memory_is_what_meminfo_says_at_most():
+    with open("/proc/meminfo") as fh:
+        total = int(next(ln for ln in fh if ln.startswith("MemTotal:")).split()[1]) * 1024
+    assert 0 < budget.available_memory() <= total
+
+
+def test_row_bytes_count_features_norm_weight_and_labels():
+    assert budget.row_bytes(16, weighted=False) == 16 * 8 + 8 + 4
+    assert budget.row_bytes(4, weighted=True, models=3) == 4 * 8 + 8 + 8 + 3 * 4
+
+
+# --------------------------------------------------------------------------- holding
+def _blocks(n_blocks=5, rows=100, d=3, weighted=True, seed=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n_blocks):
+        x = rng.normal(size=(rows, d))
+        w = rng.uniform(0.5, 2, rows) if weighted else None
+        out.append(Block(2, i * rows, x, kernels.squared_norms(x), w, {}))
+    return out
+
+
+def _same_blocks(got, expected):
+    assert [(b.part, b.start) for b in got] == [(b.part, b.start) for b in expected]
+    for g, e in zip(got, expected):
+        assert np.array_equal(g.x, e.x) and np.array_equal(g.x_sq, e.x_sq)
+        assert (g.w is None) == (e.w is None)
+        if e.w is not None:
+            assert np.array_equal(g.w, e.w)
+
+
+@pytest.fixture
+def local_dirs(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPARK_LOCAL_DIRS", str(tmp_path))
+    return tmp_path
+
+
+def _files(root):
+    return sorted(p.name for p in root.rglob("*.npy"))
+
+
+def test_blocks_within_the_budget_stay_in_memory(local_dirs):
+    blocks = _blocks()
+    held = Held("t1", 2, "auto", budget=500 * budget.row_bytes(3, True), row_bytes=budget.row_bytes(3, True))
+    for b in blocks:
+        held.add(b)
+    assert held.storage == MEMORY and held.rows == 500
+    assert held.report() == {"rows": 500, "bytes": 500 * 44, "storage": MEMORY,
+                             "budget": 500 * 44}
+    _same_blocks(list(held), blocks)
+    assert _files(local_dirs) == []
+
+
+def test_blocks_over_the_budget_go_to_files_and_read_back_identical(local_dirs):
+    blocks = _blocks()
+    held = Held("t2", 2, "auto", budget=250 * 44, row_bytes=44)
+    for b in blocks:
+        held.add(b)
+    assert held.storage == FILES and held.report()["bytes"] == 500 * 44
+    assert held.report()["dir"] == str(local_dirs / "kmeans_dist" / "t2")
+    # every block is on disk, the first ones spilled when the third went over the budget
+    assert len(_files(local_dirs)) == 3 * len(blocks)
+    for _ in range(2):  # one iteration per pass, as often as the fit asks
+        _same_blocks(list(held), blocks)
+    # the arrays are maps of the files, not copies in the heap
+    first = next(iter(held))
+    assert isinstance(first.x.base, np.memmap) or isinstance(first.x, np.memmap)
+    assert first.scratch is not None  # labels go beside the blocks, not to the worker's cache
+    held.release()
+    assert _files(local_dirs) == [] and not (local_dirs / "kmeans_dist" / "t2").exists()
+
+
+def test_forced_storage_ignores_the_budget(local_dirs):
+    memory = Held("t3", 2, MEMORY, budget=0, row_bytes=44)
+    files = Held("t4", 2, FILES, budget=1 << 40, row_bytes=44)
+    blocks = _blocks(weighted=False)
+    for b in blocks:
+        memory.add(b)
+        files.add(b)
+    assert memory.storage == MEMORY and files.storage == FILES
+    _same_blocks(list(memory), blocks)
+    _same_blocks(list(files), blocks)
+    assert len(_files(local_dirs)) == 2 * len(blocks)  # x and norms, no weights
+
+
+def test_release_removes_only_its_own_partition(local_dirs):
+    mine, other = Held("t5", 1, FILES, 0, 44), Held("t5", 11, FILES, 0, 44)
+    for b in _blocks(2):
+        mine.add(Block(1, b.start, b.x, b.x_sq, b.w))
+        other.add(Block(11, b.start, b.x, b.x_sq, b.w))
+    mine.release()
+    assert _files(local_dirs) and all(n.startswith("p11-") for n in _files(local_dirs))
+    _same_blocks(list(other), [Block(11, b.start, b.x, b.x_sq, b.w) for b in _blocks(2)])
+
+
+def test_unknown_storage_is_refused():
+    with pytest.raises(ValueError, match="unknown block storage 'tape'"):
+        Held("t", 0, "tape", 0, 44)
