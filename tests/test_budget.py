@@ -10,9 +10,11 @@ import pytest
 from kmeans_dist import kernels
 from kmeans_dist.blocks import Block
 from kmeans_dist.transport import budget
+from kmeans_dist.transport import holding
 from kmeans_dist.transport.holding import FILES, MEMORY, Held
 
 MIB = 1 << 20
+BASELINE = holding.worker_baseline  # the real one, before a fixture replaces it
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -103,7 +105,9 @@ def _same_blocks(got, expected):
 
 @pytest.fixture
 def local_dirs(tmp_path, monkeypatch):
+    """Blocks written under ``tmp_path``; the worker's own memory taken as 0 (tested below)."""
     monkeypatch.setenv("SPARK_LOCAL_DIRS", str(tmp_path))
+    monkeypatch.setattr(holding, "worker_baseline", lambda: 0)
     return tmp_path
 
 
@@ -163,6 +167,22 @@ def test_release_removes_only_its_own_partition(local_dirs):
     mine.release()
     assert _files(local_dirs) and all(n.startswith("p11-") for n in _files(local_dirs))
     _same_blocks(list(other), [Block(11, b.start, b.x, b.x_sq, b.w) for b in _blocks(2)])
+
+
+def test_what_the_worker_already_holds_comes_off_the_budget(local_dirs, monkeypatch):
+    monkeypatch.setattr(holding, "worker_rss", lambda: 200 * 44 - holding.KERNEL_RUNTIME)
+    monkeypatch.setattr(holding, "worker_baseline", BASELINE)
+    held = Held("t6", 2, "auto", budget=500 * 44, row_bytes=44)
+    for b in _blocks():  # 500 rows: within the budget, not within what is left of it
+        held.add(b)
+    assert held.storage == FILES and held.report()["budget"] == 300 * 44
+
+
+def test_worker_rss_is_this_process_resident_memory():
+    now = holding.worker_rss()
+    with open("/proc/self/status") as fh:  # the kernel's other account of the same figure
+        vm_rss = int(next(ln for ln in fh if ln.startswith("VmRSS:")).split()[1]) * 1024
+    assert 10 << 20 < now and abs(now - vm_rss) < 0.1 * vm_rss
 
 
 def test_unknown_storage_is_refused():

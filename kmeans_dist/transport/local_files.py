@@ -42,7 +42,12 @@ def _paths(token: str, part: int, start: int) -> tuple[str, str, str]:
 
 
 def _store(token: str, blocks: Iterable[Block]) -> list[dict]:
-    """Write blocks to local files; return their handles (everything but the arrays)."""
+    """Write blocks to local files; return their handles (everything but the arrays).
+
+    Each file is flushed to disk before the next is written: its pages stay in the page cache
+    for the passes, but clean, so the kernel can drop them under memory pressure. Dirty pages
+    cannot be dropped, and in a memory-limited container (cgroup v1) a partition's worth of
+    them gets the executor OOM-killed before the flusher writes them back."""
     os.makedirs(_root(token), exist_ok=True)
     handles = []
     for b in blocks:
@@ -50,7 +55,10 @@ def _store(token: str, blocks: Iterable[Block]) -> list[dict]:
         for path, arr in ((px, b.x), (pxsq, b.x_sq), (pw, b.w)):
             if arr is not None:
                 tmp = f"{path}.{uuid.uuid4().hex}.tmp.npy"
-                np.save(tmp, np.ascontiguousarray(arr))
+                with open(tmp, "wb") as fh:
+                    np.save(fh, np.ascontiguousarray(arr))
+                    fh.flush()
+                    os.fdatasync(fh.fileno())
                 os.replace(tmp, path)
         handles.append({"part": b.part, "start": b.start, "has_w": b.w is not None,
                         "problems": b.problems})

@@ -1,0 +1,157 @@
+"""The default transport on a memory-limited executor: a real standalone worker whose whole process
+tree (Worker daemon, executor JVM, Python workers) runs in a v1 memory cgroup smaller than the
+data. The resident tasks' budget (``transport.budget``) sends the blocks to executor-local
+memory-mapped files, the fit gives Lloyd's model (numpy brute force from the same start), and the
+kernel's OOM killer never fires (``oom_kill`` stays 0), where holding the rows in the Python
+workers' memory would need more than the whole container.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from cgroup import MemoryCgroup, memory_cgroup
+from standalone import (HOST, SPARK_BIN, START_TIMEOUT, Cluster, alive_workers, free_port,
+                        log_tail, run_logged, spark_env, spawn)
+
+ROOT = Path(__file__).resolve().parent.parent
+MIB = 1 << 20
+#: the container: Worker daemon (256 MiB heap), executor (512 MiB heap), two Python workers and
+#: the page cache they touch all count (about 1,270 MiB of processes measured at the peak)
+LIMIT = 1500 * MIB
+ROWS, D, K = 12_500_000, 16, 8  # 1,526 MiB of float64 features: more than the whole container
+MAX_ITER = 4
+FIT_TIMEOUT = 420.0
+
+
+@contextmanager
+def limited_worker_cluster(base: Path, group: MemoryCgroup) -> Iterator[Cluster]:
+    """A master (unlimited) and one 2-core worker started inside ``group``."""
+    spark_class = str(SPARK_BIN / "spark-class")
+    port, webui = free_port(), free_port()
+    cluster = Cluster(f"spark://{HOST}:{port}", f"http://{HOST}:{webui}/json/",
+                      base / "work", base / "logs")
+    cluster.work_dir.mkdir(parents=True)
+    cluster.log_dir.mkdir(parents=True)
+    (base / "local").mkdir()
+    env = spark_env(SPARK_LOCAL_DIRS=str(base / "local"), SPARK_DAEMON_MEMORY="256m")
+    logs = [cluster.log_dir / "master.log", cluster.log_dir / "worker.log"]
+    with ExitStack() as stack:
+        stack.enter_context(spawn(
+            [spark_class, "org.apache.spark.deploy.master.Master", "--host", HOST,
+             "--port", str(port), "--webui-port", str(webui)], logs[0], env))
+        stack.enter_context(spawn(group.command(
+            [spark_class, "org.apache.spark.deploy.worker.Worker", "--host", HOST,
+             "--port", str(free_port()), "--webui-port", str(free_port()),
+             "--cores", "2", "--memory", "4g", "--work-dir", str(cluster.work_dir),
+             cluster.master_url]), logs[1], env))
+        deadline = time.monotonic() + START_TIMEOUT
+        while alive_workers(cluster.status_url) < 1:
+            if time.monotonic() > deadline:
+                pytest.fail("limited worker not ALIVE\n" + "\n".join(map(log_tail, logs)))
+            time.sleep(0.5)
+        yield cluster
+
+
+def write_data(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """ROWS x D rows around K overlapping centres, as Parquet with 125K-row groups; returns
+    the rows and a start (the first row of each centre, moved off it)."""
+    rng = np.random.default_rng(11)
+    centres = rng.normal(scale=3.0, size=(K, D))
+    which = rng.integers(0, K, ROWS)
+    x = centres[which] + rng.normal(size=(ROWS, D))
+    table = pa.table({f"f{j}": x[:, j] for j in range(D)})
+    pq.write_table(table, path, row_group_size=125_000)
+    init = x[[int(np.flatnonzero(which == j)[0]) for j in range(K)]] + 0.5
+    return x, init
+
+
+def lloyd_reference(x: np.ndarray, init: np.ndarray, max_iter: int) -> tuple[np.ndarray, int]:
+    """Brute-force Lloyd (scikit-learn's order: assign with C_t, update to C_t+1), stopping when
+    no row changes cluster or after ``max_iter`` updates."""
+    c, prev = init.copy(), None
+    for it in range(1, max_iter + 1):
+        labels = np.concatenate([
+            np.argmin((chunk**2).sum(1)[:, None] - 2 * chunk @ c.T + (c**2).sum(1)[None], 1)
+            for chunk in np.array_split(x, 20)])
+        sums = np.stack([np.bincount(labels, weights=x[:, j], minlength=K) for j in range(D)], 1)
+        c = sums / np.bincount(labels, minlength=K)[:, None]
+        if prev is not None and np.array_equal(prev, labels):
+            return c, it
+        prev = labels
+    return c, max_iter
+
+
+DRIVER = """
+import json, logging, sys
+import numpy as np
+from kmeans_dist import KMeans, get_session
+
+master, data, init, out = sys.argv[1:5]
+logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s %(message)s")
+spark = get_session(master, app_name="kmeans-dist memory-limited executor", conf={{
+    "spark.executor.memory": "512m",
+    "spark.executor.cores": "2",
+    "spark.pyspark.python": sys.executable,
+    "spark.scheduler.minRegisteredResourcesRatio": "1.0",
+    "spark.scheduler.maxRegisteredResourcesWaitingTime": "120s",
+}})
+model = KMeans({k}, init=np.load(init), max_iter={max_iter}).fit(spark.read.parquet(data))
+json.dump({{"centroids": model.centroids.tolist(), "n_iter": model.n_iter,
+           "transport": model.transport}}, open(out, "w"))
+spark.stop()
+"""
+
+
+@pytest.mark.cluster
+def test_data_larger_than_the_container_fits_without_an_oom_kill(tmp_path: Path) -> None:
+    started = time.perf_counter()
+    data, init_path, out = tmp_path / "rows.parquet", tmp_path / "init.npy", tmp_path / "fit.json"
+    x, init = write_data(data)
+    np.save(init_path, init)
+    assert x.nbytes > LIMIT
+    script = tmp_path / "driver.py"
+    script.write_text(textwrap.dedent(DRIVER.format(k=K, max_iter=MAX_ITER)))
+    log = tmp_path / "driver.log"
+    with memory_cgroup("kmeans-dist-test", LIMIT) as group:
+        with limited_worker_cluster(tmp_path / "cluster", group) as cluster:
+            env = spark_env(PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
+            code = run_logged([sys.executable, str(script), cluster.master_url, str(data),
+                               str(init_path), str(out)], log, env, ROOT, FIT_TIMEOUT)
+            peak, kills = group.max_usage, group.oom_kills
+            executors = sorted(p.name for p in cluster.work_dir.glob("app-*/*"))
+            worker_log = log_tail(cluster.log_dir / "worker.log", 30)
+    fitted = time.perf_counter()
+    assert code == 0, f"driver exited with {code}\n{log_tail(log, 60)}\n{worker_log}"
+    # nothing was killed: no OOM kill in the container, one executor for the whole fit
+    assert kills == 0, f"{kills} OOM kill(s) in the executor's cgroup\n{worker_log}"
+    assert executors == ["0"], f"executors started: {executors}\n{worker_log}"
+    assert peak <= LIMIT
+    result = json.loads(out.read_text())
+    # resident tasks, blocks in files: the rows would take ~830 MiB per task in memory, over
+    # the 192 MiB budget (default overhead 384 MiB / 2 slots)
+    assert result["transport"]["name"] == "resident", result["transport"]
+    assert result["transport"]["storage"] == "files", result["transport"]
+    assert result["transport"]["held_bytes"] > LIMIT
+    assert result["transport"]["budget_per_task"] == 192 * MIB
+    driver_log = log.read_text()
+    assert "blocks held in executor-local memory-mapped files" in driver_log
+    # and it is Lloyd's model: brute force from the same start (the sums are folded in another
+    # order, so the centroids agree to rounding: 1e-9 relative)
+    expected, n_iter = lloyd_reference(x, init, MAX_ITER)
+    assert result["n_iter"] == n_iter
+    np.testing.assert_allclose(np.array(result["centroids"]), expected, rtol=1e-9, atol=1e-9)
+    print(f"\nmemory-limited fit: {fitted - started:.1f} s, peak charge {peak / MIB:.0f} MiB of "
+          f"{LIMIT / MIB:.0f} MiB, {x.nbytes / MIB:.0f} MiB of rows")
