@@ -28,11 +28,12 @@ from standalone import (HOST, SPARK_BIN, START_TIMEOUT, Cluster, alive_workers, 
 
 ROOT = Path(__file__).resolve().parent.parent
 MIB = 1 << 20
-#: the container: Worker daemon (256 MiB heap), executor (512 MiB heap), two Python workers and
-#: the page cache they touch all count (about 1,270 MiB of processes measured at the peak)
-LIMIT = 1500 * MIB
-ROWS, D, K = 12_500_000, 16, 8  # 1,526 MiB of float64 features: more than the whole container
+#: the container: Worker daemon (256 MiB heap), executor (512 MiB heap, 1 core), its Python
+#: worker and the page cache they touch all count
+LIMIT = 1100 * MIB
+ROWS, D, K = 9_500_000, 16, 8  # 1,160 MiB of float64 features: more than the whole container
 MAX_ITER = 4
+TRANSPORT = "auto"  # the default (by hand, "resident-memory" here gets the executor OOM-killed)
 FIT_TIMEOUT = 420.0
 
 
@@ -55,7 +56,7 @@ def limited_worker_cluster(base: Path, group: MemoryCgroup) -> Iterator[Cluster]
         stack.enter_context(spawn(group.command(
             [spark_class, "org.apache.spark.deploy.worker.Worker", "--host", HOST,
              "--port", str(free_port()), "--webui-port", str(free_port()),
-             "--cores", "2", "--memory", "4g", "--work-dir", str(cluster.work_dir),
+             "--cores", "1", "--memory", "4g", "--work-dir", str(cluster.work_dir),
              cluster.master_url]), logs[1], env))
         deadline = time.monotonic() + START_TIMEOUT
         while alive_workers(cluster.status_url) < 1:
@@ -99,16 +100,18 @@ import json, logging, sys
 import numpy as np
 from kmeans_dist import KMeans, get_session
 
-master, data, init, out = sys.argv[1:5]
+master, data, init, out, transport = sys.argv[1:6]
 logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s %(message)s")
 spark = get_session(master, app_name="kmeans-dist memory-limited executor", conf={{
     "spark.executor.memory": "512m",
-    "spark.executor.cores": "2",
+    "spark.executor.cores": "1",
+    "spark.default.parallelism": "1",  # one partition per task slot: one resident task
     "spark.pyspark.python": sys.executable,
     "spark.scheduler.minRegisteredResourcesRatio": "1.0",
     "spark.scheduler.maxRegisteredResourcesWaitingTime": "120s",
 }})
-model = KMeans({k}, init=np.load(init), max_iter={max_iter}).fit(spark.read.parquet(data))
+model = KMeans({k}, init=np.load(init), max_iter={max_iter}, transport=transport).fit(
+    spark.read.parquet(data))
 json.dump({{"centroids": model.centroids.tolist(), "n_iter": model.n_iter,
            "transport": model.transport}}, open(out, "w"))
 spark.stop()
@@ -129,7 +132,8 @@ def test_data_larger_than_the_container_fits_without_an_oom_kill(tmp_path: Path)
         with limited_worker_cluster(tmp_path / "cluster", group) as cluster:
             env = spark_env(PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
             code = run_logged([sys.executable, str(script), cluster.master_url, str(data),
-                               str(init_path), str(out)], log, env, ROOT, FIT_TIMEOUT)
+                               str(init_path), str(out), TRANSPORT], log, env, ROOT,
+                              FIT_TIMEOUT)
             peak, kills = group.max_usage, group.oom_kills
             executors = sorted(p.name for p in cluster.work_dir.glob("app-*/*"))
             worker_log = log_tail(cluster.log_dir / "worker.log", 30)
@@ -140,12 +144,12 @@ def test_data_larger_than_the_container_fits_without_an_oom_kill(tmp_path: Path)
     assert executors == ["0"], f"executors started: {executors}\n{worker_log}"
     assert peak <= LIMIT
     result = json.loads(out.read_text())
-    # resident tasks, blocks in files: the rows would take ~830 MiB per task in memory, over
-    # the 192 MiB budget (default overhead 384 MiB / 2 slots)
+    # resident tasks, blocks in files: the rows would take 1,230 MiB in memory, over the
+    # 384 MiB budget (the default overhead, 384 MiB, for its one task slot)
     assert result["transport"]["name"] == "resident", result["transport"]
     assert result["transport"]["storage"] == "files", result["transport"]
     assert result["transport"]["held_bytes"] > LIMIT
-    assert result["transport"]["budget_per_task"] == 192 * MIB
+    assert result["transport"]["budget_per_task"] == 384 * MIB
     driver_log = log.read_text()
     assert "blocks held in executor-local memory-mapped files" in driver_log
     # and it is Lloyd's model: brute force from the same start (the sums are folded in another
