@@ -144,7 +144,7 @@ def test_data_larger_than_the_container_fits_without_an_oom_kill(tmp_path: Path)
     assert executors == ["0"], f"executors started: {executors}\n{worker_log}"
     assert peak <= LIMIT
     result = json.loads(out.read_text())
-    # resident tasks, blocks in files: the rows would take 1,230 MiB in memory, over the
+    # resident tasks, blocks in files: the rows would take 1,268 MiB in memory, over the
     # 384 MiB budget (the default overhead, 384 MiB, for its one task slot)
     assert result["transport"]["name"] == "resident", result["transport"]
     assert result["transport"]["storage"] == "files", result["transport"]

@@ -15,10 +15,11 @@ is cached); a task that finds none recomputes them, which gives the same labels.
 
 ``ArrowFilesTransport`` (the default on Spark Connect) is ``LocalFilesTransport`` in DataFrame
 form: moving the cached blocks from the JVM to the Python worker is most of a pass above, so the
-blocks are written once to executor-local ``.npy`` files, what is cached is a tiny DataFrame of
-their handles (one row per block), and each pass maps the files instead of receiving the data. A
-partition whose task finds no files (it ran elsewhere, the files were removed) is recomputed from
-the block frame's lineage, which writes its files again where it runs.
+rows are packed and written once to executor-local ``.npy`` files, block by block as they arrive,
+what is cached is a tiny DataFrame of their handles (one row per block), and each pass maps the
+files instead of receiving the data. A partition whose task finds no files (it ran elsewhere, the
+files were removed) is recomputed from the rows' lineage, which writes its files again where it
+runs.
 """
 
 from __future__ import annotations

@@ -4,8 +4,9 @@ Each Spark job costs a fixed ~30 ms per task wave before any data moves (schedul
 task, starting it in a Python worker, returning its result), which is most of an iteration once the
 data is kept on the executors. Here one Spark job (a ``mapInArrow`` over the feature rows) starts
 one task per partition; each task packs its partition's rows into blocks itself (Spark's lineage,
-so a retried task rebuilds them), keeps them in its Python worker, connects back to a socket on
-the driver and then runs every task function the driver sends until told to stop. An iteration
+so a retried task rebuilds them), keeps them (in its Python worker's memory within the
+executor's budget, else in executor-local memory-mapped files: ``holding``), connects back to a
+socket on the driver and then runs every task function the driver sends until told to stop. An iteration
 is then one message out and one back per partition.
 
 Fault tolerance stays Spark's: if a resident task dies, Spark retries it (``spark.task.maxFailures``)
@@ -186,7 +187,8 @@ class ResidentTransport:
                  "for the rest")
         why = {"auto": f"budget {self.budget.describe()}",
                MEMORY: "storage forced to memory", FILES: "storage forced to files"}[self.storage]
-        return (f"resident tasks: {len(reports)} partitions, {rows:,} rows, largest task "
+        parts = f"{len(reports)} partition{'s' if len(reports) != 1 else ''}"
+        return (f"resident tasks: {parts}, {rows:,} rows, largest task "
                 f"{mib(largest)} of blocks, norms, weights and labels; {why}: blocks held {where}")
 
     def record(self) -> dict:
