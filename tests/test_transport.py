@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -252,16 +253,31 @@ def _tls_without_pin(sock: socket.socket) -> ssl.SSLSocket:
     return context.wrap_socket(sock)
 
 
+@contextmanager
+def _under_attack(df, x, tmp_path, **kw):
+    """A resident transport over ``df`` to attack: yields it, its address and a pickle whose
+    loading creates a file. Afterwards it must serve on unharmed: no fallback, no reconnect,
+    nothing unpickled, the RDD transport's partials."""
+    transport = _resident(df, **kw)
+    unpickled = tmp_path / "unpickled"
+    try:
+        assert transport.fallback is None
+        yield (transport, transport._server.getsockname()[:2],
+               pickle.dumps(WritesAFile(unpickled)))
+        got = _lloyd_steps(transport, x)
+        assert transport.fallback is None and transport.reconnects == 0
+    finally:
+        transport.release()
+    assert not unpickled.exists()
+    assert _same(got, _rdd_steps(df, x))
+
+
 def test_resident_refuses_a_second_claim_on_a_live_partition(points, tmp_path, caplog):
     """A peer that knows the token (sniffed off a clear-text channel) cannot take over a
     partition whose task is connected, and what it sends is never unpickled."""
     df, x, _ = points
-    two = df.coalesce(2)
-    transport = _resident(two)
-    evil = pickle.dumps(WritesAFile(tmp_path / "unpickled"))
-    try:
-        assert transport.fallback is None and transport._tls is None  # local mode: clear text
-        address = transport._server.getsockname()[:2]
+    with _under_attack(df.coalesce(2), x, tmp_path) as (transport, address, evil):
+        assert transport._tls is None  # local mode: clear text
         held = dict(transport._conns)
         with caplog.at_level(logging.WARNING, logger="kmeans_dist"):
             claim = _hello(transport._token, 0) + _framed(codec.encode(("ready", 0)))
@@ -270,12 +286,6 @@ def test_resident_refuses_a_second_claim_on_a_live_partition(points, tmp_path, c
             assert _intrude(address, _hello(transport._token, 1) + _framed(evil))
         assert "for partition 0, which a live connection holds" in caplog.text
         assert transport._conns == held
-        got = _lloyd_steps(transport, x)
-        assert transport.fallback is None and transport.reconnects == 0
-    finally:
-        transport.release()
-    assert not (tmp_path / "unpickled").exists()
-    assert _same(got, _rdd_steps(two, x))
 
 
 def test_resident_over_tls_keeps_strangers_out(points, tmp_path, caplog):
@@ -283,13 +293,9 @@ def test_resident_over_tls_keeps_strangers_out(points, tmp_path, caplog):
     partials; a peer without TLS, or with TLS and a wrong token, is closed, and nothing any peer
     sends is unpickled, even a peer with the token."""
     df, x, _ = points
-    two = df.coalesce(2)
-    transport = _resident(two, secure=True)
-    evil = pickle.dumps(WritesAFile(tmp_path / "unpickled"))
-    try:
-        assert transport.fallback is None and transport._tls is not None
+    with _under_attack(df.coalesce(2), x, tmp_path, secure=True) as (transport, address, evil):
+        assert transport._tls is not None
         assert all(isinstance(c, ssl.SSLSocket) for c in transport._conns.values())
-        address = transport._server.getsockname()[:2]
         with caplog.at_level(logging.WARNING, logger="kmeans_dist"):
             # clear text, right token: the TLS handshake fails, nothing read
             assert _intrude(address, _hello(transport._token, 0) + _framed(evil))
@@ -300,12 +306,6 @@ def test_resident_over_tls_keeps_strangers_out(points, tmp_path, caplog):
                             _tls_without_pin)
         assert "failed its handshake (SSLError" in caplog.text
         assert "without the run's token" in caplog.text
-        got = _lloyd_steps(transport, x)
-        assert transport.fallback is None and transport.reconnects == 0
-    finally:
-        transport.release()
-    assert not (tmp_path / "unpickled").exists()
-    assert _same(got, _rdd_steps(two, x))
 
 
 def _tls_server(server_tls: tls.ServerTLS):
