@@ -1,4 +1,4 @@
-"""The result codec: exact round trips of everything the tasks return, and refusals (never a pickle)."""
+"""The result codec: exact round trips of everything tasks return, and refusals (never a pickle)."""
 
 import dataclasses
 import json
