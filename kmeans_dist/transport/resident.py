@@ -241,7 +241,7 @@ class ResidentTransport:
             token, part, _attempt = _HELLO.unpack(_recv_exact(conn, _HELLO.size))
             if not (hmac.compare_digest(token, self._token.encode("ascii"))
                     and 0 <= part < self.num_partitions):
-                _refuse(conn, "without the run's token", peer)
+                _refuse(conn, "without the run's token or for no partition of the run", peer)
                 return
             self._arrivals.put(("hello", part, None))
             conn.settimeout(None)  # building the blocks may take a while on big partitions
