@@ -1,5 +1,9 @@
 """A real Spark standalone cluster (one master, two 1-core workers) on 127.0.0.1 for the tests.
 
+The workers can be bound to addresses of their own (``hosts``: any 127.x.y.z address is this
+machine's loopback), and the daemons can be given Java options (``daemon_opts``, e.g. Spark's
+authentication settings, through ``SPARK_MASTER_OPTS`` and ``SPARK_WORKER_OPTS``).
+
 Started with the installed pyspark's ``spark-class``; every process runs in its own session and
 is stopped by its own pid (its process group, so executor JVMs started by a worker go with it).
 ``no_site_python`` writes the executors' Python: the venv's interpreter with ``-S``, so the
@@ -18,7 +22,7 @@ import sys
 import sysconfig
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,8 +115,11 @@ def alive_workers(status_url: str) -> int:
 
 
 @contextmanager
-def standalone(base: Path, workers: int = 2) -> Iterator[Cluster]:
-    """A master and ``workers`` workers (1 core, 2 GiB each), up until the block exits."""
+def standalone(base: Path, workers: int = 2, hosts: Sequence[str] | None = None,
+               daemon_opts: str | None = None) -> Iterator[Cluster]:
+    """A master on HOST and ``workers`` workers (1 core, 2 GiB each), up until the block exits.
+    ``hosts``: one address per worker (``SPARK_LOCAL_IP`` and ``--host``; replaces ``workers``),
+    default HOST for each; ``daemon_opts``: Java options of the master and the workers."""
     spark_class = str(SPARK_BIN / "spark-class")
     port, webui = free_port(), free_port()
     cluster = Cluster(f"spark://{HOST}:{port}", f"http://{HOST}:{webui}/json/",
@@ -120,25 +127,28 @@ def standalone(base: Path, workers: int = 2) -> Iterator[Cluster]:
     cluster.work_dir.mkdir(parents=True)
     cluster.log_dir.mkdir(parents=True)
     (base / "local").mkdir()
-    env = spark_env(SPARK_LOCAL_DIRS=str(base / "local"))
+    opts = {} if daemon_opts is None else {"SPARK_MASTER_OPTS": daemon_opts,
+                                           "SPARK_WORKER_OPTS": daemon_opts}
+    env = spark_env(SPARK_LOCAL_DIRS=str(base / "local"), **opts)
+    worker_hosts = list(hosts) if hosts is not None else [HOST] * workers
     logs = [cluster.log_dir / "master.log"]
     with ExitStack() as stack:
         # entered in order, so the workers are stopped before the master
         stack.enter_context(spawn(
             [spark_class, "org.apache.spark.deploy.master.Master", "--host", HOST,
              "--port", str(port), "--webui-port", str(webui)], logs[0], env))
-        for i in range(workers):
+        for i, host in enumerate(worker_hosts):
             logs.append(cluster.log_dir / f"worker{i}.log")
             stack.enter_context(spawn(
-                [spark_class, "org.apache.spark.deploy.worker.Worker", "--host", HOST,
+                [spark_class, "org.apache.spark.deploy.worker.Worker", "--host", host,
                  "--port", str(free_port()), "--webui-port", str(free_port()),
                  "--cores", "1", "--memory", "2g", "--work-dir", str(cluster.work_dir),
-                 cluster.master_url], logs[-1], env))
+                 cluster.master_url], logs[-1], {**env, "SPARK_LOCAL_IP": host}))
         deadline = time.monotonic() + START_TIMEOUT
-        while alive_workers(cluster.status_url) < workers:
+        while alive_workers(cluster.status_url) < len(worker_hosts):
             if time.monotonic() > deadline:
-                pytest.fail(f"standalone cluster: fewer than {workers} ALIVE workers after "
-                            f"{START_TIMEOUT:.0f} s\n" + "\n".join(map(log_tail, logs)))
+                pytest.fail(f"standalone cluster: fewer than {len(worker_hosts)} ALIVE workers "
+                            f"after {START_TIMEOUT:.0f} s\n" + "\n".join(map(log_tail, logs)))
             time.sleep(0.5)
         yield cluster
 

@@ -1,11 +1,18 @@
 """Transports: resident tasks, executor-local files and the cached RDD give the same results;
-lost tasks, missing files and missing slots recover."""
+lost tasks, missing files and missing slots recover; the resident side channel keeps strangers,
+intruders with a stolen token and wrong servers out."""
 
 import functools
+import logging
 import os
+import pickle
+import socket
+import ssl
 import subprocess
 import sys
 import textwrap
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +20,10 @@ import pytest
 from pyspark import cloudpickle
 
 from jobutil import scala_list
-from kmeans_dist import KMeans, data, kernels, tasks
+from kmeans_dist import KMeans, codec, data, kernels, tasks
 from kmeans_dist.transport import (ArrowFilesTransport, LocalFilesTransport, RDDTransport,
                                    ResidentTransport)
-from kmeans_dist.transport import resident
+from kmeans_dist.transport import resident, tls
 from kmeans_dist.transport.arrow import RESULT_SCHEMA, _remove_files
 from kmeans_dist.transport.budget import Budget
 from kmeans_dist.transport.local_files import _remove
@@ -165,6 +172,16 @@ def _resident(df, **kw):
     return ResidentTransport(packed, 3, **kw)
 
 
+def _rdd_steps(df, x):
+    """``_lloyd_steps`` on the plain cached-RDD transport: the reference."""
+    ref = RDDTransport(data.block_rdd(data.block_frame(
+        df, ["a", "b", "c"], weight_col="w", block_rows=100), 3))
+    try:
+        return _lloyd_steps(ref, x)
+    finally:
+        ref.release()
+
+
 @pytest.mark.parametrize("slots_known", [True, False])
 def test_resident_without_enough_slots_falls_back_to_jobs(points, monkeypatch, slots_known):
     df, x, _ = points  # 3 partitions on local[2]: the third task never gets a slot
@@ -176,12 +193,7 @@ def test_resident_without_enough_slots_falls_back_to_jobs(points, monkeypatch, s
         got = _lloyd_steps(transport, x)
     finally:
         transport.release()
-    ref = RDDTransport(data.block_rdd(data.block_frame(
-        df, ["a", "b", "c"], weight_col="w", block_rows=100), 3))
-    try:
-        assert _same(got, _lloyd_steps(ref, x))
-    finally:
-        ref.release()
+    assert _same(got, _rdd_steps(df, x))
 
 
 def test_resident_ignores_a_peer_without_the_token(points):
@@ -199,12 +211,164 @@ def test_resident_ignores_a_peer_without_the_token(points):
         assert transport.fallback is None and transport.reconnects == 0
     finally:
         transport.release()
-    ref = RDDTransport(data.block_rdd(data.block_frame(
-        df.coalesce(2), ["a", "b", "c"], weight_col="w", block_rows=100), 3))
+    assert _same(got, _rdd_steps(df.coalesce(2), x))
+
+
+class WritesAFile:
+    """Unpickling this creates ``path``: it exists only if someone unpickled what a peer sent."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+def _framed(obj_bytes: bytes) -> bytes:
+    """One message of the side channel's framing (length, then the bytes)."""
+    return resident._LEN.pack(len(obj_bytes)) + obj_bytes
+
+
+def _hello(token: str, part: int) -> bytes:
+    return resident._HELLO.pack(token.encode("ascii"), part, 0)
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    """Whether the other end closed ``sock`` (waits up to 30 s for it)."""
+    sock.settimeout(30)
     try:
-        assert _same(got, _lloyd_steps(ref, x))
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def _intrude(address, message: bytes, wrap=None) -> bool:
+    """Connect to the driver's socket (through ``wrap`` if given), send ``message``; whether the
+    driver then closed the connection."""
+    with socket.create_connection(address, timeout=30) as raw:
+        sock = raw if wrap is None else wrap(raw)
+        try:
+            sock.sendall(message)
+        except (ConnectionResetError, BrokenPipeError, ssl.SSLError):
+            return True  # closed before it took everything
+        return _closed_by_peer(sock)
+
+
+def _tls_without_pin(sock: socket.socket) -> ssl.SSLSocket:
+    """TLS that trusts any server: what an intruder who ignores the pin would use."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    return context.wrap_socket(sock)
+
+
+@contextmanager
+def _under_attack(df, x, tmp_path, **kw):
+    """A resident transport over ``df`` to attack: yields it, its address and a pickle whose
+    loading creates a file. Afterwards it must serve on unharmed: no fallback, no reconnect,
+    nothing unpickled, the RDD transport's partials."""
+    transport = _resident(df, **kw)
+    unpickled = tmp_path / "unpickled"
+    try:
+        assert transport.fallback is None
+        yield (transport, transport._server.getsockname()[:2],
+               pickle.dumps(WritesAFile(unpickled)))
+        got = _lloyd_steps(transport, x)
+        assert transport.fallback is None and transport.reconnects == 0
     finally:
-        ref.release()
+        transport.release()
+    assert not unpickled.exists()
+    assert _same(got, _rdd_steps(df, x))
+
+
+def test_resident_refuses_a_second_claim_on_a_live_partition(points, tmp_path, caplog):
+    """A peer that knows the token (sniffed off a clear-text channel) cannot take over a
+    partition whose task is connected, and what it sends is never unpickled."""
+    df, x, _ = points
+    with _under_attack(df.coalesce(2), x, tmp_path) as (transport, address, evil):
+        assert transport._tls is None  # local mode: clear text
+        held = dict(transport._conns)
+        with caplog.at_level(logging.WARNING, logger="kmeans_dist"):
+            ready = ("ready", {"part": 0, "rows": 600, "bytes": 26400, "storage": "memory",
+                               "budget": 1 << 30})
+            claim = _hello(transport._token, 0) + _framed(codec.encode(ready))
+            assert _intrude(address, claim)
+            # a pickle where the task's "ready" should be: refused, not loaded
+            assert _intrude(address, _hello(transport._token, 1) + _framed(evil))
+        assert "for partition 0, which a live connection holds" in caplog.text
+        assert transport._conns == held
+
+
+def test_resident_over_tls_keeps_strangers_out(points, tmp_path, caplog):
+    """With TLS forced on (as when Spark's security is), tasks talk TLS and give the same
+    partials; a peer without TLS, or with TLS and a wrong token, is closed, and nothing any peer
+    sends is unpickled, even a peer with the token."""
+    df, x, _ = points
+    with _under_attack(df.coalesce(2), x, tmp_path, secure=True) as (transport, address, evil):
+        assert transport._tls is not None
+        assert all(isinstance(c, ssl.SSLSocket) for c in transport._conns.values())
+        with caplog.at_level(logging.WARNING, logger="kmeans_dist"):
+            # clear text, right token: the TLS handshake fails, nothing read
+            assert _intrude(address, _hello(transport._token, 0) + _framed(evil))
+            # TLS, wrong token
+            assert _intrude(address, _hello("0" * 32, 0) + _framed(evil), _tls_without_pin)
+            # TLS, right token, a pickle as "ready"
+            assert _intrude(address, _hello(transport._token, 1) + _framed(evil),
+                            _tls_without_pin)
+        assert "failed its handshake (SSLError" in caplog.text
+        assert "without the run's token" in caplog.text
+
+
+def _tls_server(server_tls: tls.ServerTLS):
+    """A one-connection TLS server on 127.0.0.1 (``server_tls``'s key); its address, and a
+    thread that records in ``received`` every byte the client sent before it closed."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    received = bytearray()
+
+    def serve():
+        with listener:
+            conn, _ = listener.accept()
+            conn.settimeout(30)
+            try:
+                with server_tls.wrap(conn) as tls_conn:
+                    while chunk := tls_conn.recv(4096):
+                        received.extend(chunk)
+            except (OSError, ssl.SSLError):
+                pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return listener.getsockname()[:2], thread, received
+
+
+def test_a_task_refuses_a_server_whose_certificate_is_not_pinned():
+    """A task that meets a server with another key (a man in the middle) sends nothing to it,
+    not even the token; the pinned server is accepted."""
+    driver, stranger = tls.ServerTLS(), tls.ServerTLS()
+    assert driver.fingerprint != stranger.fingerprint and len(driver.fingerprint) == 64
+    address, thread, received = _tls_server(stranger)
+    with pytest.raises(tls.PeerNotTrusted):
+        resident._connect(*address, driver.fingerprint, _hello("a" * 32, 0))
+    thread.join(30)
+    assert bytes(received) == b""
+    # the client-side wrap alone, and the control: the pinned server is talked to
+    address, thread, received = _tls_server(stranger)
+    with socket.create_connection(address) as sock, pytest.raises(tls.PeerNotTrusted):
+        tls.client_wrap(sock, address[0], driver.fingerprint)
+    thread.join(30)
+    address, thread, received = _tls_server(driver)
+    with resident._connect(*address, driver.fingerprint, _hello("a" * 32, 0)):
+        pass
+    thread.join(30)
+    assert bytes(received) == _hello("a" * 32, 0)
+
+
+def test_tls_follows_sparks_security_settings(spark):
+    assert not tls.spark_security_on(spark.sparkContext.getConf())
+    assert not tls.spark_security_on({})
+    assert not tls.spark_security_on({"spark.ssl.enabled": "false", "spark.authenticate": "no"})
+    for key in ("spark.authenticate", "spark.network.crypto.enabled", "spark.ssl.enabled"):
+        assert tls.spark_security_on({key: "true"})
+        assert tls.spark_security_on({key: " TRUE "})
 
 
 def test_resident_task_lost_without_retries_falls_back(points, tmp_path):

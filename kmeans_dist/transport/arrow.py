@@ -4,8 +4,9 @@ Spark Connect has no SparkContext, no RDD and no broadcast variable, but ``mapIn
 rows are packed once (``data.block_frame``: raw float64 bytes of a few thousand rows per row, with
 their count and norms) and that DataFrame is cached. Each ``run`` is one ``mapInArrow`` over it: the
 task function and its small driver value (the centroids) travel in the function's closure, every
-partition returns one row (its index and its pickled result) and the client puts the rows in
-partition order, so results fold in a fixed order whatever order the tasks finished in. The blocks
+partition returns one row (its index and its result in ``kmeans_dist.codec``, which the client
+decodes: it never unpickles what a server sends) and the client puts the rows in partition order,
+so results fold in a fixed order whatever order the tasks finished in. The blocks
 are viewed straight on the Arrow buffers (no copy), and the kernels are the same functions the
 classic transports run; only the way they reach the data differs.
 
@@ -25,7 +26,6 @@ runs.
 from __future__ import annotations
 
 import json
-import pickle
 import shutil
 import uuid
 from typing import Any, Iterator
@@ -33,6 +33,7 @@ from typing import Any, Iterator
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 
+from kmeans_dist import codec
 from kmeans_dist.blocks import Block, problems_from_json
 from kmeans_dist.data import Packer, Packing
 from kmeans_dist.transport.base import TaskFn, in_task, job_label
@@ -66,11 +67,11 @@ def _blocks(batches: Iterator, d: int, token: str | None) -> Iterator[Block]:
 
 
 def _result(part: int, hit: bool = True, result: Any = None):
-    """A task's one row of RESULT_SCHEMA; its result is read back only by the client that
-    started the job (``_collect``)."""
+    """A task's one row of RESULT_SCHEMA, its result in the codec; read back only by the client
+    that started the job (``_collect``)."""
     import pyarrow as pa
 
-    data = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL) if hit else b""
+    data = codec.encode(result) if hit else b""
     return pa.RecordBatch.from_pydict({"part": pa.array([part], pa.int32()),
                                        "hit": pa.array([hit], pa.bool_()),
                                        "result": pa.array([data], pa.binary())})
@@ -137,7 +138,7 @@ class ArrowTransport:
         out = self.frame.mapInArrow(_Task(fn, value, self.d, self.token), RESULT_SCHEMA)
         rows = _collect(self.spark, out, label)
         self.num_partitions = len(rows)
-        return [pickle.loads(r.result) for r in rows]
+        return [codec.decode(r.result) for r in rows]
 
     def release(self) -> None:
         _release(self.spark, self.frame, self.token)
@@ -223,14 +224,14 @@ class ArrowFilesTransport:
         out = self.handles.mapInArrow(_FromFiles(fn, value, self.token), RESULT_SCHEMA)
         rows = _collect(self.spark, out, label)
         self.num_partitions = len(rows)
-        results = {r.part: pickle.loads(r.result) for r in rows if r.hit}
+        results = {r.part: codec.decode(r.result) for r in rows if r.hit}
         missed = [r.part for r in rows if not r.hit]
         if missed:
             self.misses += len(missed)
             redo = self.packing.rows.mapInArrow(
                 _FromSource(fn, value, self.packing.packer, self.token, missed), RESULT_SCHEMA)
             redone = _collect(self.spark, redo, label and f"{label} (recomputing lost blocks)")
-            results.update((r.part, pickle.loads(r.result)) for r in redone)
+            results.update((r.part, codec.decode(r.result)) for r in redone)
             missing = sorted(set(missed) - set(results))
             if missing:
                 raise RuntimeError(f"partitions {missing} lost their block files and their "

@@ -9,6 +9,14 @@ executor's budget, else in executor-local memory-mapped files: ``holding``), con
 socket on the driver and then runs every task function the driver sends until told to stop. An iteration
 is then one message out and one back per partition.
 
+The side channel is as secure as the cluster (``tls``): where Spark authenticates or encrypts its
+own traffic it is TLS, the driver's certificate pinned in the task's closure and the task proving
+itself with the run's token inside it; elsewhere it is clear text, as Spark's own traffic then is.
+Either way a peer must show the token before the driver reads anything else, a partition held by a
+live connection cannot be claimed by a second one, and results come back in ``kmeans_dist.codec``:
+the driver never unpickles what a peer sends. (Requests go out as cloudpickles, as Spark ships task
+functions: the executor runs what the driver sends, after TLS proved it is the driver.)
+
 Fault tolerance stays Spark's: if a resident task dies, Spark retries it (``spark.task.maxFailures``)
 and the new attempt reconnects; the driver resends the pending request to it. Where the resident
 job cannot run (not enough free task slots for every partition at once, the driver unreachable from
@@ -33,8 +41,9 @@ from typing import Any, Iterator
 from pyspark import cloudpickle
 from pyspark.sql import DataFrame
 
-from kmeans_dist import kernels, tasks
+from kmeans_dist import codec, kernels, tasks
 from kmeans_dist.data import Packer, Packing
+from kmeans_dist.transport import tls
 from kmeans_dist.transport.arrow import ArrowFilesTransport
 from kmeans_dist.transport.base import TaskFn, in_task
 from kmeans_dist.transport.budget import Budget, mib, row_bytes, task_budget
@@ -43,9 +52,12 @@ from kmeans_dist.transport.holding import FILES, MEMORY, Held, limit_label_cache
 log = logging.getLogger("kmeans_dist")
 
 _LEN = struct.Struct("!Q")
-#: the first message of a task: the run's token (32 hex characters), partition, attempt; raw
-#: bytes, checked before anything from the peer is unpickled
+#: the first message of a task (inside TLS when the channel is secure): the run's token (32 hex
+#: characters), partition, attempt; raw bytes, checked before anything else from the peer is read
 _HELLO = struct.Struct("!32sII")
+#: what a task sends the driver (codec-encoded): ("ready", partition) once its blocks are held,
+#: then per request ("ok", result) or ("error", message)
+_MESSAGES = ("ready", "ok", "error")
 #: seconds to wait for every partition's task to connect before falling back
 CONNECT_TIMEOUT = 60.0
 #: seconds a lost task's retry has to reconnect before the transport falls back
@@ -57,9 +69,23 @@ class ResidentUnavailable(RuntimeError):
 
 
 # --------------------------------------------------------------------------- wire format
-def _send(sock: socket.socket, obj: Any) -> None:
-    data = cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+def _send_bytes(sock: socket.socket, data: bytes) -> None:
     sock.sendall(_LEN.pack(len(data)) + data)
+
+
+def _send(sock: socket.socket, obj: Any) -> None:
+    """A request, driver to task: cloudpickled, as Spark ships task functions."""
+    _send_bytes(sock, cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def _send_result(sock: socket.socket, message: tuple) -> None:
+    """A message, task to driver, in the codec; a result the codec cannot carry is sent as an
+    error naming it."""
+    try:
+        data = codec.encode(message)
+    except TypeError as exc:
+        data = codec.encode(("error", f"TypeError: {exc}"))
+    _send_bytes(sock, data)
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
@@ -79,16 +105,37 @@ def _recv_bytes(sock: socket.socket) -> bytes:
     return _recv_exact(sock, n)
 
 
-def _recv(sock: socket.socket) -> Any:
-    return pickle.loads(_recv_bytes(sock))
+def _recv_result(sock: socket.socket) -> tuple[str, Any]:
+    """A task's message (see ``_MESSAGES``), decoded by the codec, never unpickled; ValueError
+    for anything else."""
+    message = codec.decode(_recv_bytes(sock))
+    if type(message) is not tuple or len(message) != 2 or message[0] not in _MESSAGES:
+        raise ValueError("not a resident task's message")
+    return message
 
 
 # --------------------------------------------------------------------------- executor side
-def _serve(host: str, port: int, token: str, packer: Packer, storage: str, budget: int,
-           batches: Iterator) -> Iterator:
+def _connect(host: str, port: int, pinned: str | None, hello: bytes) -> socket.socket:
+    """The task's connection to the driver: TLS, checked against the ``pinned`` certificate
+    fingerprint, when the driver serves TLS (``pinned`` None: clear text); then the hello."""
+    sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT)
+    try:
+        if pinned is not None:
+            sock = tls.client_wrap(sock, host, pinned)
+        sock.settimeout(None)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(hello)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _serve(host: str, port: int, token: str, pinned: str | None, packer: Packer, storage: str,
+           budget: int, batches: Iterator) -> Iterator:
     """The resident task (a mapInArrow function over the feature rows): pack this partition's
     blocks, hold them (in memory within ``budget`` bytes, else in local files: ``holding``) and
-    answer the driver's requests."""
+    answer the driver's requests (see ``_connect`` for ``pinned``)."""
     import pyarrow as pa
     from pyspark import TaskContext
 
@@ -96,27 +143,26 @@ def _serve(host: str, port: int, token: str, packer: Packer, storage: str, budge
     part, attempt = ctx.partitionId(), ctx.attemptNumber()
     held = Held(token, part, storage, budget,
                 row_bytes(len(packer.features), packer.weight_col is not None))
-    with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT) as sock:
-        sock.settimeout(None)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.sendall(_HELLO.pack(token.encode("ascii"), part, attempt))
+    hello = _HELLO.pack(token.encode("ascii"), part, attempt)
+    with _connect(host, port, pinned, hello) as sock:
         threading.Thread(target=kernels.warm_up, daemon=True).start()  # beside the packing
         # drained: Spark discards a worker that leaves input unread
         for block in packer.blocks(batches):
             held.add(block)
         label_limit = limit_label_cache(held)
         try:
-            _send(sock, ("ready", part, held.report()))
+            _send_result(sock, ("ready", {"part": part, **held.report()}))
             while True:
                 data = _recv_bytes(sock)
                 try:
+                    # the driver's (proven by TLS where Spark is secured)
                     request = pickle.loads(data)
                     if request is None:
                         break
                     result = ("ok", in_task(request[1], held, request[2]))
                 except Exception as exc:  # noqa: BLE001 - reported to the driver, which re-raises
                     result = ("error", f"{type(exc).__name__}: {exc}")
-                _send(sock, result)
+                _send_result(sock, result)
         finally:
             tasks.LABELS.max_bytes = label_limit
             held.release()
@@ -129,7 +175,11 @@ class ResidentTransport:
 
     def __init__(self, packing: Packing, d: int, storage: str = "auto",
                  budget: Budget | None = None, connect_timeout: float = CONNECT_TIMEOUT,
-                 reconnect_timeout: float = RECONNECT_TIMEOUT):
+                 reconnect_timeout: float = RECONNECT_TIMEOUT, secure: bool | None = None):
+        """``storage``: where the tasks hold their blocks ("auto": memory within ``budget``,
+        default the session's, ``budget.task_budget``; "memory"; "files"). ``secure``: serve the
+        side channel over TLS (None: when Spark's own security is on,
+        ``tls.spark_security_on``; True forces it, for tests and measurements)."""
         self.packing = packing  # for the fallback
         self.d = d
         self.sc = packing.rows.sparkSession.sparkContext
@@ -156,6 +206,9 @@ class ResidentTransport:
             self._job = None
             self._fall_back(f"{self.num_partitions} partitions but {slots} free task slots")
             return
+        if secure is None:
+            secure = tls.spark_security_on(sc.getConf())
+        self._tls = tls.ServerTLS() if secure else None
         host = _driver_host(sc)
         self._server = socket.create_server((host, 0))
         self._server.settimeout(0.5)
@@ -164,7 +217,8 @@ class ResidentTransport:
         # packing and serving in one task: the rows cross from the JVM once (a separate block
         # frame would send them to Python, back to the JVM, and to Python again)
         served = packing.rows.mapInArrow(
-            functools.partial(_serve, host, port, self._token, packing.packer, storage,
+            functools.partial(_serve, host, port, self._token,
+                              self._tls and self._tls.fingerprint, packing.packer, storage,
                               self.budget.per_task), "part int")
         self._job = threading.Thread(target=self._run_job, args=(served,), daemon=True)
         self._job.start()
@@ -220,25 +274,54 @@ class ResidentTransport:
         """Accept connections; each is checked and followed in a thread of its own."""
         while not self._closed:
             try:
-                conn, _ = self._server.accept()
+                conn, peer = self._server.accept()
             except (socket.timeout, OSError):
                 continue
-            threading.Thread(target=self._handshake, args=(conn,), daemon=True).start()
+            threading.Thread(target=self._handshake, args=(conn, peer), daemon=True).start()
 
-    def _handshake(self, conn: socket.socket) -> None:
-        """Keep a connection whose hello carries the token; report it, then when it is ready."""
+    def _handshake(self, conn: socket.socket, peer: Any) -> None:
+        """Keep a connection that proves itself: TLS first when the channel is secure, then a
+        hello carrying the token (checked before anything else is read), then its "ready".
+        Report it, then when it is ready; a claim on a partition a live connection holds is
+        refused here and again when adopted (``_adopt``)."""
         try:
             conn.settimeout(30)
+            if self._tls is not None:
+                conn = self._tls.wrap(conn)
             token, part, _attempt = _HELLO.unpack(_recv_exact(conn, _HELLO.size))
-            if not hmac.compare_digest(token, self._token.encode("ascii")):
-                conn.close()
+            if not (hmac.compare_digest(token, self._token.encode("ascii"))
+                    and 0 <= part < self.num_partitions):
+                _refuse(conn, "without the run's token or for no partition of the run", peer)
                 return
             self._arrivals.put(("hello", part, None))
             conn.settimeout(None)  # building the blocks may take a while on big partitions
-            self.held[part] = _recv(conn)[2]
+            kind, report = _recv_result(conn)
+            if kind != "ready" or type(report) is not dict or report.get("part") != part:
+                raise ValueError("not ready")
+            if part in self._conns:
+                _refuse(conn, f"for partition {part}, which a live connection holds", peer)
+                return
+            self.held[part] = report
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._arrivals.put(("ready", part, conn))
-        except (OSError, ValueError, EOFError, struct.error, pickle.UnpicklingError):
+        except (OSError, ValueError, EOFError, struct.error) as exc:
+            _refuse(conn, f"that failed its handshake ({type(exc).__name__}: {exc})", peer)
+
+    def _adopt(self, part: int, conn: socket.socket) -> bool:
+        """Make ``conn`` partition ``part``'s connection, unless one holds it: only a connection
+        the driver marked lost (``_lose``) is replaced, a second claim on a live one is
+        refused."""
+        if part in self._conns:
+            _refuse(conn, f"for partition {part}, which a live connection holds")
+            return False
+        self._conns[part] = conn
+        return True
+
+    def _lose(self, part: int) -> None:
+        """Mark partition ``part``'s connection lost (closed and forgotten): the next task to
+        connect for it (Spark's retry) takes its place."""
+        conn = self._conns.pop(part, None)
+        if conn is not None:
             conn.close()
 
     def _wait_for(self, parts: set[int], timeout: float) -> None:
@@ -264,11 +347,7 @@ class ResidentTransport:
                 continue
             kind, part, conn = item
             unseen.discard(part)
-            if kind == "ready":
-                old = self._conns.pop(part, None)
-                if old is not None:
-                    old.close()
-                self._conns[part] = conn
+            if kind == "ready" and self._adopt(part, conn):
                 unready.discard(part)
 
     def _fall_back(self, why: str) -> None:
@@ -305,8 +384,8 @@ class ResidentTransport:
                     lost.add(part)
             for part in sorted(pending - lost):
                 try:
-                    status, payload = _recv(self._conns[part])
-                except (OSError, EOFError, ConnectionError):
+                    status, payload = _recv_result(self._conns[part])
+                except (OSError, EOFError, ConnectionError, ValueError):
                     lost.add(part)
                     continue
                 if status == "error":
@@ -314,6 +393,8 @@ class ResidentTransport:
                 results[part] = payload
             pending = lost
             if lost:
+                for part in lost:
+                    self._lose(part)
                 self.reconnects += len(lost)
                 log.warning("lost %d resident task(s) %s; waiting for Spark to retry them",
                             len(lost), sorted(lost))
@@ -358,6 +439,18 @@ def session_budget(sc) -> Budget:
         executors = 0
     per_executor = -(-slots // executors) if slots and executors > 0 else None
     return task_budget(dict(sc.getConf().getAll()), sc.master, per_executor)
+
+
+def _refuse(conn: socket.socket, why: str, peer: Any = None) -> None:
+    """Close a connection to the driver's socket that may not serve, and say so (``peer``: its
+    address, if known)."""
+    if peer is None:
+        try:
+            peer = conn.getpeername()
+        except OSError:
+            peer = "?"
+    log.warning("resident transport: closed a connection from %s %s", peer, why)
+    conn.close()
 
 
 def task_slots(sc) -> int | None:
