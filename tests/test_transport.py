@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from jobutil import scala_list
 from kmeans_dist import KMeans, codec, data, kernels, tasks
 from kmeans_dist.transport import (ArrowFilesTransport, LocalFilesTransport, RDDTransport,
                                    ResidentTransport)
-from kmeans_dist.transport import resident, tls
+from kmeans_dist.transport import channel, resident, tls
 from kmeans_dist.transport.arrow import RESULT_SCHEMA, _remove_files
 from kmeans_dist.transport.budget import Budget
 from kmeans_dist.transport.local_files import _remove
@@ -186,7 +187,7 @@ def _rdd_steps(df, x):
 def test_resident_without_enough_slots_falls_back_to_jobs(points, monkeypatch, slots_known):
     df, x, _ = points  # 3 partitions on local[2]: the third task never gets a slot
     if not slots_known:  # then the third task's missing connection is what tells
-        monkeypatch.setattr(resident, "task_slots", lambda sc: None)
+        monkeypatch.setattr(resident, "obtainable_slots", lambda sc: None)
     transport = _resident(df, connect_timeout=3)
     try:
         assert transport.fallback is not None
@@ -226,11 +227,11 @@ class WritesAFile:
 
 def _framed(obj_bytes: bytes) -> bytes:
     """One message of the side channel's framing (length, then the bytes)."""
-    return resident._LEN.pack(len(obj_bytes)) + obj_bytes
+    return channel._LEN.pack(len(obj_bytes)) + obj_bytes
 
 
 def _hello(token: str, part: int) -> bytes:
-    return resident._HELLO.pack(token.encode("ascii"), part, 0)
+    return channel.hello(token, part, 0)
 
 
 def _closed_by_peer(sock: socket.socket) -> bool:
@@ -280,22 +281,46 @@ def _under_attack(df, x, tmp_path, **kw):
     assert _same(got, _rdd_steps(df, x))
 
 
-def test_resident_refuses_a_second_claim_on_a_live_partition(points, tmp_path, caplog):
-    """A peer that knows the token (sniffed off a clear-text channel) cannot take over a
-    partition whose task is connected, and what it sends is never unpickled."""
+def test_resident_parks_a_second_claim_on_a_live_partition(points, tmp_path, caplog):
+    """A peer that knows the token (sniffed off a clear-text channel, or Spark's speculative
+    second attempt) cannot take over a partition whose task is live: it is told to stand by,
+    nothing it sends is read, and it is let go when the fit ends (not sooner: a second attempt
+    that ended first would make Spark kill the live one)."""
     df, x, _ = points
     with _under_attack(df.coalesce(2), x, tmp_path) as (transport, address, evil):
         assert transport._tls is None  # local mode: clear text
         held = dict(transport._conns)
         with caplog.at_level(logging.WARNING, logger="kmeans_dist"):
-            ready = ("ready", {"part": 0, "rows": 600, "bytes": 26400, "storage": "memory",
-                               "budget": 1 << 30})
-            claim = _hello(transport._token, 0) + _framed(codec.encode(ready))
-            assert _intrude(address, claim)
-            # a pickle where the task's "ready" should be: refused, not loaded
-            assert _intrude(address, _hello(transport._token, 1) + _framed(evil))
-        assert "for partition 0, which a live connection holds" in caplog.text
-        assert transport._conns == held
+            claim = socket.create_connection(address, timeout=30)
+            claim.sendall(_hello(transport._token, 0) + _framed(evil))
+            assert channel.load_request(channel.recv_bytes(claim)) == channel.STANDBY
+        assert "a second attempt for partition 0" in caplog.text
+        assert transport._conns == held and transport.parked_total == 1
+    # released: the parked claim is told to stop, then closed
+    assert channel.recv_request(claim) is None and _closed_by_peer(claim)
+    claim.close()
+
+
+def test_a_task_message_is_never_unpickled():
+    """What a task sends the driver goes through the codec: a pickle (or any bytes that are not
+    a task's message) is refused as a lost peer and never loaded."""
+    import pickle as pickle_module
+
+    driver, task = socket.socketpair()
+    with driver, task:
+        for bad in (pickle_module.dumps(WritesAFile(Path("/nonexistent/never"))),
+                    codec.encode(("shell", "rm -rf /")), b"garbage"):
+            task.sendall(_framed(bad))
+            with pytest.raises(channel.Lost):
+                channel.recv_message(driver, timeout=5)
+        # heartbeats are skipped, the answer after them is the message
+        task.sendall(_framed(codec.encode(("beat", 1))) + _framed(codec.encode(("ok", 7))))
+        assert channel.recv_message(driver, timeout=5) == ("ok", 7)
+        # a silent peer is lost after the timeout, not waited for
+        started = time.monotonic()
+        with pytest.raises(channel.Lost, match="no word from the task in 1s"):
+            channel.recv_message(driver, timeout=1)
+        assert 0.9 < time.monotonic() - started < 5
 
 
 def test_resident_over_tls_keeps_strangers_out(points, tmp_path, caplog):
@@ -311,8 +336,8 @@ def test_resident_over_tls_keeps_strangers_out(points, tmp_path, caplog):
             assert _intrude(address, _hello(transport._token, 0) + _framed(evil))
             # TLS, wrong token
             assert _intrude(address, _hello("0" * 32, 0) + _framed(evil), _tls_without_pin)
-            # TLS, right token, a pickle as "ready"
-            assert _intrude(address, _hello(transport._token, 1) + _framed(evil),
+            # TLS, a partition the run does not have
+            assert _intrude(address, _hello(transport._token, 9) + _framed(evil),
                             _tls_without_pin)
         assert "failed its handshake (SSLError" in caplog.text
         assert "without the run's token" in caplog.text
@@ -347,7 +372,7 @@ def test_a_task_refuses_a_server_whose_certificate_is_not_pinned():
     assert driver.fingerprint != stranger.fingerprint and len(driver.fingerprint) == 64
     address, thread, received = _tls_server(stranger)
     with pytest.raises(tls.PeerNotTrusted):
-        resident._connect(*address, driver.fingerprint, _hello("a" * 32, 0))
+        channel.connect(*address, driver.fingerprint, _hello("a" * 32, 0))
     thread.join(30)
     assert bytes(received) == b""
     # the client-side wrap alone, and the control: the pinned server is talked to
@@ -356,7 +381,7 @@ def test_a_task_refuses_a_server_whose_certificate_is_not_pinned():
         tls.client_wrap(sock, address[0], driver.fingerprint)
     thread.join(30)
     address, thread, received = _tls_server(driver)
-    with resident._connect(*address, driver.fingerprint, _hello("a" * 32, 0)):
+    with channel.connect(*address, driver.fingerprint, _hello("a" * 32, 0)):
         pass
     thread.join(30)
     assert bytes(received) == _hello("a" * 32, 0)

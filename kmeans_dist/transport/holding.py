@@ -18,7 +18,7 @@ from typing import Iterator
 
 from kmeans_dist import tasks
 from kmeans_dist.blocks import Block
-from kmeans_dist.transport.local_files import _root, _store, mapped
+from kmeans_dist.transport.local_files import _root, _store, mapped, touch
 
 #: where a task's blocks live
 MEMORY, FILES = "memory", "files"
@@ -70,6 +70,7 @@ class Held:
     def __iter__(self) -> Iterator[Block]:
         if self.storage == MEMORY:
             return iter(self._blocks)
+        touch(self.token)
         return (mapped(self.token, h) for h in self._handles)
 
     def report(self) -> dict:

@@ -8,7 +8,8 @@ that handle, and the task maps the files instead of receiving the data. A task t
 files (it ran elsewhere, the files were removed) reports a miss, and the driver recomputes that
 partition from the source lineage, which also writes its files where it ran. Files live under
 Spark's block-manager directory, so they go when the executor does; ``release`` removes them
-sooner.
+sooner, and a fit's first write removes what other fits left more than ``STALE_AFTER`` ago (a
+crashed driver's, on an executor that outlives it).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import functools
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from typing import Any, Iterable, Iterator
 
@@ -27,9 +29,53 @@ from kmeans_dist.blocks import Block
 from kmeans_dist.transport.base import TaskFn, in_task, job_label
 
 
-def _root(token: str) -> str:
+#: a fit's directory untouched for this long is a crashed fit's: the next fit here removes it
+STALE_AFTER = 24 * 3600.0
+
+
+def _top() -> str:
     local = os.environ.get("SPARK_LOCAL_DIRS", "").split(",")[0] or tempfile.gettempdir()
-    return os.path.join(local, "kmeans_dist", token)
+    return os.path.join(local, "kmeans_dist")
+
+
+def _root(token: str) -> str:
+    return os.path.join(_top(), token)
+
+
+def touch(token: str) -> None:
+    """Mark the fit's directory in use (each pass does): a live fit's files are never swept."""
+    try:
+        os.utime(_root(token))
+    except FileNotFoundError:
+        pass
+
+
+_swept: set[str] = set()
+
+
+def sweep_stale(token: str, now: float | None = None) -> list[str]:
+    """Remove the directories of other fits not touched for ``STALE_AFTER`` seconds: what a
+    driver or Connect client that crashed mid-fit left (a long-lived executor, or a Connect
+    server's, would otherwise fill its disk). Done once per fit and worker; the names removed."""
+    if token in _swept:
+        return []
+    _swept.add(token)
+    now = time.time() if now is None else now
+    removed = []
+    try:
+        entries = list(os.scandir(_top()))
+    except FileNotFoundError:
+        return []
+    for entry in entries:
+        try:
+            stale = (entry.name != token and entry.is_dir(follow_symlinks=False)
+                     and now - entry.stat(follow_symlinks=False).st_mtime > STALE_AFTER)
+        except FileNotFoundError:
+            continue
+        if stale:
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(entry.name)
+    return removed
 
 
 def _base(token: str, part: int, start: int) -> str:
@@ -49,6 +95,7 @@ def _store(token: str, blocks: Iterable[Block]) -> list[dict]:
     cannot be dropped, and in a memory-limited container (cgroup v1) a partition's worth of
     them gets the executor OOM-killed before the flusher writes them back."""
     os.makedirs(_root(token), exist_ok=True)
+    sweep_stale(token)
     handles = []
     for b in blocks:
         px, pxsq, pw = _paths(token, b.part, b.start)
@@ -78,6 +125,7 @@ def mapped(token: str, h: dict) -> Block:
 
 def _open(token: str, handles: list[dict]) -> list[Block] | None:
     """Blocks mapped from this executor's files, or None if any file is missing here."""
+    touch(token)
     try:
         return [mapped(token, h) for h in handles]
     except FileNotFoundError:

@@ -18,10 +18,17 @@ the driver never unpickles what a peer sends. (Requests go out as cloudpickles, 
 functions: the executor runs what the driver sends, after TLS proved it is the driver.)
 
 Fault tolerance stays Spark's: if a resident task dies, Spark retries it (``spark.task.maxFailures``)
-and the new attempt reconnects; the driver resends the pending request to it. Where the resident
-job cannot run (not enough free task slots for every partition at once, the driver unreachable from
-the executors, or the job fails for good), the transport falls back to ``ArrowFilesTransport`` (one
-Spark job per request) and gives the same results.
+and the new attempt reconnects; the driver resends the pending request to it. Every wait is
+bounded (``channel``: heartbeats while a task works, so a host lost without a word is noticed
+``LOSS_TIMEOUT`` seconds after its last frame). A second attempt of a partition whose task is live
+(Spark's speculation) is parked: it holds nothing, is promoted if the live one is lost, and ends
+with the fit (ending sooner would make Spark kill the live attempt). Where the resident job cannot
+run (fewer task slots than partitions, even counting the executors dynamic allocation may add; no
+task started within ``CONNECT_TIMEOUT`` while nothing of the job runs; a task that reports it
+cannot reach the driver; a lost task not back within ``RECONNECT_TIMEOUT``; the job failing for
+good), the transport falls back to ``ArrowFilesTransport`` (one Spark job per request) and gives
+the same results. A long stage before the resident one (a shuffle in the input's lineage) keeps
+tasks running, so it is never taken for an unreachable driver.
 """
 
 from __future__ import annotations
@@ -29,162 +36,140 @@ from __future__ import annotations
 import functools
 import hmac
 import logging
-import pickle
+import os
 import queue
 import secrets
 import socket
-import struct
 import threading
 import time
 from typing import Any, Iterator
 
-from pyspark import cloudpickle
 from pyspark.sql import DataFrame
 
-from kmeans_dist import codec, kernels, tasks
+from kmeans_dist import kernels, tasks
 from kmeans_dist.data import Packer, Packing
 from kmeans_dist.transport import tls
 from kmeans_dist.transport.arrow import ArrowFilesTransport
 from kmeans_dist.transport.base import TaskFn, in_task
 from kmeans_dist.transport.budget import Budget, mib, row_bytes, task_budget
+from kmeans_dist.transport.channel import (LOSS_TIMEOUT, SERVE, STANDBY, Lost, beating, connect,
+                                           hello, keepalive, load_request, recv_bytes,
+                                           recv_hello, recv_message, recv_request, send_message,
+                                           send_request)
 from kmeans_dist.transport.holding import FILES, MEMORY, Held, limit_label_cache
+from kmeans_dist.transport.slots import group_progress, obtainable_slots, task_slots
 
 log = logging.getLogger("kmeans_dist")
 
-_LEN = struct.Struct("!Q")
-#: the first message of a task (inside TLS when the channel is secure): the run's token (32 hex
-#: characters), partition, attempt; raw bytes, checked before anything else from the peer is read
-_HELLO = struct.Struct("!32sII")
-#: what a task sends the driver (codec-encoded): ("ready", partition) once its blocks are held,
-#: then per request ("ok", result) or ("error", message)
-_MESSAGES = ("ready", "ok", "error")
-#: seconds to wait for every partition's task to connect before falling back
+#: seconds for the first resident task to start while no task of the job runs (no slot, no
+#: executor yet), and for every other one to connect after the first did
 CONNECT_TIMEOUT = 60.0
 #: seconds a lost task's retry has to reconnect before the transport falls back
-RECONNECT_TIMEOUT = 120.0
+RECONNECT_TIMEOUT = 60.0
+#: the resident job's rows: one per task, with why it could not serve (None when it served)
+RESULT_SCHEMA = "part int, error string"
 
 
 class ResidentUnavailable(RuntimeError):
     """The resident tasks cannot serve (any more): use per-request Spark jobs instead."""
 
 
-# --------------------------------------------------------------------------- wire format
-def _send_bytes(sock: socket.socket, data: bytes) -> None:
-    sock.sendall(_LEN.pack(len(data)) + data)
-
-
-def _send(sock: socket.socket, obj: Any) -> None:
-    """A request, driver to task: cloudpickled, as Spark ships task functions."""
-    _send_bytes(sock, cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
-
-
-def _send_result(sock: socket.socket, message: tuple) -> None:
-    """A message, task to driver, in the codec; a result the codec cannot carry is sent as an
-    error naming it."""
-    try:
-        data = codec.encode(message)
-    except TypeError as exc:
-        data = codec.encode(("error", f"TypeError: {exc}"))
-    _send_bytes(sock, data)
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray(n)
-    view = memoryview(buf)
-    got = 0
-    while got < n:
-        r = sock.recv_into(view[got:], n - got)
-        if r == 0:
-            raise ConnectionError("connection closed")
-        got += r
-    return bytes(buf)
-
-
-def _recv_bytes(sock: socket.socket) -> bytes:
-    (n,) = _LEN.unpack(_recv_exact(sock, _LEN.size))
-    return _recv_exact(sock, n)
-
-
-def _recv_result(sock: socket.socket) -> tuple[str, Any]:
-    """A task's message (see ``_MESSAGES``), decoded by the codec, never unpickled; ValueError
-    for anything else."""
-    message = codec.decode(_recv_bytes(sock))
-    if type(message) is not tuple or len(message) != 2 or message[0] not in _MESSAGES:
-        raise ValueError("not a resident task's message")
-    return message
-
-
 # --------------------------------------------------------------------------- executor side
-def _connect(host: str, port: int, pinned: str | None, hello: bytes) -> socket.socket:
-    """The task's connection to the driver: TLS, checked against the ``pinned`` certificate
-    fingerprint, when the driver serves TLS (``pinned`` None: clear text); then the hello."""
-    sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT)
-    try:
-        if pinned is not None:
-            sock = tls.client_wrap(sock, host, pinned)
-        sock.settimeout(None)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.sendall(hello)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
+def _row(part: int, error: str | None = None):
+    import pyarrow as pa
+
+    return pa.RecordBatch.from_pydict({"part": pa.array([part], pa.int32()),
+                                       "error": pa.array([error], pa.string())})
 
 
 def _serve(host: str, port: int, token: str, pinned: str | None, packer: Packer, storage: str,
            budget: int, batches: Iterator) -> Iterator:
-    """The resident task (a mapInArrow function over the feature rows): pack this partition's
-    blocks, hold them (in memory within ``budget`` bytes, else in local files: ``holding``) and
-    answer the driver's requests (see ``_connect`` for ``pinned``)."""
-    import pyarrow as pa
+    """The resident task (a mapInArrow function over the feature rows): connect to the driver,
+    pack this partition's blocks when told to serve, hold them (in memory within ``budget``
+    bytes, else in local files: ``holding``) and answer the driver's requests (``pinned``: the
+    driver's certificate fingerprint, see ``channel.connect``). A task that cannot reach the
+    driver returns at once with the reason, which ends the job: the driver falls back."""
     from pyspark import TaskContext
 
     ctx = TaskContext.get()
     part, attempt = ctx.partitionId(), ctx.attemptNumber()
-    held = Held(token, part, storage, budget,
-                row_bytes(len(packer.features), packer.weight_col is not None))
-    hello = _HELLO.pack(token.encode("ascii"), part, attempt)
-    with _connect(host, port, pinned, hello) as sock:
-        threading.Thread(target=kernels.warm_up, daemon=True).start()  # beside the packing
-        # drained: Spark discards a worker that leaves input unread
-        for block in packer.blocks(batches):
-            held.add(block)
-        label_limit = limit_label_cache(held)
+    try:
+        sock = connect(host, port, pinned, hello(token, part, attempt))
+    except OSError as exc:
+        yield _row(part, f"a task on {socket.gethostname()} could not reach the driver at "
+                         f"{host}:{port}: {type(exc).__name__}: {exc}")
+        return
+    with sock:
+        verdict = recv_request(sock)
+        while verdict == STANDBY:  # a second attempt of a live partition: wait, hold nothing
+            verdict = recv_request(sock)
+        if verdict != SERVE:
+            yield _row(part)  # the fit ended while this attempt stood by
+            return
+        held = Held(token, part, storage, budget,
+                    row_bytes(len(packer.features), packer.weight_col is not None))
         try:
-            _send_result(sock, ("ready", {"part": part, **held.report()}))
-            while True:
-                data = _recv_bytes(sock)
+            with beating(sock):
+                threading.Thread(target=kernels.warm_up, daemon=True).start()
+                # drained: Spark discards a worker that leaves input unread
+                for block in packer.blocks(batches):
+                    held.add(block)
+            _answer_requests(sock, part, held)
+        finally:
+            held.release()
+    yield _row(part)
+
+
+def _answer_requests(sock: socket.socket, part: int, held: Held) -> None:
+    """Say ready, then run each request on the held blocks until the driver says stop."""
+    label_limit = limit_label_cache(held)
+    try:
+        send_message(sock, ("ready", {"part": part, "pid": os.getpid(), **held.report()}))
+        while True:
+            data = recv_bytes(sock)
+            with beating(sock):
                 try:
-                    # the driver's (proven by TLS where Spark is secured)
-                    request = pickle.loads(data)
+                    request = load_request(data)
                     if request is None:
                         break
                     result = ("ok", in_task(request[1], held, request[2]))
                 except Exception as exc:  # noqa: BLE001 - reported to the driver, which re-raises
                     result = ("error", f"{type(exc).__name__}: {exc}")
-                _send_result(sock, result)
-        finally:
-            tasks.LABELS.max_bytes = label_limit
-            held.release()
-    yield pa.RecordBatch.from_pydict({"part": pa.array([part], pa.int32())})
+            send_message(sock, result)
+    finally:
+        tasks.LABELS.max_bytes = label_limit
 
 
 # --------------------------------------------------------------------------- driver side
+class _Parked:
+    """A second connection for a partition a live task holds, waiting in its handshake thread
+    to be promoted (the live one was lost) or let go (the fit ended)."""
+
+    def __init__(self, conn: socket.socket) -> None:
+        self.conn = conn
+        self.decided = threading.Event()
+        self.serve = False
+
+
 class ResidentTransport:
     """Long-running tasks hold the blocks; requests go over sockets; falls back to files."""
 
     def __init__(self, packing: Packing, d: int, storage: str = "auto",
                  budget: Budget | None = None, connect_timeout: float = CONNECT_TIMEOUT,
-                 reconnect_timeout: float = RECONNECT_TIMEOUT, secure: bool | None = None):
+                 reconnect_timeout: float = RECONNECT_TIMEOUT, secure: bool | None = None,
+                 loss_timeout: float = LOSS_TIMEOUT):
         """``storage``: where the tasks hold their blocks ("auto": memory within ``budget``,
         default the session's, ``budget.task_budget``; "memory"; "files"). ``secure``: serve the
         side channel over TLS (None: when Spark's own security is on,
-        ``tls.spark_security_on``; True forces it, for tests and measurements)."""
+        ``tls.spark_security_on``; True forces it, for tests and measurements). The timeouts:
+        see ``CONNECT_TIMEOUT``, ``RECONNECT_TIMEOUT`` and ``channel.LOSS_TIMEOUT``."""
         self.packing = packing  # for the fallback
         self.d = d
         self.sc = packing.rows.sparkSession.sparkContext
         self.num_partitions = packing.rows.rdd.getNumPartitions()
+        self.connect_timeout = connect_timeout
         self.reconnect_timeout = reconnect_timeout
+        self.loss_timeout = loss_timeout
         self.storage = storage
         self.budget = budget or session_budget(self.sc)
         #: per partition, what its task holds (rows, bytes, storage), from its ready message
@@ -192,38 +177,40 @@ class ResidentTransport:
         self.fallback: ArrowFilesTransport | None = None
         self.fallback_reason: str | None = None
         self.reconnects = 0
+        #: second attempts of live partitions parked so far (Spark's speculation)
+        self.parked_total = 0
         self._seq = 0
         self._conns: dict[int, socket.socket] = {}
+        self._claimed: set[int] = set()  # partitions whose task was told to serve, not lost
+        self._parked: dict[int, list[_Parked]] = {}
+        self._lock = threading.Lock()
         self._arrivals: queue.Queue = queue.Queue()
         self._token = secrets.token_hex(16)
         self._group = f"kmeans_dist-resident-{self._token[:8]}"
-        self._job_error: BaseException | None = None
+        self._job_error: str | None = None
         self._job_done = threading.Event()
         self._closed = False
+        self._job = None
         sc = self.sc
-        slots = task_slots(sc)
+        slots = obtainable_slots(sc)
         if slots is not None and slots < self.num_partitions:
-            self._job = None
-            self._fall_back(f"{self.num_partitions} partitions but {slots} free task slots")
+            self._fall_back(f"{self.num_partitions} partitions but {slots} task slots")
             return
         if secure is None:
             secure = tls.spark_security_on(sc.getConf())
         self._tls = tls.ServerTLS() if secure else None
-        host = _driver_host(sc)
-        self._server = socket.create_server((host, 0))
-        self._server.settimeout(0.5)
-        port = self._server.getsockname()[1]
+        self._server, host, port = _listen(sc)
         threading.Thread(target=self._accept, daemon=True).start()
         # packing and serving in one task: the rows cross from the JVM once (a separate block
         # frame would send them to Python, back to the JVM, and to Python again)
         served = packing.rows.mapInArrow(
             functools.partial(_serve, host, port, self._token,
                               self._tls and self._tls.fingerprint, packing.packer, storage,
-                              self.budget.per_task), "part int")
+                              self.budget.per_task), RESULT_SCHEMA)
         self._job = threading.Thread(target=self._run_job, args=(served,), daemon=True)
         self._job.start()
         try:
-            self._wait_for(set(range(self.num_partitions)), connect_timeout)
+            self._wait_for(set(range(self.num_partitions)), self.connect_timeout, starting=True)
         except ResidentUnavailable as exc:
             self._fall_back(str(exc))
             return
@@ -254,7 +241,8 @@ class ResidentTransport:
         return {"name": "resident", "storage": storages[0] if len(storages) == 1 else "mixed",
                 "partitions": self.num_partitions,
                 "held_bytes": sum(r["bytes"] for r in self.held.values()),
-                "budget_per_task": self.budget.per_task, "budget": self.budget.source}
+                "budget_per_task": self.budget.per_task, "budget": self.budget.source,
+                "reconnects": self.reconnects}
 
     # ------------------------------------------------------------------ the Spark job
     def _run_job(self, served: DataFrame) -> None:
@@ -263,9 +251,11 @@ class ResidentTransport:
                        "every pass of the fit (iterations: driver log)",
                        interruptOnCancel=True)
         try:
-            served.collect()
+            errors = [r.error for r in served.collect() if r.error]
+            if errors:
+                self._job_error = errors[0]
         except BaseException as exc:  # noqa: BLE001 - reported to the driver's thread
-            self._job_error = exc
+            self._job_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         finally:
             self._job_done.set()
             self._arrivals.put(None)  # wake a waiter
@@ -281,73 +271,107 @@ class ResidentTransport:
 
     def _handshake(self, conn: socket.socket, peer: Any) -> None:
         """Keep a connection that proves itself: TLS first when the channel is secure, then a
-        hello carrying the token (checked before anything else is read), then its "ready".
-        Report it, then when it is ready; a claim on a partition a live connection holds is
-        refused here and again when adopted (``_adopt``)."""
+        hello carrying the token (checked before anything else is read). A partition nobody
+        serves is told to serve, and reported when its blocks are held; a second claim on a
+        partition a live task serves is parked (see ``_Parked``)."""
         try:
             conn.settimeout(30)
             if self._tls is not None:
                 conn = self._tls.wrap(conn)
-            token, part, _attempt = _HELLO.unpack(_recv_exact(conn, _HELLO.size))
+            token, part, _attempt = recv_hello(conn)
             if not (hmac.compare_digest(token, self._token.encode("ascii"))
                     and 0 <= part < self.num_partitions):
                 _refuse(conn, "without the run's token or for no partition of the run", peer)
                 return
+            keepalive(conn)
             self._arrivals.put(("hello", part, None))
-            conn.settimeout(None)  # building the blocks may take a while on big partitions
-            kind, report = _recv_result(conn)
+            with self._lock:
+                parked = None if part not in self._claimed else _Parked(conn)
+                if parked is None:
+                    self._claimed.add(part)
+                else:
+                    self._parked.setdefault(part, []).append(parked)
+                    self.parked_total += 1
+            if parked is not None:
+                log.warning("resident transport: a second attempt for partition %d (from %s) "
+                            "stands by while the live one serves", part, peer)
+                send_request(conn, STANDBY)
+                parked.decided.wait()
+                if not parked.serve:
+                    send_request(conn, None)
+                    conn.close()
+                    return
+            send_request(conn, SERVE)
+            # packing may take long: the task's heartbeats keep the wait bounded
+            kind, report = recv_message(conn, self.loss_timeout)
             if kind != "ready" or type(report) is not dict or report.get("part") != part:
-                raise ValueError("not ready")
-            if part in self._conns:
-                _refuse(conn, f"for partition {part}, which a live connection holds", peer)
-                return
+                raise Lost("not ready")
             self.held[part] = report
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._arrivals.put(("ready", part, conn))
-        except (OSError, ValueError, EOFError, struct.error) as exc:
+        except (OSError, ValueError) as exc:
             _refuse(conn, f"that failed its handshake ({type(exc).__name__}: {exc})", peer)
 
-    def _adopt(self, part: int, conn: socket.socket) -> bool:
-        """Make ``conn`` partition ``part``'s connection, unless one holds it: only a connection
-        the driver marked lost (``_lose``) is replaced, a second claim on a live one is
-        refused."""
-        if part in self._conns:
-            _refuse(conn, f"for partition {part}, which a live connection holds")
-            return False
-        self._conns[part] = conn
-        return True
-
     def _lose(self, part: int) -> None:
-        """Mark partition ``part``'s connection lost (closed and forgotten): the next task to
-        connect for it (Spark's retry) takes its place."""
+        """Partition ``part``'s connection is lost: close and forget it; a parked second attempt
+        takes over, else the next task to connect for it (Spark's retry)."""
         conn = self._conns.pop(part, None)
         if conn is not None:
             conn.close()
+        with self._lock:
+            self._claimed.discard(part)
+            waiting = self._parked.get(part, [])
+            if waiting:
+                promoted = waiting.pop(0)
+                self._claimed.add(part)
+                promoted.serve = True
+                promoted.decided.set()
 
-    def _wait_for(self, parts: set[int], timeout: float) -> None:
-        """Until every partition in ``parts`` has a ready connection, else ResidentUnavailable:
-        each task must connect within ``timeout`` (all slots taken, or an unreachable driver,
-        otherwise hold them off for good); building its blocks may then take as long as it needs,
-        while the job lives."""
-        deadline = time.monotonic() + timeout
+    def _wait_for(self, parts: set[int], timeout: float, starting: bool = False) -> None:
+        """Until every partition in ``parts`` has a ready connection, else ResidentUnavailable.
+
+        Starting, the clock for the first task runs only while no task of the job runs at all
+        (no slot or no executor yet; a long stage before the resident one keeps tasks running),
+        and every other task must connect within ``timeout`` after the first did. A task that
+        returned without serving (it could not reach the driver) ends the wait at once. Packing
+        may take as long as it needs: the tasks' heartbeats show they are alive."""
         unseen, unready = set(parts), set(parts)
+        since = time.monotonic()  # the last time the job was seen running anything
+        first: float | None = None if starting else since
         while unready:
-            if unseen and time.monotonic() > deadline:
-                raise ResidentUnavailable(
-                    f"{len(unseen)} of {self.num_partitions} resident tasks did not connect in "
-                    f"{timeout:.0f}s (fewer free task slots than partitions, or the driver is not "
-                    "reachable from the executors)")
+            now = time.monotonic()
+            if self._job_done.is_set():
+                raise ResidentUnavailable(f"the resident job ended: {self._job_error}")
+            if unseen:
+                running, returned = group_progress(self.sc, self._group)
+                if returned:
+                    self._job_done.wait(10)  # its rows say why
+                    raise ResidentUnavailable(
+                        f"a resident task ended before serving: {self._job_error or 'unknown'}")
+                if first is None and running:
+                    since = now
+                if first is None and now - since > timeout:
+                    raise ResidentUnavailable(
+                        f"no resident task started in {timeout:.0f}s (no free task slot or no "
+                        "executor)")
+                if first is not None and now - first > timeout:
+                    raise ResidentUnavailable(
+                        f"{len(unseen)} of {self.num_partitions} resident tasks did not connect "
+                        f"within {timeout:.0f}s (fewer free task slots than partitions)"
+                        if starting else
+                        f"{len(unseen)} lost resident task(s) not back within {timeout:.0f}s "
+                        "(Spark has not retried them: their executor may still look alive)")
             try:
-                item = self._arrivals.get(timeout=1.0)
+                item = self._arrivals.get(timeout=0.5)
             except queue.Empty:
                 continue
             if item is None:
-                if self._job_done.is_set():
-                    raise ResidentUnavailable(f"the resident job ended: {self._job_error}")
                 continue
             kind, part, conn = item
+            if first is None:
+                first = time.monotonic()
             unseen.discard(part)
-            if kind == "ready" and self._adopt(part, conn):
+            if kind == "ready":
+                self._conns[part] = conn
                 unready.discard(part)
 
     def _fall_back(self, why: str) -> None:
@@ -376,29 +400,31 @@ class ResidentTransport:
         results: dict[int, Any] = {}
         pending = set(range(self.num_partitions))
         while pending:
-            lost = set()
+            lost = {}
             for part in sorted(pending):
                 try:
-                    _send(self._conns[part], request)
-                except OSError:
-                    lost.add(part)
-            for part in sorted(pending - lost):
+                    send_request(self._conns[part], request)
+                except OSError as exc:
+                    lost[part] = exc
+            for part in sorted(pending - set(lost)):
                 try:
-                    status, payload = _recv_result(self._conns[part])
-                except (OSError, EOFError, ConnectionError, ValueError):
-                    lost.add(part)
+                    status, payload = recv_message(self._conns[part], self.loss_timeout)
+                except OSError as exc:  # Lost included: closed, garbled or silent
+                    lost[part] = exc
                     continue
                 if status == "error":
                     raise RuntimeError(f"task failed on partition {part}: {payload}")
                 results[part] = payload
-            pending = lost
+            pending = set(lost)
             if lost:
                 for part in lost:
                     self._lose(part)
                 self.reconnects += len(lost)
-                log.warning("lost %d resident task(s) %s; waiting for Spark to retry them",
-                            len(lost), sorted(lost))
-                self._wait_for(lost, self.reconnect_timeout)
+                log.warning("lost %d resident task(s): %s; waiting up to %.0fs for Spark to retry "
+                            "them", len(lost), "; ".join(f"partition {p}: {e}" for p, e in
+                                                       sorted(lost.items())),
+                            self.reconnect_timeout)
+                self._wait_for(pending, self.reconnect_timeout)
         return [results[p] for p in range(self.num_partitions)]
 
     # ------------------------------------------------------------------ shutdown
@@ -408,9 +434,14 @@ class ResidentTransport:
         self._closed = True
         for conn in self._conns.values():
             try:
-                _send(conn, None)
+                send_request(conn, None)
             except OSError:
                 pass
+        with self._lock:
+            parked = [p for waiting in self._parked.values() for p in waiting]
+            self._parked.clear()
+        for p in parked:  # let the second attempts go once the live ones were told to stop
+            p.decided.set()
         if len(self._conns) < self.num_partitions:
             # tasks still waiting for a slot would start, connect and wait for good: cancel them
             self.sc.cancelJobGroup(self._group)
@@ -453,14 +484,12 @@ def _refuse(conn: socket.socket, why: str, peer: Any = None) -> None:
     conn.close()
 
 
-def task_slots(sc) -> int | None:
-    """How many tasks the cluster can run at once right now (None if Spark does not say)."""
-    try:
-        jsc = sc._jsc.sc()
-        return int(jsc.maxNumConcurrentTasks(
-            jsc.resourceProfileManager().defaultResourceProfile()))
-    except Exception:  # noqa: BLE001 - a private Spark API: treat as unknown
-        return None
+def _listen(sc) -> tuple[socket.socket, str, int]:
+    """The driver's listening socket, and the address the tasks are told to connect to."""
+    host = _driver_host(sc)
+    server = socket.create_server((host, 0))
+    server.settimeout(0.5)
+    return server, host, server.getsockname()[1]
 
 
 def _driver_host(sc) -> str:

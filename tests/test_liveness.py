@@ -1,0 +1,185 @@
+"""The resident transport's waits are bounded: a task that goes silent is noticed, a driver the
+tasks cannot reach is reported by the tasks themselves, a long stage before the resident one is
+not taken for either, the slots dynamic allocation can still add are counted, and block files a
+crashed fit left behind are swept. Local mode here; tests/test_liveness_cluster.py does the same
+against real executors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from pyspark import cloudpickle
+
+from kmeans_dist import data, kernels, tasks
+from kmeans_dist.transport import RDDTransport, local_files, resident, slots
+from kmeans_dist.transport.resident import ResidentTransport
+
+FEATURES = ["a", "b", "c"]
+
+
+@pytest.fixture(scope="module")
+def points(spark):
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.normal(c, 1.0, size=(300, 3)) for c in (0.0, 5.0)])
+    rows = [tuple(map(float, r)) for r in x]
+    return spark.createDataFrame(rows, FEATURES).coalesce(2), x
+
+
+def _steps(transport, x, n=2):
+    c = x[[0, 300]]
+    return [kernels.fold(transport.run(tasks.lloyd, tasks.LloydStep("l", it, c + 0.1 * it, None)))
+            for it in range(1, n + 1)]
+
+
+def _reference(df, x):
+    ref = RDDTransport(data.block_rdd(data.block_frame(df, FEATURES, block_rows=100), 3))
+    try:
+        return _steps(ref, x)
+    finally:
+        ref.release()
+
+
+def _same(a, b):
+    return all(np.array_equal(p.sums, q.sums) and p.inertia == q.inertia
+               and np.array_equal(p.counts, q.counts) for p, q in zip(a, b))
+
+
+def _resident(df, **kw):
+    return ResidentTransport(data.packing(df, FEATURES, block_rows=100), 3, **kw)
+
+
+def test_a_frozen_task_is_noticed_within_the_loss_timeout_and_the_fit_falls_back(points, caplog):
+    """Partition 1's Python worker stopped (SIGSTOP: its socket stays open, nothing answers, as
+    on a frozen host): the driver counts it lost 3 s after its last frame, waits 3 s for a retry
+    that cannot come (Spark sees a running task), falls back and gives the same partials."""
+    df, x = points
+    transport = _resident(df, loss_timeout=3, reconnect_timeout=3)
+    pid = transport.held[1]["pid"]
+    try:
+        assert transport.fallback is None and pid != os.getpid()
+        os.kill(pid, signal.SIGSTOP)
+        started = time.time()  # log records' clock
+        with caplog.at_level("WARNING", logger="kmeans_dist"):
+            got = _steps(transport, x)
+        lost = [r for r in caplog.records if r.getMessage().startswith("lost 1 resident task")]
+        assert len(lost) == 1 and "no word from the task in 3s" in lost[0].getMessage()
+        assert 3 <= lost[0].created - started < 6  # noticed within the bound
+        assert transport.fallback is not None
+        assert "1 lost resident task(s) not back within 3s" in transport.fallback_reason
+        assert transport.record()["fallback"] == transport.fallback_reason
+    finally:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+        transport.release()
+    assert _same(got, _reference(df, x))
+
+
+def test_a_driver_the_tasks_cannot_reach_is_reported_at_once(points, monkeypatch):
+    """The tasks are told an address where nothing listens: each reports that it could not
+    connect (not a 60 s silence), and the fit falls back within seconds."""
+    df, x = points
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        nobody = closed.getsockname()[1]  # bound, never listening: connections are refused
+        listen = resident._listen
+
+        def advertise_nobody(sc):
+            server, host, _ = listen(sc)
+            return server, host, nobody
+
+        monkeypatch.setattr(resident, "_listen", advertise_nobody)
+        started = time.monotonic()
+        transport = _resident(df, connect_timeout=60)
+        took = time.monotonic() - started
+    try:
+        assert transport.fallback is not None
+        assert f"could not reach the driver at 127.0.0.1:{nobody}" in transport.fallback_reason
+        assert "ConnectionRefusedError" in transport.fallback_reason
+        assert took < 20, took
+        got = _steps(transport, x)
+    finally:
+        transport.release()
+    assert _same(got, _reference(df, x))
+
+
+# the workers cannot import this test module: ship its functions by value
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def _slow(batches):
+    import time as _time
+
+    _time.sleep(8)
+    yield from batches
+
+
+def test_a_long_stage_before_the_resident_one_is_not_an_unreachable_driver(spark, points):
+    """A shuffle whose map side takes 8 s precedes the resident tasks; with a 3 s connect
+    timeout they still start and serve (the clock runs only while nothing of the job runs)."""
+    df, x = points
+    slow = df.mapInArrow(_slow, df.schema).repartition(2)
+    transport = _resident(slow, connect_timeout=3)
+    try:
+        assert transport.fallback is None, transport.fallback_reason
+        got = _steps(transport, x)
+    finally:
+        transport.release()
+    assert _same(got, _reference(slow, x))
+
+
+def _fake_sc(conf: dict, now_slots: int | None):
+    def max_tasks(_profile):
+        if now_slots is None:
+            raise RuntimeError("no scheduler")
+        return now_slots
+
+    jsc = SimpleNamespace(maxNumConcurrentTasks=max_tasks,
+                          resourceProfileManager=lambda: SimpleNamespace(
+                              defaultResourceProfile=lambda: None))
+    return SimpleNamespace(_jsc=SimpleNamespace(sc=lambda: jsc),
+                           getConf=lambda: SimpleNamespace(get=conf.get))
+
+
+def test_dynamic_allocation_counts_the_slots_it_can_get():
+    dyn = {"spark.dynamicAllocation.enabled": "true", "spark.executor.cores": "4",
+           "spark.dynamicAllocation.maxExecutors": "5"}
+    assert slots.obtainable_slots(_fake_sc(dyn, 0)) == 20  # none now, 5 x 4 to come
+    assert slots.obtainable_slots(_fake_sc({**dyn, "spark.task.cpus": "2"}, 0)) == 10
+    assert slots.obtainable_slots(_fake_sc({**dyn, "spark.cores.max": "6"}, 0)) == 6
+    # unbounded executors, or cores unknown: only waiting tells
+    assert slots.obtainable_slots(_fake_sc({**dyn, "spark.dynamicAllocation.maxExecutors": None}
+                                           , 0)) is None
+    assert slots.obtainable_slots(_fake_sc({"spark.dynamicAllocation.enabled": "true",
+                                            "spark.dynamicAllocation.maxExecutors": "3"}, 2)) is None
+    # without dynamic allocation: the slots of the executors there are
+    assert slots.obtainable_slots(_fake_sc({}, 3)) == 3
+    assert slots.obtainable_slots(_fake_sc({}, None)) is None
+
+
+def test_block_files_a_crashed_fit_left_are_swept_by_the_next(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPARK_LOCAL_DIRS", str(tmp_path))
+    top = tmp_path / "kmeans_dist"
+    old, recent = top / "crashed-fit", top / "running-fit"
+    for d in (old, recent):
+        d.mkdir(parents=True)
+        (d / "p0-0.x.npy").write_bytes(b"x" * 100)
+    day_and_more = time.time() - local_files.STALE_AFTER - 60
+    os.utime(old, (day_and_more, day_and_more))
+    x = np.arange(12.0).reshape(4, 3)
+    local_files._store("this-fit", [data.Block(0, 0, x, kernels.squared_norms(x))])
+    assert not old.exists()
+    assert (recent / "p0-0.x.npy").exists() and (top / "this-fit" / "p0-0.x.npy").exists()
+    # a fit in use touches its directory on every pass, so it never looks stale
+    os.utime(recent, (day_and_more, day_and_more))
+    local_files.touch("running-fit")
+    assert local_files.sweep_stale("another-fit") == []
+    assert recent.exists()
