@@ -29,10 +29,19 @@ check-java:
 run: check-java install
 	$(PY) jobs/train.py --conf conf/local.yaml --input data/iris.csv --k 3 --seed 42 --output $(OUT) --overwrite --label-col species
 
-# two pytest processes: classic Spark, then Spark Connect (a process holds one or the other)
+# three pytest processes side by side: the classic suite; the real-cluster suite (standalone
+# clusters, a memory cgroup: mostly waiting on JVMs and timeouts); Spark Connect (a process holds
+# a classic or a Connect session, not both). The other two print their output after the first.
+LOGS := $(VENV)/test-logs
 test: check-java install
-	$(PY) -m pytest -q
-	$(PY) -m pytest -q tests/connect
+	@mkdir -p $(LOGS)
+	@$(PY) -m pytest -q -p no:cacheprovider -m cluster > $(LOGS)/cluster.log 2>&1 & cl=$$!; \
+	$(PY) -m pytest -q -p no:cacheprovider tests/connect > $(LOGS)/connect.log 2>&1 & co=$$!; \
+	$(PY) -m pytest -q -p no:cacheprovider -m "not cluster"; main=$$?; \
+	wait $$cl; cluster=$$?; wait $$co; connect=$$?; \
+	echo "--- real clusters (pytest -m cluster) ---"; cat $(LOGS)/cluster.log; \
+	echo "--- Spark Connect (pytest tests/connect) ---"; cat $(LOGS)/connect.log; \
+	test $$main = 0 -a $$cluster = 0 -a $$connect = 0
 
 # Speed against Spark MLlib and scikit-learn (not part of make test): writes BENCHMARKS.md
 bench: check-java install

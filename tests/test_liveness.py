@@ -183,3 +183,28 @@ def test_block_files_a_crashed_fit_left_are_swept_by_the_next(tmp_path, monkeypa
     local_files.touch("running-fit")
     assert local_files.sweep_stale("another-fit") == []
     assert recent.exists()
+
+
+def test_a_working_task_beats_and_an_idle_one_is_silent():
+    """Heartbeats flow only inside ``beating`` (while the task works for the driver), so they
+    never cross the task's own reads and writes; the thread ends with the socket."""
+    from kmeans_dist import codec
+    from kmeans_dist.transport import channel
+
+    task, driver = socket.socketpair()
+    with driver:
+        with channel.beating(task, every=0.2):
+            time.sleep(1.1)
+        time.sleep(0.6)  # idle: nothing more
+        driver.settimeout(1)
+        beats = []
+        with pytest.raises(socket.timeout):
+            while True:
+                beats.append(codec.decode(channel.recv_bytes(driver)))
+        assert beats == [("beat", n) for n in range(1, len(beats) + 1)] and 4 <= len(beats) <= 6
+        # the driver's reader skips them and returns the answer after
+        with channel.beating(task):
+            pass
+        channel.send_message(task, ("ok", 1))
+        assert channel.recv_message(driver, timeout=1) == ("ok", 1)
+        task.close()
