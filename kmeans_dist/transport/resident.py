@@ -274,6 +274,7 @@ class ResidentTransport:
         hello carrying the token (checked before anything else is read). A partition nobody
         serves is told to serve, and reported when its blocks are held; a second claim on a
         partition a live task serves is parked (see ``_Parked``)."""
+        serving = None  # the partition this connection was told to serve
         try:
             conn.settimeout(30)
             if self._tls is not None:
@@ -301,6 +302,7 @@ class ResidentTransport:
                     send_request(conn, None)
                     conn.close()
                     return
+            serving = part
             send_request(conn, SERVE)
             # packing may take long: the task's heartbeats keep the wait bounded
             kind, report = recv_message(conn, self.loss_timeout)
@@ -310,13 +312,19 @@ class ResidentTransport:
             self._arrivals.put(("ready", part, conn))
         except (OSError, ValueError) as exc:
             _refuse(conn, f"that failed its handshake ({type(exc).__name__}: {exc})", peer)
+            if serving is not None:
+                self._unclaim(serving)  # its retry (or a parked attempt) serves instead
 
     def _lose(self, part: int) -> None:
-        """Partition ``part``'s connection is lost: close and forget it; a parked second attempt
-        takes over, else the next task to connect for it (Spark's retry)."""
+        """Partition ``part``'s connection is lost: close and forget it (see ``_unclaim``)."""
         conn = self._conns.pop(part, None)
         if conn is not None:
             conn.close()
+        self._unclaim(part)
+
+    def _unclaim(self, part: int) -> None:
+        """The task serving ``part`` is gone: a parked second attempt takes over, else the next
+        task to connect for it (Spark's retry)."""
         with self._lock:
             self._claimed.discard(part)
             waiting = self._parked.get(part, [])
@@ -325,6 +333,7 @@ class ResidentTransport:
                 self._claimed.add(part)
                 promoted.serve = True
                 promoted.decided.set()
+                self._arrivals.put(("hello", part, None))  # it connected long ago
 
     def _wait_for(self, parts: set[int], timeout: float, starting: bool = False) -> None:
         """Until every partition in ``parts`` has a ready connection, else ResidentUnavailable.
