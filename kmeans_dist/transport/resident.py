@@ -273,7 +273,10 @@ class ResidentTransport:
         """Keep a connection that proves itself: TLS first when the channel is secure, then a
         hello carrying the token (checked before anything else is read). A partition nobody
         serves is told to serve, and reported when its blocks are held; a second claim on a
-        partition a live task serves is parked (see ``_Parked``)."""
+        partition a live task serves is parked (see ``_Parked``). A task lost before it is
+        ready (while it packs) gives its partition up: the waiter is told, and a parked attempt
+        or Spark's retry serves it."""
+        serving = False
         try:
             conn.settimeout(30)
             if self._tls is not None:
@@ -284,7 +287,6 @@ class ResidentTransport:
                 _refuse(conn, "without the run's token or for no partition of the run", peer)
                 return
             keepalive(conn)
-            self._arrivals.put(("hello", part, None))
             with self._lock:
                 parked = None if part not in self._claimed else _Parked(conn)
                 if parked is None:
@@ -301,6 +303,8 @@ class ResidentTransport:
                     send_request(conn, None)
                     conn.close()
                     return
+            serving = True  # the partition is this connection's until it is ready or lost
+            self._arrivals.put(("hello", part, None))
             send_request(conn, SERVE)
             # packing may take long: the task's heartbeats keep the wait bounded
             kind, report = recv_message(conn, self.loss_timeout)
@@ -310,13 +314,20 @@ class ResidentTransport:
             self._arrivals.put(("ready", part, conn))
         except (OSError, ValueError) as exc:
             _refuse(conn, f"that failed its handshake ({type(exc).__name__}: {exc})", peer)
+            if serving:
+                self._release(part)
+                self._arrivals.put(("lost", part, None))
 
     def _lose(self, part: int) -> None:
-        """Partition ``part``'s connection is lost: close and forget it; a parked second attempt
-        takes over, else the next task to connect for it (Spark's retry)."""
+        """Partition ``part``'s connection is lost: close and forget it (see ``_release``)."""
         conn = self._conns.pop(part, None)
         if conn is not None:
             conn.close()
+        self._release(part)
+
+    def _release(self, part: int) -> None:
+        """Nobody serves partition ``part`` any more: a parked second attempt takes over, else
+        the next task to connect for it (Spark's retry)."""
         with self._lock:
             self._claimed.discard(part)
             waiting = self._parked.get(part, [])
@@ -333,10 +344,12 @@ class ResidentTransport:
         (no slot or no executor yet; a long stage before the resident one keeps tasks running),
         and every other task must connect within ``timeout`` after the first did. A task that
         returned without serving (it could not reach the driver) ends the wait at once. Packing
-        may take as long as it needs: the tasks' heartbeats show they are alive."""
+        may take as long as it needs: the tasks' heartbeats show they are alive; a task lost
+        while it packs is counted as a reconnect, and its retry has ``timeout`` from then."""
         unseen, unready = set(parts), set(parts)
         since = time.monotonic()  # the last time the job was seen running anything
         first: float | None = None if starting else since
+        lost = False
         while unready:
             now = time.monotonic()
             if self._job_done.is_set():
@@ -357,7 +370,7 @@ class ResidentTransport:
                     raise ResidentUnavailable(
                         f"{len(unseen)} of {self.num_partitions} resident tasks did not connect "
                         f"within {timeout:.0f}s (fewer free task slots than partitions)"
-                        if starting else
+                        if starting and not lost else
                         f"{len(unseen)} lost resident task(s) not back within {timeout:.0f}s "
                         "(Spark has not retried them: their executor may still look alive)")
             try:
@@ -367,6 +380,12 @@ class ResidentTransport:
             if item is None:
                 continue
             kind, part, conn = item
+            if kind == "lost":
+                if part in unready:
+                    lost, first = True, time.monotonic()
+                    unseen.add(part)
+                    self.reconnects += 1
+                continue
             if first is None:
                 first = time.monotonic()
             unseen.discard(part)
