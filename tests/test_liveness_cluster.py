@@ -389,7 +389,7 @@ def test_speculative_attempts_stand_by_and_replace_nothing(tmp_path, cluster, bl
     with fit(tmp_path / "speculation", cluster, conf, blobs) as run:
         run.paused()
         run.wait_for("two second attempts standing by",
-                     lambda: len(run.lines(r"a second attempt for partition \d .*stands by")) == 2)
+                     lambda: len(run.lines(r"a second attempt for partition \d .*stands by")) >= 2)
         run.resume()
         result = run.result()
     standing = [int(re.search(r"partition (\d)", line).group(1))
