@@ -1,8 +1,10 @@
 """A real Spark standalone cluster (one master, two 1-core workers) on 127.0.0.1 for the tests.
 
 The workers can be bound to addresses of their own (``hosts``: any 127.x.y.z address is this
-machine's loopback), and the daemons can be given Java options (``daemon_opts``, e.g. Spark's
-authentication settings, through ``SPARK_MASTER_OPTS`` and ``SPARK_WORKER_OPTS``).
+machine's loopback), have more cores (``cores``), and the daemons can be given Java options
+(``daemon_opts``, e.g. Spark's authentication settings, through ``SPARK_MASTER_OPTS`` and
+``SPARK_WORKER_OPTS``). What the tests read back from a run: Spark's event log
+(``spark_events``), and brute-force Lloyd to compare a fit with (``lloyd_reference``).
 
 Started with the installed pyspark's ``spark-class``; every process runs in its own session and
 is stopped by its own pid (its process group, so executor JVMs started by a worker go with it).
@@ -27,6 +29,7 @@ from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyspark
 import pytest
 
@@ -116,10 +119,11 @@ def alive_workers(status_url: str) -> int:
 
 @contextmanager
 def standalone(base: Path, workers: int = 2, hosts: Sequence[str] | None = None,
-               daemon_opts: str | None = None) -> Iterator[Cluster]:
-    """A master on HOST and ``workers`` workers (1 core, 2 GiB each), up until the block exits.
-    ``hosts``: one address per worker (``SPARK_LOCAL_IP`` and ``--host``; replaces ``workers``),
-    default HOST for each; ``daemon_opts``: Java options of the master and the workers."""
+               daemon_opts: str | None = None, cores: int = 1) -> Iterator[Cluster]:
+    """A master on HOST and ``workers`` workers (``cores`` cores, 2 GiB each), up until the block
+    exits. ``hosts``: one address per worker (``SPARK_LOCAL_IP`` and ``--host``; replaces
+    ``workers``), default HOST for each; ``daemon_opts``: Java options of the master and the
+    workers."""
     spark_class = str(SPARK_BIN / "spark-class")
     port, webui = free_port(), free_port()
     cluster = Cluster(f"spark://{HOST}:{port}", f"http://{HOST}:{webui}/json/",
@@ -142,7 +146,7 @@ def standalone(base: Path, workers: int = 2, hosts: Sequence[str] | None = None,
             stack.enter_context(spawn(
                 [spark_class, "org.apache.spark.deploy.worker.Worker", "--host", host,
                  "--port", str(free_port()), "--webui-port", str(free_port()),
-                 "--cores", "1", "--memory", "2g", "--work-dir", str(cluster.work_dir),
+                 "--cores", str(cores), "--memory", "2g", "--work-dir", str(cluster.work_dir),
                  cluster.master_url], logs[-1], {**env, "SPARK_LOCAL_IP": host}))
         deadline = time.monotonic() + START_TIMEOUT
         while alive_workers(cluster.status_url) < len(worker_hosts):
@@ -182,3 +186,27 @@ def standalone_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clu
     with standalone(tmp_path_factory.mktemp("standalone")) as cluster:
         print(f"\nstandalone cluster up in {time.perf_counter() - started:.1f} s")
         yield cluster
+
+
+def spark_events(events_dir: Path) -> list[dict]:
+    """Every event under ``events_dir``: one JSON object per line of each log file (Spark 4 writes
+    rolling logs, ``eventlog_v2_APP/events_N_APP``, beside hidden ``.crc`` checksums)."""
+    logs = [p for p in sorted(events_dir.rglob("*")) if p.is_file() and not p.name.startswith(".")]
+    return [json.loads(line) for log in logs for line in log.read_text().splitlines() if line]
+
+
+def lloyd_reference(x: np.ndarray, init: np.ndarray, max_iter: int) -> tuple[np.ndarray, int]:
+    """Brute-force Lloyd (scikit-learn's order: assign with C_t, update to C_t+1), stopping when
+    no row changes cluster or after ``max_iter`` updates: what a fit on the cluster must give."""
+    k, d = init.shape
+    c, prev = init.copy(), None
+    for it in range(1, max_iter + 1):
+        labels = np.concatenate([
+            np.argmin((chunk**2).sum(1)[:, None] - 2 * chunk @ c.T + (c**2).sum(1)[None], 1)
+            for chunk in np.array_split(x, 20)])
+        sums = np.stack([np.bincount(labels, weights=x[:, j], minlength=k) for j in range(d)], 1)
+        c = sums / np.bincount(labels, minlength=k)[:, None]
+        if prev is not None and np.array_equal(prev, labels):
+            return c, it
+        prev = labels
+    return c, max_iter

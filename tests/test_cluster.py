@@ -18,8 +18,8 @@ import pytest
 from kmeans_dist import KMeans
 from kmeans_dist.packaging import build_zip
 from standalone import (  # noqa: F401 - standalone_cluster is a fixture
-    SPARK_BIN, Cluster, log_tail, no_site_python, run_logged, spark_env, standalone_cluster,
-    wrapper_calls,
+    SPARK_BIN, Cluster, log_tail, no_site_python, run_logged, spark_env, spark_events,
+    standalone_cluster, wrapper_calls,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,13 +45,6 @@ def write_blobs(dest: Path) -> tuple[Path, Path, np.ndarray]:
     np.savetxt(init_csv, init, delimiter=",", comments="", header=",".join(FEATURES),
                fmt="%.17g")
     return data, init_csv, np.loadtxt(init_csv, delimiter=",", skiprows=1)
-
-
-def spark_events(events_dir: Path) -> list[dict]:
-    """Every event under ``events_dir``: one JSON object per line of each log file (Spark 4 writes
-    rolling logs, ``eventlog_v2_APP/events_N_APP``, beside hidden ``.crc`` checksums)."""
-    logs = [p for p in sorted(events_dir.rglob("*")) if p.is_file() and not p.name.startswith(".")]
-    return [json.loads(line) for log in logs for line in log.read_text().splitlines() if line]
 
 
 def import_kmeans(python: str | Path, cwd: Path, **env: str) -> subprocess.CompletedProcess:

@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from types import SimpleNamespace
 
@@ -18,7 +19,7 @@ import pytest
 from pyspark import cloudpickle
 
 from kmeans_dist import data, kernels, tasks
-from kmeans_dist.transport import RDDTransport, local_files, resident, slots
+from kmeans_dist.transport import RDDTransport, channel, local_files, resident, slots
 from kmeans_dist.transport.resident import ResidentTransport
 
 FEATURES = ["a", "b", "c"]
@@ -110,6 +111,97 @@ def test_a_driver_the_tasks_cannot_reach_is_reported_at_once(points, monkeypatch
         transport.release()
     assert _same(got, _reference(df, x))
 
+
+class _FreezingProxy:
+    """Between the tasks and the driver's socket (``target``, set by the test): forwards each
+    connection both ways, except that once a task says hello for partition ``frozen`` nothing more
+    it sends reaches the driver, and nothing is closed: its host froze while it packed.
+    ``served`` is set when the driver's answer to that hello went through; ``token`` is the
+    run's, from the hellos."""
+
+    def __init__(self, frozen: int) -> None:
+        self.frozen, self.target, self.token = frozen, None, None
+        self.served = threading.Event()
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.socks: list[socket.socket] = [self.server]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                task, _ = self.server.accept()
+            except OSError:
+                return
+            driver = socket.create_connection(self.target)
+            self.socks += [task, driver]
+            hello = channel._recv_exact(task, channel.HELLO.size)
+            token, part, _attempt = channel.HELLO.unpack(hello)
+            self.token = token.decode()
+            driver.sendall(hello)
+            frozen = part == self.frozen
+            threading.Thread(target=self._pump, args=(driver, task, True, frozen),
+                             daemon=True).start()
+            threading.Thread(target=self._pump, args=(task, driver, not frozen, False),
+                             daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, forward: bool, watch: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if forward:
+                    dst.sendall(data)
+                    if watch:
+                        self.served.set()
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        for sock in self.socks:
+            sock.close()
+
+
+def test_a_task_lost_while_it_packs_hands_its_partition_on(points, monkeypatch, caplog):
+    """Partition 0's task goes silent once told to serve, before it is ready (its host froze
+    while it packed); a second attempt (Spark's speculation or retry: here a peer with the run's
+    token) stands by meanwhile. The driver counts the silent one lost after the loss timeout
+    and promotes the second attempt instead of leaving it parked behind a task that is gone;
+    that one lost too, the transport falls back 4 s (the connect timeout) after the loss: every
+    wait stays bounded, and the partials are the same."""
+    df, x = points
+    proxy = _FreezingProxy(frozen=0)
+    listen = resident._listen
+
+    def through_proxy(sc):
+        server, host, port = listen(sc)
+        proxy.target = (host, port)
+        return server, host, proxy.port
+
+    monkeypatch.setattr(resident, "_listen", through_proxy)
+    made = {}
+    starting = threading.Thread(target=lambda: made.update(
+        transport=_resident(df, loss_timeout=2, connect_timeout=4)), daemon=True)
+    try:
+        with caplog.at_level("WARNING", logger="kmeans_dist"):
+            starting.start()
+            assert proxy.served.wait(60), "partition 0 was never told to serve"
+            with socket.create_connection(proxy.target, timeout=10) as second:
+                second.sendall(channel.hello(proxy.token, 0, 1))
+                assert channel.recv_request(second) == channel.STANDBY
+                assert channel.recv_request(second) == channel.SERVE  # 2 s later
+            assert "failed its handshake (Lost: no word from the task in 2s)" in caplog.text
+            starting.join(30)
+        assert not starting.is_alive(), "the driver still waits for partition 0"
+        transport = made["transport"]
+        try:
+            assert transport.fallback is not None and transport.reconnects == 2
+            assert transport.parked_total == 1
+            assert "1 lost resident task(s) not back within 4s" in transport.fallback_reason
+            got = _steps(transport, x)
+        finally:
+            transport.release()
+    finally:
+        proxy.close()
+    assert _same(got, _reference(df, x))
 
 # the workers cannot import this test module: ship its functions by value
 cloudpickle.register_pickle_by_value(sys.modules[__name__])

@@ -24,7 +24,7 @@ import pytest
 
 from cgroup import MemoryCgroup, memory_cgroup
 from standalone import (HOST, SPARK_BIN, START_TIMEOUT, Cluster, alive_workers, free_port,
-                        log_tail, run_logged, spark_env, spawn)
+                        lloyd_reference, log_tail, run_logged, spark_env, spawn)
 
 ROOT = Path(__file__).resolve().parent.parent
 MIB = 1 << 20
@@ -77,22 +77,6 @@ def write_data(path: Path) -> tuple[np.ndarray, np.ndarray]:
     pq.write_table(table, path, row_group_size=125_000)
     init = x[[int(np.flatnonzero(which == j)[0]) for j in range(K)]] + 0.5
     return x, init
-
-
-def lloyd_reference(x: np.ndarray, init: np.ndarray, max_iter: int) -> tuple[np.ndarray, int]:
-    """Brute-force Lloyd (scikit-learn's order: assign with C_t, update to C_t+1), stopping when
-    no row changes cluster or after ``max_iter`` updates."""
-    c, prev = init.copy(), None
-    for it in range(1, max_iter + 1):
-        labels = np.concatenate([
-            np.argmin((chunk**2).sum(1)[:, None] - 2 * chunk @ c.T + (c**2).sum(1)[None], 1)
-            for chunk in np.array_split(x, 20)])
-        sums = np.stack([np.bincount(labels, weights=x[:, j], minlength=K) for j in range(D)], 1)
-        c = sums / np.bincount(labels, minlength=K)[:, None]
-        if prev is not None and np.array_equal(prev, labels):
-            return c, it
-        prev = labels
-    return c, max_iter
 
 
 DRIVER = """

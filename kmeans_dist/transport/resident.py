@@ -48,11 +48,11 @@ from pyspark.sql import DataFrame
 
 from kmeans_dist import kernels, tasks
 from kmeans_dist.data import Packer, Packing
-from kmeans_dist.transport import tls
+from kmeans_dist.transport import channel, tls
 from kmeans_dist.transport.arrow import ArrowFilesTransport
 from kmeans_dist.transport.base import TaskFn, in_task
 from kmeans_dist.transport.budget import Budget, mib, row_bytes, task_budget
-from kmeans_dist.transport.channel import (LOSS_TIMEOUT, SERVE, STANDBY, Lost, beating, connect,
+from kmeans_dist.transport.channel import (SERVE, STANDBY, Lost, beating, connect,
                                            hello, keepalive, load_request, recv_bytes,
                                            recv_hello, recv_message, recv_request, send_message,
                                            send_request)
@@ -64,7 +64,9 @@ log = logging.getLogger("kmeans_dist")
 #: seconds for the first resident task to start while no task of the job runs (no slot, no
 #: executor yet), and for every other one to connect after the first did
 CONNECT_TIMEOUT = 60.0
-#: seconds a lost task's retry has to reconnect before the transport falls back
+#: seconds a lost task's retry has to reconnect before the transport falls back, at least: Spark
+#: retries a task of a silent executor only once it declares it lost (``spark.network.timeout``,
+#: 120 s by default), so the wait is the larger of this and that timeout plus 30 s
 RECONNECT_TIMEOUT = 60.0
 #: the resident job's rows: one per task, with why it could not serve (None when it served)
 RESULT_SCHEMA = "part int, error string"
@@ -155,9 +157,9 @@ class ResidentTransport:
     """Long-running tasks hold the blocks; requests go over sockets; falls back to files."""
 
     def __init__(self, packing: Packing, d: int, storage: str = "auto",
-                 budget: Budget | None = None, connect_timeout: float = CONNECT_TIMEOUT,
-                 reconnect_timeout: float = RECONNECT_TIMEOUT, secure: bool | None = None,
-                 loss_timeout: float = LOSS_TIMEOUT):
+                 budget: Budget | None = None, connect_timeout: float | None = None,
+                 reconnect_timeout: float | None = None, secure: bool | None = None,
+                 loss_timeout: float | None = None):
         """``storage``: where the tasks hold their blocks ("auto": memory within ``budget``,
         default the session's, ``budget.task_budget``; "memory"; "files"). ``secure``: serve the
         side channel over TLS (None: when Spark's own security is on,
@@ -167,9 +169,11 @@ class ResidentTransport:
         self.d = d
         self.sc = packing.rows.sparkSession.sparkContext
         self.num_partitions = packing.rows.rdd.getNumPartitions()
-        self.connect_timeout = connect_timeout
-        self.reconnect_timeout = reconnect_timeout
-        self.loss_timeout = loss_timeout
+        # the module's bounds as they are now (a test or a user may have changed them)
+        self.connect_timeout = CONNECT_TIMEOUT if connect_timeout is None else connect_timeout
+        self.reconnect_timeout = (_reconnect_bound(self.sc) if reconnect_timeout is None
+                                  else reconnect_timeout)
+        self.loss_timeout = channel.LOSS_TIMEOUT if loss_timeout is None else loss_timeout
         self.storage = storage
         self.budget = budget or session_budget(self.sc)
         #: per partition, what its task holds (rows, bytes, storage), from its ready message
@@ -273,8 +277,10 @@ class ResidentTransport:
         """Keep a connection that proves itself: TLS first when the channel is secure, then a
         hello carrying the token (checked before anything else is read). A partition nobody
         serves is told to serve, and reported when its blocks are held; a second claim on a
-        partition a live task serves is parked (see ``_Parked``)."""
-        serving = None  # the partition this connection was told to serve
+        partition a live task serves is parked (see ``_Parked``). A task lost before it is
+        ready (while it packs) gives its partition up: the waiter is told, and a parked attempt
+        or Spark's retry serves it."""
+        serving = False
         try:
             conn.settimeout(30)
             if self._tls is not None:
@@ -285,7 +291,6 @@ class ResidentTransport:
                 _refuse(conn, "without the run's token or for no partition of the run", peer)
                 return
             keepalive(conn)
-            self._arrivals.put(("hello", part, None))
             with self._lock:
                 parked = None if part not in self._claimed else _Parked(conn)
                 if parked is None:
@@ -302,7 +307,8 @@ class ResidentTransport:
                     send_request(conn, None)
                     conn.close()
                     return
-            serving = part
+            serving = True  # the partition is this connection's until it is ready or lost
+            self._arrivals.put(("hello", part, None))
             send_request(conn, SERVE)
             # packing may take long: the task's heartbeats keep the wait bounded
             kind, report = recv_message(conn, self.loss_timeout)
@@ -312,19 +318,20 @@ class ResidentTransport:
             self._arrivals.put(("ready", part, conn))
         except (OSError, ValueError) as exc:
             _refuse(conn, f"that failed its handshake ({type(exc).__name__}: {exc})", peer)
-            if serving is not None:
-                self._unclaim(serving)  # its retry (or a parked attempt) serves instead
+            if serving:
+                self._release(part)
+                self._arrivals.put(("lost", part, None))
 
     def _lose(self, part: int) -> None:
-        """Partition ``part``'s connection is lost: close and forget it (see ``_unclaim``)."""
+        """Partition ``part``'s connection is lost: close and forget it (see ``_release``)."""
         conn = self._conns.pop(part, None)
         if conn is not None:
             conn.close()
-        self._unclaim(part)
+        self._release(part)
 
-    def _unclaim(self, part: int) -> None:
-        """The task serving ``part`` is gone: a parked second attempt takes over, else the next
-        task to connect for it (Spark's retry)."""
+    def _release(self, part: int) -> None:
+        """Nobody serves partition ``part`` any more: a parked second attempt takes over, else
+        the next task to connect for it (Spark's retry)."""
         with self._lock:
             self._claimed.discard(part)
             waiting = self._parked.get(part, [])
@@ -332,8 +339,7 @@ class ResidentTransport:
                 promoted = waiting.pop(0)
                 self._claimed.add(part)
                 promoted.serve = True
-                promoted.decided.set()
-                self._arrivals.put(("hello", part, None))  # it connected long ago
+                promoted.decided.set()  # its handshake thread says hello when told to serve
 
     def _wait_for(self, parts: set[int], timeout: float, starting: bool = False) -> None:
         """Until every partition in ``parts`` has a ready connection, else ResidentUnavailable.
@@ -342,10 +348,12 @@ class ResidentTransport:
         (no slot or no executor yet; a long stage before the resident one keeps tasks running),
         and every other task must connect within ``timeout`` after the first did. A task that
         returned without serving (it could not reach the driver) ends the wait at once. Packing
-        may take as long as it needs: the tasks' heartbeats show they are alive."""
+        may take as long as it needs: the tasks' heartbeats show they are alive; a task lost
+        while it packs is counted as a reconnect, and its retry has ``timeout`` from then."""
         unseen, unready = set(parts), set(parts)
         since = time.monotonic()  # the last time the job was seen running anything
         first: float | None = None if starting else since
+        lost = False
         while unready:
             now = time.monotonic()
             if self._job_done.is_set():
@@ -366,7 +374,7 @@ class ResidentTransport:
                     raise ResidentUnavailable(
                         f"{len(unseen)} of {self.num_partitions} resident tasks did not connect "
                         f"within {timeout:.0f}s (fewer free task slots than partitions)"
-                        if starting else
+                        if starting and not lost else
                         f"{len(unseen)} lost resident task(s) not back within {timeout:.0f}s "
                         "(Spark has not retried them: their executor may still look alive)")
             try:
@@ -376,6 +384,12 @@ class ResidentTransport:
             if item is None:
                 continue
             kind, part, conn = item
+            if kind == "lost":
+                if part in unready:
+                    lost, first = True, time.monotonic()
+                    unseen.add(part)
+                    self.reconnects += 1
+                continue
             if first is None:
                 first = time.monotonic()
             unseen.discard(part)
@@ -491,6 +505,19 @@ def _refuse(conn: socket.socket, why: str, peer: Any = None) -> None:
             peer = "?"
     log.warning("resident transport: closed a connection from %s %s", peer, why)
     conn.close()
+
+
+def _reconnect_bound(sc) -> float:
+    """How long a lost task's retry may take to reconnect (see ``RECONNECT_TIMEOUT``)."""
+    network = sc.getConf().get("spark.network.timeout", "120s").strip().lower()
+    try:
+        seconds = (float(network[:-2]) / 1000 if network.endswith("ms") else
+                   float(network[:-3]) * 60 if network.endswith("min") else
+                   float(network[:-1]) * 60 if network.endswith("m") else
+                   float(network.rstrip("s")))
+    except ValueError:
+        seconds = 120.0
+    return max(RECONNECT_TIMEOUT, seconds + 30.0)
 
 
 def _listen(sc) -> tuple[socket.socket, str, int]:
