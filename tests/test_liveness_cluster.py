@@ -414,9 +414,10 @@ def test_a_frozen_host_is_noticed_within_the_loss_timeout(tmp_path, cluster, blo
     counts the task lost LOSS_TIMEOUT (20 s) after its request (the freeze came before it).
     Spark declares the executor lost spark.network.timeout after its last heartbeat (25 s here,
     so after the driver gave the partition up; 120 s by default) and retries the task on the
-    other host, which reconnects within RECONNECT_TIMEOUT (the production default, 60 s, kept:
-    the retry comes about 5 s after the loss). Else the fit would fall back to one Spark job
-    per iteration then: either way, LOSS_TIMEOUT + RECONNECT_TIMEOUT bounds the wait."""
+    other host, which reconnects within the reconnect bound (the larger of RECONNECT_TIMEOUT,
+    60 s, and spark.network.timeout + 30 s; the retry comes about 5 s after the loss). Else the
+    fit would fall back to one Spark job per iteration then: either way, LOSS_TIMEOUT + that
+    bound bounds the wait."""
     conf = {**STATIC, "spark.network.timeout": "25s", "spark.network.timeoutInterval": "1s",
             "spark.executor.heartbeatInterval": "2s"}
     started = time.perf_counter()

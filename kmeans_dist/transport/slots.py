@@ -37,6 +37,19 @@ def obtainable_slots(sc) -> int | None:
     return max(can, now or 0)
 
 
+def running_tasks(sc) -> int | None:
+    """Tasks the scheduler runs right now, in the whole application (None if Spark does not
+    say). The scheduler's own count: the status store's per-stage counts are written lazily
+    (tasks that start within ``spark.ui.liveUpdate.period`` of their stage show as 0 until an
+    event after), which would make a running stage look idle."""
+    try:
+        by_executor = sc._jvm.scala.jdk.javaapi.CollectionConverters.asJava(
+            sc._jsc.sc().taskScheduler().runningTasksByExecutors())
+        return sum(int(n) for n in by_executor.values())
+    except Exception:  # noqa: BLE001 - a private Spark API: treat as unknown
+        return None
+
+
 def group_progress(sc, group: str) -> tuple[int, int]:
     """(running tasks, tasks that returned) over the active stages of the jobs in ``group``; the
     returned ones counted in the last stage of the group's last job only (where the job's own
@@ -56,4 +69,5 @@ def group_progress(sc, group: str) -> tuple[int, int]:
             running += st.numActiveTasks
             if i == len(jobs) - 1 and stage == max(info.stageIds):
                 ended += st.numCompletedTasks
-    return running, ended
+    scheduled = running_tasks(sc)
+    return (running if scheduled is None else max(running, scheduled)), ended
