@@ -24,7 +24,7 @@ import sys
 import sysconfig
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,11 +119,14 @@ def alive_workers(status_url: str) -> int:
 
 @contextmanager
 def standalone(base: Path, workers: int = 2, hosts: Sequence[str] | None = None,
-               daemon_opts: str | None = None, cores: int = 1) -> Iterator[Cluster]:
+               daemon_opts: str | None = None, cores: int = 1,
+               wrap_worker: Callable[[list[str]], list[str]] | None = None,
+               **env_extra: str) -> Iterator[Cluster]:
     """A master on HOST and ``workers`` workers (``cores`` cores, 2 GiB each), up until the block
     exits. ``hosts``: one address per worker (``SPARK_LOCAL_IP`` and ``--host``; replaces
     ``workers``), default HOST for each; ``daemon_opts``: Java options of the master and the
-    workers."""
+    workers; ``wrap_worker``: the worker's command as it is started (e.g. inside a cgroup);
+    ``env_extra``: more environment for the daemons (e.g. ``SPARK_DAEMON_MEMORY``)."""
     spark_class = str(SPARK_BIN / "spark-class")
     port, webui = free_port(), free_port()
     cluster = Cluster(f"spark://{HOST}:{port}", f"http://{HOST}:{webui}/json/",
@@ -133,7 +136,7 @@ def standalone(base: Path, workers: int = 2, hosts: Sequence[str] | None = None,
     (base / "local").mkdir()
     opts = {} if daemon_opts is None else {"SPARK_MASTER_OPTS": daemon_opts,
                                            "SPARK_WORKER_OPTS": daemon_opts}
-    env = spark_env(SPARK_LOCAL_DIRS=str(base / "local"), **opts)
+    env = spark_env(SPARK_LOCAL_DIRS=str(base / "local"), **opts, **env_extra)
     worker_hosts = list(hosts) if hosts is not None else [HOST] * workers
     logs = [cluster.log_dir / "master.log"]
     with ExitStack() as stack:
@@ -143,11 +146,12 @@ def standalone(base: Path, workers: int = 2, hosts: Sequence[str] | None = None,
              "--port", str(port), "--webui-port", str(webui)], logs[0], env))
         for i, host in enumerate(worker_hosts):
             logs.append(cluster.log_dir / f"worker{i}.log")
-            stack.enter_context(spawn(
-                [spark_class, "org.apache.spark.deploy.worker.Worker", "--host", host,
-                 "--port", str(free_port()), "--webui-port", str(free_port()),
-                 "--cores", str(cores), "--memory", "2g", "--work-dir", str(cluster.work_dir),
-                 cluster.master_url], logs[-1], {**env, "SPARK_LOCAL_IP": host}))
+            worker = [spark_class, "org.apache.spark.deploy.worker.Worker", "--host", host,
+                      "--port", str(free_port()), "--webui-port", str(free_port()),
+                      "--cores", str(cores), "--memory", "2g", "--work-dir",
+                      str(cluster.work_dir), cluster.master_url]
+            stack.enter_context(spawn(worker if wrap_worker is None else wrap_worker(worker),
+                                      logs[-1], {**env, "SPARK_LOCAL_IP": host}))
         deadline = time.monotonic() + START_TIMEOUT
         while alive_workers(cluster.status_url) < len(worker_hosts):
             if time.monotonic() > deadline:

@@ -9,12 +9,9 @@ workers' memory would need more than the whole container.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from cgroup import MemoryCgroup, memory_cgroup
-from standalone import (HOST, SPARK_BIN, START_TIMEOUT, Cluster, alive_workers, free_port,
-                        lloyd_reference, log_tail, run_logged, spark_env, spawn)
+from standalone import lloyd_reference, log_tail, run_logged, spark_env, standalone
 
 ROOT = Path(__file__).resolve().parent.parent
 MIB = 1 << 20
@@ -37,33 +33,10 @@ TRANSPORT = "auto"  # the default (by hand, "resident-memory" here gets the exec
 FIT_TIMEOUT = 420.0
 
 
-@contextmanager
-def limited_worker_cluster(base: Path, group: MemoryCgroup) -> Iterator[Cluster]:
-    """A master (unlimited) and one 2-core worker started inside ``group``."""
-    spark_class = str(SPARK_BIN / "spark-class")
-    port, webui = free_port(), free_port()
-    cluster = Cluster(f"spark://{HOST}:{port}", f"http://{HOST}:{webui}/json/",
-                      base / "work", base / "logs")
-    cluster.work_dir.mkdir(parents=True)
-    cluster.log_dir.mkdir(parents=True)
-    (base / "local").mkdir()
-    env = spark_env(SPARK_LOCAL_DIRS=str(base / "local"), SPARK_DAEMON_MEMORY="256m")
-    logs = [cluster.log_dir / "master.log", cluster.log_dir / "worker.log"]
-    with ExitStack() as stack:
-        stack.enter_context(spawn(
-            [spark_class, "org.apache.spark.deploy.master.Master", "--host", HOST,
-             "--port", str(port), "--webui-port", str(webui)], logs[0], env))
-        stack.enter_context(spawn(group.command(
-            [spark_class, "org.apache.spark.deploy.worker.Worker", "--host", HOST,
-             "--port", str(free_port()), "--webui-port", str(free_port()),
-             "--cores", "1", "--memory", "4g", "--work-dir", str(cluster.work_dir),
-             cluster.master_url]), logs[1], env))
-        deadline = time.monotonic() + START_TIMEOUT
-        while alive_workers(cluster.status_url) < 1:
-            if time.monotonic() > deadline:
-                pytest.fail("limited worker not ALIVE\n" + "\n".join(map(log_tail, logs)))
-            time.sleep(0.5)
-        yield cluster
+def limited_worker_cluster(base: Path, group: MemoryCgroup):
+    """A master (unlimited) and one 1-core worker started inside ``group`` (its daemon's heap
+    256 MiB)."""
+    return standalone(base, workers=1, wrap_worker=group.command, SPARK_DAEMON_MEMORY="256m")
 
 
 def write_data(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -120,7 +93,7 @@ def test_data_larger_than_the_container_fits_without_an_oom_kill(tmp_path: Path)
                               FIT_TIMEOUT)
             peak, kills = group.max_usage, group.oom_kills
             executors = sorted(p.name for p in cluster.work_dir.glob("app-*/*"))
-            worker_log = log_tail(cluster.log_dir / "worker.log", 30)
+            worker_log = log_tail(cluster.log_dir / "worker0.log", 30)
     fitted = time.perf_counter()
     assert code == 0, f"driver exited with {code}\n{log_tail(log, 60)}\n{worker_log}"
     # nothing was killed: no OOM kill in the container, one executor for the whole fit
