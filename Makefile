@@ -29,19 +29,24 @@ check-java:
 run: check-java install
 	$(PY) jobs/train.py --conf conf/local.yaml --input data/iris.csv --k 3 --seed 42 --output $(OUT) --overwrite --label-col species
 
-# three pytest processes side by side: the classic suite; the real-cluster suite (standalone
-# clusters, a memory cgroup: mostly waiting on JVMs and timeouts); Spark Connect (a process holds
-# a classic or a Connect session, not both). The other two print their output after the first.
+# four pytest processes side by side (most of the time is spent waiting on JVMs, timeouts and
+# frozen hosts, not computing): the classic suite; the real-cluster suites (standalone clusters,
+# a memory cgroup), the liveness ones apart; Spark Connect (a process holds a classic or a
+# Connect session, not both). The other three print their output after the first.
 LOGS := $(VENV)/test-logs
+PYTEST := $(PY) -m pytest -q -p no:cacheprovider
 test: check-java install
 	@mkdir -p $(LOGS)
-	@$(PY) -m pytest -q -p no:cacheprovider -m cluster > $(LOGS)/cluster.log 2>&1 & cl=$$!; \
-	$(PY) -m pytest -q -p no:cacheprovider tests/connect > $(LOGS)/connect.log 2>&1 & co=$$!; \
-	$(PY) -m pytest -q -p no:cacheprovider -m "not cluster"; main=$$?; \
-	wait $$cl; cluster=$$?; wait $$co; connect=$$?; \
+	@$(PYTEST) -m cluster --ignore=tests/test_liveness_cluster.py > $(LOGS)/cluster.log 2>&1 & cl=$$!; \
+	$(PYTEST) tests/test_liveness_cluster.py > $(LOGS)/liveness.log 2>&1 & lv=$$!; \
+	$(PYTEST) tests/connect > $(LOGS)/connect.log 2>&1 & co=$$!; \
+	$(PYTEST) -m "not cluster"; main=$$?; \
+	wait $$cl; cluster=$$?; wait $$lv; liveness=$$?; wait $$co; connect=$$?; \
 	echo "--- real clusters (pytest -m cluster) ---"; cat $(LOGS)/cluster.log; \
+	echo "--- real clusters, liveness (pytest tests/test_liveness_cluster.py) ---"; \
+	cat $(LOGS)/liveness.log; \
 	echo "--- Spark Connect (pytest tests/connect) ---"; cat $(LOGS)/connect.log; \
-	test $$main = 0 -a $$cluster = 0 -a $$connect = 0
+	test $$main = 0 -a $$cluster = 0 -a $$liveness = 0 -a $$connect = 0
 
 # Speed against Spark MLlib and scikit-learn (not part of make test): writes BENCHMARKS.md
 bench: check-java install
