@@ -37,7 +37,7 @@ from kmeans_dist import codec
 from kmeans_dist.blocks import Block, problems_from_json
 from kmeans_dist.data import Packer, Packing
 from kmeans_dist.transport.base import TaskFn, in_task, job_label
-from kmeans_dist.transport.local_files import _base, _open, _root, _store
+from kmeans_dist.transport.local_files import _base, _open, _root, store_each
 
 #: one row per task: its partition, and its result; ``hit`` is false where a task over block
 #: handles found no files (and has no result)
@@ -155,7 +155,7 @@ class _Store:
     def __call__(self, batches: Iterator) -> Iterator:
         import pyarrow as pa
 
-        handles = [h for b in self.packer.blocks(batches) for h in _store(self.token, [b])]
+        handles = store_each(self.token, self.packer.blocks(batches))
         if handles:
             yield pa.RecordBatch.from_pydict({
                 "part": pa.array([h["part"] for h in handles], pa.int32()),
@@ -196,7 +196,7 @@ class _FromSource:
             for _ in batches:  # drained: Spark discards a worker that leaves input unread
                 pass
             return
-        handles = [h for b in self.packer.blocks(batches) for h in _store(self.token, [b])]
+        handles = store_each(self.token, self.packer.blocks(batches))
         blocks = _open(self.token, handles)
         yield _result(part, result=in_task(self.fn, blocks, self.value))
 

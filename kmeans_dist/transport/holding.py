@@ -30,8 +30,8 @@ class Held:
     """A resident task's blocks, in packing order.
 
     ``storage``: "auto" (memory while ``rows x row_bytes`` stays within ``budget`` bytes less
-    what the worker process already holds, files after), "memory" or "files". Iterating gives the blocks (files mapped lazily, one at a time),
-    and can be done once per pass.
+    what the worker process already holds, files after), "memory" or "files". Iterating gives
+    the blocks (files mapped lazily, one at a time), and can be done once per pass.
     """
 
     def __init__(self, token: str, part: int, storage: str, budget: int, row_bytes: int) -> None:

@@ -112,6 +112,12 @@ def _store(token: str, blocks: Iterable[Block]) -> list[dict]:
     return handles
 
 
+def store_each(token: str, blocks: Iterable[Block]) -> list[dict]:
+    """``_store`` one block at a time as ``blocks`` yields them (a packer's: one block in memory
+    at a time, whatever the partition's size); their handles."""
+    return [h for b in blocks for h in _store(token, [b])]
+
+
 def mapped(token: str, h: dict) -> Block:
     """The block of handle ``h`` mapped from this executor's files (FileNotFoundError if not
     here). The mapping goes when the block does: page cache, not the worker's heap."""

@@ -508,16 +508,10 @@ def _refuse(conn: socket.socket, why: str, peer: Any = None) -> None:
 
 
 def _reconnect_bound(sc) -> float:
-    """How long a lost task's retry may take to reconnect (see ``RECONNECT_TIMEOUT``)."""
-    network = sc.getConf().get("spark.network.timeout", "120s").strip().lower()
-    try:
-        seconds = (float(network[:-2]) / 1000 if network.endswith("ms") else
-                   float(network[:-3]) * 60 if network.endswith("min") else
-                   float(network[:-1]) * 60 if network.endswith("m") else
-                   float(network.rstrip("s")))
-    except ValueError:
-        seconds = 120.0
-    return max(RECONNECT_TIMEOUT, seconds + 30.0)
+    """How long a lost task's retry may take to reconnect (see ``RECONNECT_TIMEOUT``); Spark's
+    own reading of ``spark.network.timeout`` (any of its time units)."""
+    network = sc._jsc.sc().conf().getTimeAsSeconds("spark.network.timeout", "120s")
+    return max(RECONNECT_TIMEOUT, float(network) + 30.0)
 
 
 def _listen(sc) -> tuple[socket.socket, str, int]:
