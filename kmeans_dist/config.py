@@ -98,7 +98,8 @@ def default_parallelism(spark: SparkSession) -> int:
     if key not in _PARALLELISM:
         from pyspark.sql import functions as F
 
-        last = spark.range(0, 1 << 16).select(F.max(F.spark_partition_id())).first()[0]
+        parts = spark.range(0, 1 << 16).select(F.spark_partition_id().alias("p"))
+        last = parts.agg(F.max("p")).first()[0]
         _PARALLELISM[key] = int(last) + 1
     return _PARALLELISM[key]
 

@@ -101,10 +101,10 @@ def small_enough(packing: Packing, d: int, max_mb: float | None = None) -> Verdi
     limit, source = driver_limit(spark, max_mb)
     if limit <= 0:
         return Verdict(False, 0, source or "off")
-    _warm_up_kernels()
     estimate = _spark_estimate(packing)
     if estimate is not None and estimate > limit:
         return Verdict(False, limit, source, None, estimate)
+    _warm_up_kernels()
     rows = packing.rows.count()
     packed = rows * packed_row_bytes(d, packing.packer.weight_col is not None)
     return Verdict(packed <= limit, limit, source, rows, packed)
