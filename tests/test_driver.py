@@ -184,3 +184,21 @@ def test_empty_partitions_add_nothing_to_a_fold(spark, blobs):
     for field in ("sums", "weights", "counts"):
         assert np.array_equal(getattr(with_empty, field), getattr(alone, field))
     assert with_empty.inertia == alone.inertia and with_empty.moved == alone.moved
+
+
+def test_drop_in_takes_the_driver_path_unasked(spark, blobs, caplog):
+    """kmeans_dist.ml.KMeans on an assembled vector column: the engine's log names the driver
+    transport, and the centres are the distributed fit's."""
+    from pyspark.ml.feature import VectorAssembler
+
+    from kmeans_dist.ml import KMeans as DropIn
+
+    df, _, _ = blobs
+    assembled = VectorAssembler(inputCols=FEATURES, outputCol="features").transform(df)
+    with caplog.at_level(logging.INFO, logger="kmeans_dist"):
+        model = DropIn(k=3, seed=1, weightCol="w").fit(assembled)
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("transport ")]
+    assert said and said[0].startswith("transport driver: 300 rows"), said
+    far = DropIn(k=3, seed=1, weightCol="w", driverMaxMb=0).fit(assembled)
+    assert np.array_equal(np.array(model.clusterCenters()), np.array(far.clusterCenters()))
+    assert model.summary.trainingCost == far.summary.trainingCost

@@ -110,6 +110,7 @@ def test_train_job_with_remote_flag(server, tmp_path):
     ref = sklearn_lloyd(x, x[[0, 1, 2]])
     np.testing.assert_allclose(model["centroids"], ref.cluster_centers_, rtol=RTOL, atol=1e-12)
     assert model["n_iter"] == ref.n_iter_
+    assert model["transport"]["name"] == "driver"  # a small fit runs in the client
     labels = pd.read_parquet(out / "assignments").sort_values("id")["cluster"].to_numpy()
     assert np.array_equal(labels, ref.labels_)
 
