@@ -9,6 +9,7 @@ run time (threadpoolctl, scikit-learn's way) holds everywhere. No Spark import a
 
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -44,3 +45,29 @@ def blas_threads(n: int) -> Iterator[None]:
     """BLAS limited to ``n`` threads while inside (the limit holds for the whole process)."""
     with _thread_pools().limit(limits=n, user_api="blas"):
         yield
+
+
+class HeldLimit:
+    """BLAS limited to ``n`` threads from ``hold`` until the last holder lets go (the driver
+    transport holds it for a whole fit: setting OpenBLAS's thread count once its threads exist
+    costs milliseconds, too much for every pass of a small fit). Holders share one limit, so
+    fits running side by side in threads never restore the count under each other."""
+
+    _lock = threading.Lock()
+    _holders = 0
+    _limit = None
+
+    @classmethod
+    def hold(cls, n: int) -> None:
+        with cls._lock:
+            if cls._holders == 0:
+                cls._limit = _thread_pools().limit(limits=n, user_api="blas")
+            cls._holders += 1
+
+    @classmethod
+    def let_go(cls) -> None:
+        with cls._lock:
+            cls._holders -= 1
+            if cls._holders == 0 and cls._limit is not None:
+                cls._limit.restore_original_limits()
+                cls._limit = None

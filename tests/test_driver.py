@@ -123,7 +123,7 @@ def test_auto_takes_the_driver_for_small_data_and_says_why(spark, blobs, caplog)
 
 def test_auto_keeps_larger_data_on_the_executors(spark, blobs):
     """Over the limit (here driver_max_mb just below the packed size) auto is resident; 0 turns
-    the driver path off without counting anything."""
+    the driver path off without a job."""
     df, _, _ = blobs
     packed_mb = 300 * 48 / MIB
     over = KMeans(3, seed=1, weight_col="w", driver_max_mb=packed_mb * 0.99).fit(df, FEATURES)
@@ -135,12 +135,12 @@ def test_auto_keeps_larger_data_on_the_executors(spark, blobs):
     jobs = set(spark.sparkContext.statusTracker().getJobIdsForGroup())
     name, verdict = choose("auto", False, packing, 4, driver_max_mb=0)
     assert name == "resident" and not verdict.small and verdict.rows is None
-    assert set(spark.sparkContext.statusTracker().getJobIdsForGroup()) == jobs  # no count
+    assert set(spark.sparkContext.statusTracker().getJobIdsForGroup()) == jobs  # no job
 
 
-def test_spark_estimate_over_the_limit_skips_the_count(spark):
+def test_spark_estimate_over_the_limit_skips_the_collect(spark):
     """A range of 200,000 rows x 4 columns: Spark's own estimate (several MiB) is over a 1 MiB
-    limit, so the rows are never counted (no job) and the fit stays distributed."""
+    limit, so no job runs and the fit stays distributed."""
     from pyspark.sql import functions as F
 
     df = spark.range(200_000).select(*[F.rand(i).alias(f"f{i}") for i in range(4)])
@@ -149,9 +149,22 @@ def test_spark_estimate_over_the_limit_skips_the_count(spark):
     verdict = small_enough(packing, 4, max_mb=1)
     assert not verdict.small and verdict.rows is None and verdict.packed > MIB
     assert set(spark.sparkContext.statusTracker().getJobIdsForGroup()) == jobs
-    # under a limit above the estimate the rows are counted: exact figures
+    # under a limit above the estimate the rows are collected: exact figures, every row
     counted = small_enough(packing, 4, max_mb=64)
     assert counted.small and counted.rows == 200_000 and counted.packed == 200_000 * 40
+    assert counted.table.num_rows == 200_000
+
+
+def test_the_capped_collect_stops_one_row_over_the_limit(spark, blobs):
+    """Rows of unknown size (from an RDD) under a limit worth 150 of them: the collect asks for
+    151, the verdict says over, with no row count; at the limit's worth of all 300 rows, small."""
+    df, _, _ = blobs
+    packing = data.packing(df, FEATURES, weight_col="w", num_partitions=3)
+    over = small_enough(packing, 4, max_mb=150 * 48 / MIB)
+    assert not over.small and over.rows is None and over.packed == 150 * 48 + 1
+    assert over.describe().startswith("more than 7.0 KiB packed, over the driver limit of 7.0 KiB")
+    exact = small_enough(packing, 4, max_mb=300 * 48 / MIB)
+    assert exact.small and exact.rows == 300
 
 
 def test_the_default_limit_rule(spark):

@@ -13,9 +13,11 @@ bit-identical to the distributed transports'.
 Which fits come here (``transport="auto"``, see ``small_enough``): the packed rows (features,
 squared norm, weight) must fit in the smaller of ``DEFAULT_LIMIT`` and ``DRIVER_SHARE`` of the
 memory the driver process has available (and, on classic Spark, half of
-``spark.driver.maxResultSize``, which the collect passes through). The row count comes from a
-``count`` (a JVM job; Parquet answers it from its footers), skipped when Spark's own size
-estimate of the rows already exceeds the limit, so large inputs never pay for it.
+``spark.driver.maxResultSize``, which the collect passes through). One job decides and brings
+the rows: the collect asks for one row more than the limit's worth, so a larger input stops
+there (and fits on the executors); it is skipped when Spark's own size estimate of the rows is
+already over the limit, so large inputs with an estimate (files, tables, ``range``) never pay
+for it.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import logging
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable
 
 import numpy as np
@@ -32,7 +34,7 @@ import numpy as np
 from kmeans_dist.blocks import Block
 from kmeans_dist.data import Packing
 from kmeans_dist.transport.base import TaskFn, job_label
-from kmeans_dist.threads import blas_threads
+from kmeans_dist.threads import HeldLimit
 from kmeans_dist.transport.budget import MIB, available_memory, mib, size_bytes
 
 log = logging.getLogger("kmeans_dist")
@@ -56,16 +58,22 @@ class Verdict:
     small: bool
     limit: int  # bytes
     source: str  # how the limit was set
-    rows: int | None = None  # None: not counted (Spark's estimate was already over the limit)
+    rows: int | None = None  # None: over the limit before every row was seen
     packed: int | None = None  # bytes: rows x bytes per row, or Spark's estimate
+    table: Any = field(default=None, repr=False, compare=False)  # the rows, when small
+    estimated: bool = False  # ``packed`` is Spark's estimate
 
     def describe(self) -> str:
         if self.limit <= 0:
             return f"the driver path is off ({self.source})"
-        size = (f"{self.rows:,} rows = {_size(self.packed)} packed" if self.rows is not None
-                else f"Spark estimates {_size(self.packed)}")
+        if self.rows is not None:
+            size = f"{self.rows:,} rows = {_size(self.packed)} packed"
+        elif self.estimated:
+            size = f"Spark estimates {_size(self.packed)}"
+        else:
+            size = f"more than {_size(self.packed - 1)} packed"
         verb = "within" if self.small else "over"
-        return f"{size}, {verb} the driver limit of {mib(self.limit)} ({self.source})"
+        return f"{size}, {verb} the driver limit of {_size(self.limit)} ({self.source})"
 
 
 def _size(n: int) -> str:
@@ -96,18 +104,40 @@ def driver_limit(spark, max_mb: float | None = None) -> tuple[int, str]:
 
 
 def small_enough(packing: Packing, d: int, max_mb: float | None = None) -> Verdict:
-    """Whether the packed rows fit under ``driver_limit`` (0 turns the driver path off)."""
+    """Whether the packed rows fit under ``driver_limit`` (0 turns the driver path off); when
+    they do, the verdict holds them, collected (``collect_rows``): one job decides and brings
+    them."""
     spark = packing.rows.sparkSession
     limit, source = driver_limit(spark, max_mb)
     if limit <= 0:
         return Verdict(False, 0, source or "off")
     estimate = _spark_estimate(packing)
     if estimate is not None and estimate > limit:
-        return Verdict(False, limit, source, None, estimate)
+        return Verdict(False, limit, source, None, estimate, estimated=True)
     _warm_up_kernels()
-    rows = packing.rows.count()
-    packed = rows * packed_row_bytes(d, packing.packer.weight_col is not None)
-    return Verdict(packed <= limit, limit, source, rows, packed)
+    row_bytes = packed_row_bytes(d, packing.packer.weight_col is not None)
+    most = limit // row_bytes
+    with job_label(spark, "kmeans_dist: bringing small data to the driver"):
+        table = collect_rows(packing, most + 1)
+    if table.num_rows > most:
+        return Verdict(False, limit, source, None, most * row_bytes + 1)
+    return Verdict(True, limit, source, table.num_rows, table.num_rows * row_bytes, table)
+
+
+def collect_rows(packing: Packing, cap: int | None = None):
+    """The rows (features, weight) as one Arrow table, each tagged with its Spark partition
+    (column ``PART``), in partition order; at most ``cap`` of them. One job, in the JVM only.
+
+    Under a cap Spark may gather the partitions' rows through a shuffle, which keeps each
+    partition's rows in order but not the partitions: a stable sort on the tag restores it."""
+    from pyspark.sql import functions as F
+
+    tagged = packing.rows.withColumn(PART, F.spark_partition_id())
+    table = (tagged if cap is None else tagged.limit(cap)).toArrow()
+    part_of = table.column(PART).to_numpy()
+    if len(part_of) and np.any(np.diff(part_of) < 0):
+        table = table.take(np.argsort(part_of, kind="stable"))
+    return table
 
 
 def _spark_estimate(packing: Packing) -> int | None:
@@ -177,34 +207,36 @@ class DriverTransport:
         self.num_partitions = 0
         self._parts: list[list[Block]] | None = None
         self._run_ids: set[str] = set()
+        self._holding = False  # BLAS limited for the threads (from the first run to release)
 
     def run(self, fn: TaskFn, value: Any, label: str | None = None) -> list:
         if self._parts is None:
             with job_label(self.spark, label):
                 self._parts = self._collect()
             self.num_partitions = len(self._parts)
+            self._pool_size = min(self.threads, len(self._parts))
+            HeldLimit.hold(max(1, driver_cores() // self._pool_size))
+            self._holding = True
         self._run_ids.update(_run_ids(value))
-        threads = min(self.threads, len(self._parts))
-        with blas_threads(max(1, driver_cores() // threads)):
-            if threads == 1:
-                return [fn(iter(blocks), value) for blocks in self._parts]
-            with ThreadPoolExecutor(threads, thread_name_prefix="kmeans_dist-driver") as pool:
-                return list(pool.map(lambda blocks: fn(iter(blocks), value), self._parts))
+        if self._pool_size == 1:
+            return [fn(iter(blocks), value) for blocks in self._parts]
+        with ThreadPoolExecutor(self._pool_size, thread_name_prefix="kmeans_dist-driver") as pool:
+            return list(pool.map(lambda blocks: fn(iter(blocks), value), self._parts))
 
     def _collect(self) -> list[list[Block]]:
-        """Every partition's rows, in one Arrow collect, packed as its task would pack them."""
-        from pyspark.sql import functions as F
-
-        table = self.packing.rows.withColumn(PART, F.spark_partition_id()).toArrow()
+        """Every partition's rows (those the verdict collected, else one Arrow collect now),
+        packed as its task would pack them."""
+        table = (self.verdict.table if self.verdict is not None and self.verdict.table is not None
+                 else collect_rows(self.packing))
+        if self.verdict is not None:
+            self.verdict = replace(self.verdict, table=None)  # the blocks hold the rows now
         part_of = table.column(PART).to_numpy()
         table = table.drop_columns([PART])
-        if len(part_of) and np.any(np.diff(part_of) < 0):
-            raise RuntimeError("the collected rows are not in partition order")
         parts: list[list[Block]] = [[] for _ in range(int(part_of.max()) + 1 if len(part_of)
                                                      else 1)]
         edges = np.flatnonzero(np.diff(part_of)) + 1
         for lo, hi in zip(np.r_[0, edges], np.r_[edges, len(part_of)]):
-            if hi > lo:
+            if hi > lo:  # no rows at all: one empty partition
                 part = int(part_of[lo])
                 parts[part] = list(self.packing.packer.blocks(
                     table.slice(lo, hi - lo).to_batches(), part))
@@ -217,6 +249,9 @@ class DriverTransport:
 
         self._parts = None
         tasks.LABELS.forget(self._run_ids)
+        if self._holding:
+            self._holding = False
+            HeldLimit.let_go()
 
     def record(self) -> dict:
         """What the model records: the name, the rule's figures, the threads."""
