@@ -397,7 +397,8 @@ def connect_rows(rows: Sequence[dict]) -> list[list[str]]:
                                 "connect_ours", "connect_arrow", "connect_ml"))
         out.append([
             r["key"], shape(r), _connect_iterations(r), fmt(resident), fmt(files), fmt(arrow),
-            fmt(ours), fmt(c_arrow), fmt(ml), times(ratio(ml, ours)), times(ratio(ml, c_arrow)),
+            f"{fmt(ours)} ({get(r, 'connect', 'ours', 'transport') or 'n/a'})", fmt(c_arrow),
+            fmt(ml), times(ratio(ml, ours)), times(ratio(ml, c_arrow)),
             times(ratio(ours, resident)), times(ratio(ours, files)),
         ])
     return out
@@ -406,7 +407,7 @@ def connect_rows(rows: Sequence[dict]) -> list[list[str]]:
 CONNECT_HEADER = (
     "workload", "n × d, k", "iterations (ours / pyspark.ml)", "ours classic, resident s/iter",
     "ours classic, arrow-files s/iter", "ours classic, arrow s/iter",
-    "ours Spark Connect, arrow-files (default) s/iter", "ours Spark Connect, arrow s/iter",
+    "ours Spark Connect, default transport s/iter", "ours Spark Connect, arrow s/iter",
     "pyspark.ml on Spark Connect s/iter (differenced)", "pyspark.ml Connect / ours Connect",
     "pyspark.ml Connect / ours Connect arrow", "ours Connect / ours classic resident",
     "ours Connect / ours classic arrow-files",
