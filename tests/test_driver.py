@@ -56,6 +56,32 @@ def test_driver_blocks_are_the_tasks_blocks(spark, blobs):
     assert driver.num_partitions == 3
 
 
+def test_capped_collect_keeps_partition_order(spark):
+    """Rows Spark estimates but cannot count from the plan (a generator over a range, 3
+    partitions): the capped collect gathers them through a shuffle, and the driver still packs
+    exactly the tasks' blocks, in partition order."""
+    from pyspark.sql import functions as F
+
+    df = spark.range(0, 900, numPartitions=3).select(
+        F.explode(F.array(F.col("id") * 1.0, F.col("id") + 0.5)).alias("a"))
+    packing = data.packing(df, ["a"], block_rows=128, num_partitions=3)
+    verdict = small_enough(packing, 1)
+    assert verdict.small and verdict.rows == 1800 and not verdict.estimated
+    rdd = RDDTransport(data.block_rdd(packing.frame, 1))
+    driver = DriverTransport(packing, 1, verdict=verdict)
+    try:
+        expected = rdd.run(_blocks_seen_unweighted, None)
+        assert driver.run(_blocks_seen_unweighted, None) == expected
+    finally:
+        rdd.release()
+        driver.release()
+    assert [len(p) for p in expected] == [5, 5, 5]  # 600 rows each: 4 x 128 + 88
+
+
+def _blocks_seen_unweighted(blocks, _):
+    return [(b.part, b.start, b.rows, b.x.tobytes()) for b in blocks]
+
+
 @pytest.mark.parametrize("init", ["k-means||", "k-means++", "random"])
 def test_driver_fit_is_the_distributed_fit(spark, blobs, init):
     """fit_many with n_init=2 over two ks: every model's centroids, inertia, iterations and
@@ -155,16 +181,32 @@ def test_spark_estimate_over_the_limit_skips_the_collect(spark):
     assert counted.table.num_rows == 200_000
 
 
-def test_the_capped_collect_stops_one_row_over_the_limit(spark, blobs):
-    """Rows of unknown size (from an RDD) under a limit worth 150 of them: the collect asks for
-    151, the verdict says over, with no row count; at the limit's worth of all 300 rows, small."""
+def test_the_capped_collect_stops_one_row_over_the_limit(spark):
+    """A range of 3,000 rows over 3 partitions, which Spark estimates at 8 bytes a row (24,000),
+    under a limit worth 2,000 packed rows (32,000 bytes: over the estimate): the collect asks
+    for 2,001 and the verdict says over, without a row count; all rows, in partition order,
+    under a limit worth them all."""
+    from pyspark.sql import functions as F
+
+    df = spark.range(0, 3000, numPartitions=3).select(F.col("id").cast("double").alias("a"))
+    packing = data.packing(df, ["a"])
+    assert packing.rows.count() == 3000
+    over = small_enough(packing, 1, max_mb=2000 * 16 / MIB)
+    assert not over.small and over.rows is None and over.packed == 2000 * 16 + 1
+    assert over.describe().startswith("more than 31.2 KiB packed, over the driver limit")
+    under = small_enough(packing, 1, max_mb=3000 * 16 / MIB)
+    assert under.small and under.rows == 3000
+    assert under.table.column("f0").to_pylist() == [float(i) for i in range(3000)]
+
+
+def test_rows_without_an_estimate_are_counted_first(spark, blobs):
+    """Rows from an RDD (no estimate): a count decides, with the exact figures either way."""
     df, _, _ = blobs
     packing = data.packing(df, FEATURES, weight_col="w", num_partitions=3)
     over = small_enough(packing, 4, max_mb=150 * 48 / MIB)
-    assert not over.small and over.rows is None and over.packed == 150 * 48 + 1
-    assert over.describe().startswith("more than 7.0 KiB packed, over the driver limit of 7.0 KiB")
+    assert not over.small and over.rows == 300 and over.packed == 300 * 48
     exact = small_enough(packing, 4, max_mb=300 * 48 / MIB)
-    assert exact.small and exact.rows == 300
+    assert exact.small and exact.rows == 300 and exact.table.num_rows == 300
 
 
 def test_the_default_limit_rule(spark):

@@ -13,11 +13,12 @@ bit-identical to the distributed transports'.
 Which fits come here (``transport="auto"``, see ``small_enough``): the packed rows (features,
 squared norm, weight) must fit in the smaller of ``DEFAULT_LIMIT`` and ``DRIVER_SHARE`` of the
 memory the driver process has available (and, on classic Spark, half of
-``spark.driver.maxResultSize``, which the collect passes through). One job decides and brings
-the rows: the collect asks for one row more than the limit's worth, so a larger input stops
-there (and fits on the executors); it is skipped when Spark's own size estimate of the rows is
-already over the limit, so large inputs with an estimate (files, tables, ``range``) never pay
-for it.
+``spark.driver.maxResultSize``, which the collect passes through). Spark's own size estimate of
+the rows (files, tables, ``range``) decides first: over the limit, the fit goes to the executors
+without a job. Under it, one job decides and brings the rows: the collect asks for one row more
+than the limit's worth, so a larger input stops there. Without an estimate (rows from an RDD or
+from Python objects) a ``count`` decides first, as a capped collect would shuffle every row of a
+large input before stopping.
 """
 
 from __future__ import annotations
@@ -118,7 +119,13 @@ def small_enough(packing: Packing, d: int, max_mb: float | None = None) -> Verdi
     row_bytes = packed_row_bytes(d, packing.packer.weight_col is not None)
     most = limit // row_bytes
     with job_label(spark, "kmeans_dist: bringing small data to the driver"):
-        table = collect_rows(packing, most + 1)
+        if estimate is None:
+            # no estimate (rows from an RDD or Python objects): count first, since under a cap
+            # Spark gathers every partition's rows through a shuffle before it stops
+            rows = packing.rows.count()
+            if rows > most:
+                return Verdict(False, limit, source, rows, rows * row_bytes)
+        table = collect_rows(packing, None if estimate is None else most + 1)
     if table.num_rows > most:
         return Verdict(False, limit, source, None, most * row_bytes + 1)
     return Verdict(True, limit, source, table.num_rows, table.num_rows * row_bytes, table)
