@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> KMeansModel:
                   distance=args.distance, weight_col=args.weight_col, n_init=args.n_init,
                   checkpoint=args.checkpoint, resume=args.resume, invalid=args.invalid)
     estimator = KMeans(args.k, **params)  # parameters are checked here, before Spark starts
-    spark, partitions = cli.start_session(args, "kmeans-dist train")
+    _, partitions = cli.start_session(args, "kmeans-dist train")
     io.check_output_dir(args.output, args.overwrite)
     if args.init_model:  # read through Spark's filesystem, so only now
         estimator = KMeans(args.k, **{**params, "init": KMeansModel.load(args.init_model)})
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> KMeansModel:
         plots.fit_pictures(model, df, f"{tmp}/plots")
     print(summary(model, seconds, args.output))
     if args.label_col:
-        print(crosstab(spark.read.parquet(f"{args.output}/assignments"), args.label_col))
+        print(crosstab(io.read_output(f"{args.output}/assignments"), args.label_col))
     return model
 
 
