@@ -21,7 +21,7 @@ committed"):
 
 Small files (``model.json``, ``checkpoint.json``, the manifest) are replaced in one step where the
 filesystem can (POSIX ``rename(2)`` locally, HDFS's rename with overwrite), and written directly
-on object stores, where a single PUT is atomic already.
+on object stores, where an object appears only once its upload is complete.
 
 Tests kill real jobs at the named points below (``pause``); nothing else uses that hook.
 """
