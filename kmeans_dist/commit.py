@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import os
 import posixpath
 import time
@@ -54,6 +55,8 @@ PAUSE_AT_ENV = "KMEANS_DIST_TEST_PAUSE_AT"
 PAUSE_FILE_ENV = "KMEANS_DIST_TEST_PAUSE_FILE"
 PAUSE_SKIP_ENV = "KMEANS_DIST_TEST_PAUSE_SKIP"
 _passed: dict[str, int] = {}
+
+log = logging.getLogger("kmeans_dist")
 
 
 def pause(point: str) -> None:
@@ -271,7 +274,10 @@ def _by_manifest(fs, path: str, overwrite: bool) -> Iterator[str]:
         pause("begin")
         yield root
     except BaseException:
-        fs.delete(root)  # best effort: a leftover would be ignored and cleaned anyway
+        try:
+            fs.delete(root)
+        except Exception:  # noqa: BLE001 - never hide the run's own error: a leftover run is
+            log.warning("could not delete the failed run %s", root, exc_info=True)  # ignored
         raise
     files = sorted(f"{run}/{f}" for f in fs.files(root) if not _hidden(f))
     pause("before-manifest")

@@ -219,6 +219,17 @@ def test_a_killed_first_run_leaves_no_output_and_the_next_run_cleans_it(s3, tmp_
     assert leftovers("s3", out) == []
 
 
+def test_a_run_that_fails_deletes_its_files_and_keeps_the_old_output(s3, tmp_path):
+    out = f"s3a://{BUCKET}/{tmp_path.name}/failed"
+    write_output(out, "v1", overwrite=False)
+    with pytest.raises(RuntimeError, match="lost the cluster"):
+        with io.staged_dir(out, overwrite=True) as where:
+            io.write_text(f"{where}/model.json", "half of a run\n")
+            raise RuntimeError("lost the cluster")
+    assert seen(out) == "v1"
+    assert leftovers("s3", out) == []
+
+
 def test_manifest_lists_exactly_the_files_of_the_run(s3, tmp_path):
     out = f"s3a://{BUCKET}/{tmp_path.name}/listed"
     write_output(out, "v1", overwrite=False)
