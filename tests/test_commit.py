@@ -305,11 +305,16 @@ KMeans(3, init=x, checkpoint=sys.argv[2]).fit(df, sys.argv[3:])
 
 
 @pytest.fixture(scope="module", autouse=True)
-def started_jobs(iris):
+def started_jobs(request, tmp_path_factory):
     """Every classic-Spark job, started at once (a JVM each) when the module starts, so that
     they get going while the tests above run: the train jobs overwrite a complete output and
     pause before they commit, the checkpointing fit pauses while it replaces its checkpoint, and
-    the segment job runs to the end. ``killed_jobs`` waits for them and kills them."""
+    the segment job runs to the end. ``killed_jobs`` waits for them and kills them (none start
+    when no selected test needs them)."""
+    if not any("killed_jobs" in item.fixturenames for item in request.session.items):
+        yield None
+        return
+    iris = request.getfixturevalue("iris")
     d = iris["dir"]
     manifest = {commit.MANIFEST_SCHEMES_ENV: "file"}
     # a JVM each, on 2 cores: the points where Hadoop's FileSystem does something of its own
