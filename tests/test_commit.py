@@ -14,8 +14,8 @@ Two kinds of job process:
   path of every job on Spark Connect; its Parquet is written with pyarrow where a Connect server
   would write it with Spark. It runs on the local disk (rename), the local disk committed by
   manifest (``KMEANS_DIST_MANIFEST_SCHEMES=file``) and the S3 server (manifest).
-- real train / segment jobs on classic Spark (Hadoop's FileSystem) on the local disk, by rename
-  and by manifest. Hadoop's s3a needs the hadoop-aws jar, which cannot be fetched here (no Maven
+- real train jobs on classic Spark (Hadoop's FileSystem) on the local disk, by rename and by
+  manifest (the latter reading its input and ``--init-model`` through a manifest). Hadoop's s3a needs the hadoop-aws jar, which cannot be fetched here (no Maven
   repository is reachable), so classic Spark is not run against the S3 server.
 
 This module runs in its own pytest process (``-m commit``, see the Makefile).
@@ -41,6 +41,7 @@ import pytest
 from commit_writer import ROWS_PER_PART, write_output
 from jobutil import ROOT, job_env, write_csv
 from kmeans_dist import commit, io
+from kmeans_dist.checkpoint import Checkpoint
 from kmeans_dist.model import KMeansModel
 
 pytestmark = pytest.mark.commit
@@ -268,104 +269,85 @@ def iris(tmp_path_factory):
     return {"dir": d, "csv": path, "x": x}
 
 
-def _previous_output(d: Path, x: np.ndarray) -> str:
-    """A segment run's output committed by manifest, with a failed later run's garbage beside
-    it: a model (three iris rows as centres), assignments keyed by id, one part per half."""
-    out = str(d / "previous")
-    model = KMeansModel(x[[0, 50, 100]], IRIS_FEATURES, cluster_sizes=[50, 50, 50])
+def _committed_start(d: Path, x: np.ndarray) -> str:
+    """An output committed by manifest holding a model (three iris rows as centres) and the iris
+    rows (Parquet, one part per half), with a failed later run's garbage beside them."""
+    out = str(d / "start")
+    model = KMeansModel(x[[0, 50, 100]], IRIS_FEATURES)
     with io.staged_dir(out) as where:
         model.save(f"{where}/model.json")
         for part in (0, 1):
-            ids = np.arange(75 * part, 75 * (part + 1))
+            half = x[75 * part:75 * (part + 1)]
             buf = pa.BufferOutputStream()
-            pq.write_table(pa.table({"id": ids, "cluster": ids // 50}), buf)
-            io.write_bytes(f"{where}/assignments/part-{part}.parquet", buf.getvalue().to_pybytes())
-    garbage = d / "previous" / f"{commit.RUN_PREFIX}29990101T000000Z-deadbeef"
-    (garbage / "assignments").mkdir(parents=True)
+            pq.write_table(pa.table({f: half[:, j] for j, f in enumerate(IRIS_FEATURES)}), buf)
+            io.write_bytes(f"{where}/rows/part-{part}.parquet", buf.getvalue().to_pybytes())
+    garbage = d / "start" / f"{commit.RUN_PREFIX}29990101T000000Z-deadbeef"
+    (garbage / "rows").mkdir(parents=True)
     (garbage / "model.json").write_text("{not a model")
-    (garbage / "assignments" / "part-0.parquet").write_bytes(b"not parquet")
+    (garbage / "rows" / "part-0.parquet").write_bytes(b"not parquet")
     return out
 
 
-def _train(iris, out: str, *extra: str) -> list[str]:
-    return [sys.executable, "jobs/train.py", "--input", str(iris["csv"]), "--k", "3",
-            "--seed", "1", "--features", ",".join(IRIS_FEATURES), "--output", out,
-            "--overwrite", "--master", "local[1]", *extra]
+def _train(data: str, out: str, *extra: str) -> list[str]:
+    return [sys.executable, "jobs/train.py", "--input", data, "--k", "3", "--seed", "1",
+            "--features", ",".join(IRIS_FEATURES), "--output", out, "--overwrite",
+            "--master", "local[1]", *extra]
 
 
-CHECKPOINT_DRIVER = """
+CHECKPOINT_WRITER = """
 import sys
-import numpy as np
-from kmeans_dist import KMeans, get_session
-spark = get_session("local[1]")
-df = spark.read.option("header", True).option("inferSchema", True).csv(sys.argv[1])
-x = np.array(df.select(*sys.argv[3:]).head(3), dtype=float)  # three close setosa rows
-KMeans(3, init=x, checkpoint=sys.argv[2]).fit(df, sys.argv[3:])
+from kmeans_dist.checkpoint import Checkpoint
+checkpoint = Checkpoint(sys.argv[1], "fingerprint")
+for iteration in (1, 2, 3):
+    checkpoint.save([(3, 1)], [0.1], iteration, [{"iteration": iteration}])
 """
 
 
 @pytest.fixture(scope="module", autouse=True)
-def started_jobs(request, tmp_path_factory):
-    """Every classic-Spark job, started at once (a JVM each) when the module starts, so that
-    they get going while the tests above run: the train jobs overwrite a complete output and
-    pause before they commit, the checkpointing fit pauses while it replaces its checkpoint, and
-    the segment job runs to the end. ``killed_jobs`` waits for them and kills them (none start
-    when no selected test needs them)."""
+def started_jobs(request):
+    """The classic-Spark train jobs, started (a JVM each) when the module starts, so that they
+    get going while the tests above run. Each overwrites a complete output and pauses before
+    it commits; ``killed_jobs`` waits for them and kills them (none start when no selected test
+    needs them). The one committing by manifest also reads its input and its --init-model
+    through a manifest, beside a failed run's garbage."""
     if not any("killed_jobs" in item.fixturenames for item in request.session.items):
         yield None
         return
     iris = request.getfixturevalue("iris")
     d = iris["dir"]
     manifest = {commit.MANIFEST_SCHEMES_ENV: "file"}
-    # a JVM each, on 2 cores: the points where Hadoop's FileSystem does something of its own
-    # (a directory moved aside; a run's files listed), the other points through pyarrow above
     specs = {"rename_aside": ({}, "aside"), "manifest_before": (manifest, "before-manifest")}
-    for name, (env, _) in specs.items():
-        os.environ.update(env)
-        try:
-            write_output(str(d / name), "v1", overwrite=False)
-        finally:
-            for key in env:
-                os.environ.pop(key)
-    jobs = {name: Paused(_train(iris, str(d / name)), point, env, d / f"{name}.log")
-            for name, (env, point) in specs.items()}
-    # a fit killed while replacing its third checkpoint (two complete ones written before)
-    jobs["checkpoint"] = Paused(
-        [sys.executable, "-c", CHECKPOINT_DRIVER, str(iris["csv"]), str(d / "ckpt"),
-         *IRIS_FEATURES], "small-file-written checkpoint.json", {}, d / "checkpoint.log", skip=2)
-    # a segment run reading its previous run's output through the manifest (runs to the end)
     os.environ.update(manifest)
     try:
-        previous = _previous_output(d, iris["x"])
+        start = _committed_start(d, iris["x"])
+        write_output(str(d / "manifest_before"), "v1", overwrite=False)
     finally:
         os.environ.pop(commit.MANIFEST_SCHEMES_ENV)
-    segment = subprocess.Popen(
-        [sys.executable, "jobs/segment.py", "--input", str(iris["csv"]), "--id-col", "id",
-         "--output", str(d / "segment"), "--previous-model", f"{previous}/model.json",
-         "--previous-assignments", f"{previous}/assignments", "--master", "local[1]"],
-        cwd=ROOT, env={**job_env(), **manifest}, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True)
+    write_output(str(d / "rename_aside"), "v1", overwrite=False)
+    jobs = {
+        "rename_aside": Paused(_train(str(iris["csv"]), str(d / "rename_aside")), "aside", {},
+                               d / "rename_aside.log"),
+        "manifest_before": Paused(
+            _train(f"{start}/rows", str(d / "manifest_before"), "--init-model",
+                   f"{start}/model.json"), "before-manifest", manifest,
+            d / "manifest_before.log"),
+    }
     try:
-        yield {"specs": specs, "dir": d, "jobs": jobs, "segment": segment}
+        yield {"specs": specs, "dir": d, "jobs": jobs}
     finally:
         for job in jobs.values():
             job.kill()
-        if segment.poll() is None:
-            segment.kill()
-        segment.wait()
 
 
 @pytest.fixture(scope="module")
 def killed_jobs(started_jobs):
-    """``started_jobs`` once each has paused at its point and been killed (the segment job:
-    once it ended): its exit code and output."""
+    """``started_jobs`` once each has paused at its point and been killed."""
     for job in started_jobs["jobs"].values():
         try:
             job.wait_paused()
         finally:
             job.kill()
-    log = started_jobs["segment"].communicate(timeout=PAUSE_TIMEOUT)[0]
-    return {**started_jobs, "segment": (started_jobs["segment"].returncode, log)}
+    return started_jobs
 
 
 @pytest.mark.parametrize("name", ["rename_aside", "manifest_before"])
@@ -379,9 +361,12 @@ def test_a_train_job_killed_while_committing_leaves_the_old_output(killed_jobs, 
         assert not os.path.exists(out)  # only the aside copy is left: readers fall back on it
     assert seen(out) == "v1", f"killed at {point!r}"
     if env:  # the killed run had written everything but the manifest: all there, unlisted
+        # (and had read its input and --init-model through their manifest, not the garbage)
         listed = commit.read_manifest(io._fs(), out)["run"]
         killed = [n for n in os.listdir(out) if n.startswith(commit.RUN_PREFIX) and n != listed]
-        assert len(killed) == 1 and os.path.isfile(f"{out}/{killed[0]}/report.json")
+        assert len(killed) == 1
+        with open(f"{out}/{killed[0]}/report.json") as f:
+            assert json.load(f)["rows"] == 150  # both listed parts of its input
         assert any(n.startswith("part-") for n in os.listdir(f"{out}/{killed[0]}/assignments"))
     io.check_output_dir(out, overwrite=True)  # the next run's recovery
     assert os.path.isdir(out) and seen(out) == "v1"
@@ -389,27 +374,17 @@ def test_a_train_job_killed_while_committing_leaves_the_old_output(killed_jobs, 
         assert leftovers("local", out) == []
 
 
-def test_a_checkpoint_write_killed_half_way_keeps_the_last_complete_checkpoint(killed_jobs):
-    ckpt = killed_jobs["dir"] / "ckpt"
-    saved = json.loads(io.read_text(str(ckpt / "checkpoint.json"), what="checkpoint"))
+def test_a_checkpoint_write_killed_half_way_keeps_the_last_complete_checkpoint(tmp_path):
+    """What --resume reads after a fit was killed while replacing its checkpoint (through
+    pyarrow's local filesystem; the Hadoop one's replace is tests/test_commit_fs.py's)."""
+    ckpt = tmp_path / "ckpt"
+    paused = Paused([sys.executable, "-c", CHECKPOINT_WRITER, str(ckpt)],
+                    "small-file-written checkpoint.json", {}, tmp_path / "checkpoint.log", skip=2)
+    try:
+        paused.wait_paused()
+    finally:
+        paused.kill()
+    saved = Checkpoint(str(ckpt), "fingerprint").load()
     assert saved["iteration"] == 2  # the second write, complete; not the third, nor nothing
     newer = [json.loads((ckpt / n).read_text()) for n in os.listdir(ckpt) if n.endswith(".tmp")]
     assert [s["iteration"] for s in newer] == [3]  # the third was written, never put in place
-
-
-def test_a_segment_job_reads_its_previous_output_through_the_manifest(killed_jobs):
-    code, log = killed_jobs["segment"]
-    assert code == 0, log
-    out = str(killed_jobs["dir"] / "segment")
-    os.environ[commit.MANIFEST_SCHEMES_ENV] = "file"
-    try:
-        report = json.loads(io.read_text(f"{out}/drift.json"))
-        manifest = commit.read_manifest(io._fs(), out)
-    finally:
-        os.environ.pop(commit.MANIFEST_SCHEMES_ENV)
-    # both previous parts were read (and the garbage run's files were not: they would not parse)
-    assert report["previous"]["k"] == 3 and report["transitions"]["entities_in_both"] == 150
-    run = manifest["run"]
-    assert f"{run}/model.json" in manifest["files"] and f"{run}/drift.json" in manifest["files"]
-    assert any(f.startswith(f"{run}/assignments/part-") for f in manifest["files"])
-    assert sorted(n for n in os.listdir(out) if not n.startswith(".")) == [commit.SUCCESS, run]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 from kmeans_dist import commit, io
+from kmeans_dist.model import KMeansModel
 
 
 def test_a_small_file_is_replaced_in_place_with_its_checksum(spark, tmp_path):
@@ -52,3 +53,23 @@ def test_an_output_moved_aside_is_read_and_put_back(spark, tmp_path):
     io.check_output_dir(str(out), overwrite=True)
     assert (out / "model.json").read_text() == "old\n"
     assert sorted(os.listdir(tmp_path)) == ["out"]
+
+
+def test_a_manifest_commit_through_hadoop_lists_spark_parts_and_cleans_older_runs(
+        spark, tmp_path, monkeypatch):
+    monkeypatch.setenv(commit.MANIFEST_SCHEMES_ENV, "file")  # local paths as an object store
+    out = str(tmp_path / "out")
+    runs = []
+    for rows in (3, 5):
+        with io.staged_dir(out, overwrite=True) as where:
+            KMeansModel([[float(rows)]], ["a"]).save(f"{where}/model.json")
+            if rows == 5:  # one Spark write: the first job of a session is slow
+                spark.range(rows).coalesce(1).write.parquet(f"{where}/assignments")
+        runs.append(commit.read_manifest(io._fs(), out)["run"])
+    files = commit.read_manifest(io._fs(), out)["files"]
+    assert files[-1] == f"{runs[1]}/model.json" and len(files) == 2  # no _SUCCESS, no .crc
+    assert files[0].startswith(f"{runs[1]}/assignments/part-")
+    assert KMeansModel.load(f"{out}/model.json").centroids.tolist() == [[5.0]]
+    assert io.read_output(f"{out}/assignments").count() == 5
+    assert sorted(n for n in os.listdir(out) if not n.startswith(".")) == [commit.SUCCESS,
+                                                                          runs[1]]
