@@ -181,8 +181,8 @@ def resolve(fs, path: str) -> list[str]:
                 and any(n.startswith(RUN_PREFIX) for n in fs.names(directory)):
             raise FileNotFoundError(f"{directory} holds no committed output (no {SUCCESS} "
                                     "manifest: its run failed or is still running)")
-    if fs.kind(path) is None and parent is not None:
-        for missing, rest in ((path, None), (parent, name)):
+    if fs.kind(path) is None:  # the output itself, or the one it is an entry of, moved aside?
+        for missing, rest in [(path, None)] + ([(parent, name)] if parent is not None else []):
             aside = _aside_of(fs, missing)
             if aside is not None:
                 return [aside if rest is None else fs.child(aside, rest)]
