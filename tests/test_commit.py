@@ -15,8 +15,9 @@ Two kinds of job process:
   would write it with Spark. It runs on the local disk (rename), the local disk committed by
   manifest (``KMEANS_DIST_MANIFEST_SCHEMES=file``) and the S3 server (manifest).
 - real train jobs on classic Spark (Hadoop's FileSystem) on the local disk, by rename and by
-  manifest (the latter reading its input and ``--init-model`` through a manifest). Hadoop's s3a needs the hadoop-aws jar, which cannot be fetched here (no Maven
-  repository is reachable), so classic Spark is not run against the S3 server.
+  manifest (the latter reading its input and ``--init-model`` through a manifest). Hadoop's s3a
+  needs the hadoop-aws jar, which cannot be fetched here (no Maven repository is reachable), so
+  classic Spark is not run against the S3 server.
 
 This module runs in its own pytest process (``-m commit``, see the Makefile).
 """
@@ -256,7 +257,7 @@ def test_object_store_writes_small_files_in_one_put(s3, tmp_path):
     assert KMeansModel.load(f"s3://{BUCKET}/{key}").params == {"version": "put"}
 
 
-# --------------------------------------------------------------------------- real jobs, classic Spark
+# --------------------------------------------------------------------------- classic Spark jobs
 
 
 @pytest.fixture(scope="module")
@@ -265,7 +266,7 @@ def iris(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("commit_jobs")
     x = load_iris().data
-    path = write_csv(d / "iris.csv", ["id", *IRIS_FEATURES], [[str(i), *r] for i, r in enumerate(x)])
+    path = write_csv(d / "iris.csv", IRIS_FEATURES, x)
     return {"dir": d, "csv": path, "x": x}
 
 
