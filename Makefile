@@ -29,10 +29,11 @@ check-java:
 run: check-java install
 	$(PY) jobs/train.py --conf conf/local.yaml --input data/iris.csv --k 3 --seed 42 --output $(OUT) --overwrite --label-col species
 
-# four pytest processes side by side (most of the time is spent waiting on JVMs, timeouts and
+# five pytest processes side by side (most of the time is spent waiting on JVMs, timeouts and
 # frozen hosts, not computing): the classic suite; the real-cluster suites (standalone clusters,
 # a memory cgroup), the liveness ones apart; Spark Connect (a process holds a classic or a
-# Connect session, not both). The other three print their output after the first.
+# Connect session, not both); the output commits (jobs killed mid-commit, a local S3 server).
+# The other four print their output after the first.
 LOGS := $(VENV)/test-logs
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider
 test: check-java install
@@ -40,13 +41,15 @@ test: check-java install
 	@$(PYTEST) -m cluster --ignore=tests/test_liveness_cluster.py > $(LOGS)/cluster.log 2>&1 & cl=$$!; \
 	$(PYTEST) tests/test_liveness_cluster.py > $(LOGS)/liveness.log 2>&1 & lv=$$!; \
 	$(PYTEST) tests/connect > $(LOGS)/connect.log 2>&1 & co=$$!; \
-	$(PYTEST) -m "not cluster"; main=$$?; \
-	wait $$cl; cluster=$$?; wait $$lv; liveness=$$?; wait $$co; connect=$$?; \
+	$(PYTEST) -m commit > $(LOGS)/commit.log 2>&1 & cm=$$!; \
+	$(PYTEST) -m "not cluster and not commit"; main=$$?; \
+	wait $$cl; cluster=$$?; wait $$lv; liveness=$$?; wait $$co; connect=$$?; wait $$cm; commits=$$?; \
 	echo "--- real clusters (pytest -m cluster) ---"; cat $(LOGS)/cluster.log; \
 	echo "--- real clusters, liveness (pytest tests/test_liveness_cluster.py) ---"; \
 	cat $(LOGS)/liveness.log; \
 	echo "--- Spark Connect (pytest tests/connect) ---"; cat $(LOGS)/connect.log; \
-	test $$main = 0 -a $$cluster = 0 -a $$liveness = 0 -a $$connect = 0
+	echo "--- output commits (pytest -m commit) ---"; cat $(LOGS)/commit.log; \
+	test $$main = 0 -a $$cluster = 0 -a $$liveness = 0 -a $$connect = 0 -a $$commits = 0
 
 # Speed against Spark MLlib and scikit-learn (not part of make test): writes BENCHMARKS.md
 bench: check-java install

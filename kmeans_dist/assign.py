@@ -37,14 +37,14 @@ def assign(model: KMeansModel, df: DataFrame, features: list[str] | None = None)
 
 def run(args: argparse.Namespace) -> DataFrame:
     started = time.perf_counter()
-    spark, _ = cli.start_session(args, "kmeans-dist assign")
+    cli.start_session(args, "kmeans-dist assign")
     io.check_output_dir(args.output, args.overwrite)
     model = KMeansModel.load(args.model)
     df = io.read_table(args.input, args.format)
     labelled = assign(model, df, args.features)
     with io.staged_dir(args.output, args.overwrite) as tmp:
         labelled.write.mode("overwrite").parquet(tmp)
-    written = spark.read.parquet(args.output)
+    written = io.read_output(args.output)
     counts = {r["cluster"]: r["count"] for r in written.groupBy("cluster").count().collect()}
     unlabelled = counts.pop(None, 0)
     sizes = ", ".join(f"{c}: {counts.get(c, 0)}" for c in sorted(model.cluster_ids))

@@ -1,28 +1,27 @@
 """Files through Spark's Hadoop FileSystem (local paths, hdfs://, s3a://, ...), or pyarrow's on
-Spark Connect, written atomically.
+Spark Connect.
 
-Outputs are built in a hidden staging directory beside the target and renamed into place only when
-complete, so a failed run leaves nothing half-written and never touches the user's existing data
-unless ``overwrite`` was asked for.
+This module is the filesystem access; how a file or an output directory is committed so that a
+crash never leaves a half-written or missing output (by rename, or by manifest on object stores)
+is ``kmeans_dist.commit``, which the writers and readers here go through.
 """
 
 from __future__ import annotations
 
 import os
 import posixpath
-import uuid
 from contextlib import contextmanager
 from typing import Iterator
 from urllib.parse import urlparse
 
 from pyspark.sql import DataFrame, SparkSession
 
+from kmeans_dist import commit
 from kmeans_dist.cli import first_line
 from kmeans_dist.config import is_connect
 
 FORMATS = ("csv", "parquet")
-#: the marker a complete output directory carries (as Hadoop's committers write)
-SUCCESS = "_SUCCESS"
+SUCCESS = commit.SUCCESS
 
 
 def _session() -> SparkSession:
@@ -41,6 +40,7 @@ class _HadoopFS:
         # looked up once: each step of a py4j package path is a round trip to the JVM
         self.Path = self.jvm.org.apache.hadoop.fs.Path
         self.IOUtils = self.jvm.org.apache.commons.io.IOUtils
+        self.gateway = spark.sparkContext._gateway
 
     def _fs(self, path: str):
         jpath = self.Path(path)
@@ -72,6 +72,49 @@ class _HadoopFS:
     def rename(self, src: str, dst: str) -> bool:
         fs, p = self._fs(src)
         return bool(fs.rename(p, self._fs(dst)[1]))
+
+    def scheme(self, path: str) -> str:
+        return str(self._fs(path)[0].getScheme())
+
+    def names(self, path: str) -> list[str]:
+        """The names of a directory's entries."""
+        fs, p = self._fs(path)
+        return [str(s.getPath().getName()) for s in fs.listStatus(p)]
+
+    def files(self, path: str) -> list[str]:
+        """Every file under a directory, as paths relative to it."""
+        fs, p = self._fs(path)
+        root = str(fs.makeQualified(p).toString()).rstrip("/") + "/"
+        found, it = [], fs.listFiles(p, True)
+        while it.hasNext():
+            name = str(it.next().getPath().toString())
+            found.append(name[len(root):] if name.startswith(root) else name)
+        return found
+
+    def can_replace(self, path: str) -> bool:
+        """Whether a file can be replaced in one step here (not on object stores)."""
+        return self.scheme(path) not in commit.OBJECT_STORES
+
+    def replace(self, src: str, dst: str) -> None:
+        """Move file ``src`` over ``dst`` in one step: POSIX ``rename(2)`` on the local disk,
+        else ``FileContext.rename`` with ``OVERWRITE`` (one atomic NameNode operation on HDFS)."""
+        fs, p = self._fs(dst)
+        if self.scheme(dst) == "file":
+            _replace_local(str(fs.makeQualified(self.Path(src)).toUri().getPath()),
+                           str(fs.makeQualified(p).toUri().getPath()))
+        else:
+            self.rename_overwrite(src, dst)
+
+    def rename_overwrite(self, src: str, dst: str) -> None:
+        """``FileContext.rename(src, dst, Options.Rename.OVERWRITE)``: HDFS replaces ``dst`` in
+        one NameNode operation (filesystems without their own implementation delete first)."""
+        fs, p = self._fs(dst)
+        hadoop = self.jvm.org.apache.hadoop.fs
+        rename = getattr(hadoop, "Options$Rename")
+        context = hadoop.FileContext.getFileContext(fs.getUri(), self.conf)
+        overwrite = self.gateway.new_array(rename, 1)
+        overwrite[0] = rename.OVERWRITE
+        context.rename(fs.makeQualified(self.Path(src)), fs.makeQualified(p), overwrite)
 
     def read(self, path: str) -> bytes:
         fs, p = self._fs(path)
@@ -109,6 +152,8 @@ class _ArrowFS:
         prefix, inner = self._split(path)
         if not prefix or prefix == "file://":
             return fs.LocalFileSystem(), inner
+        if prefix.startswith(("s3a://", "s3n://")):  # Hadoop's names for what pyarrow calls s3
+            path = "s3" + path[3:]
         try:
             return fs.FileSystem.from_uri(path)
         except Exception as exc:  # noqa: BLE001 - pyarrow raises several kinds
@@ -148,6 +193,38 @@ class _ArrowFS:
         filesystem.move(inner, self._fs(dst)[1])
         return True
 
+    def scheme(self, path: str) -> str:
+        return urlparse(path).scheme or "file"
+
+    def _entries(self, path: str, recursive: bool):
+        from pyarrow import fs
+
+        filesystem, inner = self._fs(path)
+        inner = inner.rstrip("/")
+        infos = filesystem.get_file_info(fs.FileSelector(inner, recursive=recursive))
+        return [(info.path[len(inner) + 1:], info.type) for info in infos]
+
+    def names(self, path: str) -> list[str]:
+        """The names of a directory's entries."""
+        return [name for name, _ in self._entries(path, recursive=False)]
+
+    def files(self, path: str) -> list[str]:
+        """Every file under a directory, as paths relative to it."""
+        from pyarrow import fs
+
+        return [name for name, kind in self._entries(path, recursive=True)
+                if kind == fs.FileType.File]
+
+    def can_replace(self, path: str) -> bool:
+        """Whether a file can be replaced in one step here (the local disk; not object stores)."""
+        from pyarrow import fs
+
+        return isinstance(self._fs(path)[0], fs.LocalFileSystem)
+
+    def replace(self, src: str, dst: str) -> None:
+        """Move file ``src`` over ``dst`` in one step (POSIX ``rename(2)``; local files only)."""
+        _replace_local(self._fs(src)[1], self._fs(dst)[1])
+
     def read(self, path: str) -> bytes:
         filesystem, inner = self._fs(path)
         with filesystem.open_input_stream(inner) as f:
@@ -185,28 +262,38 @@ def delete(path: str) -> None:
 
 
 def read_text(path: str, what: str = "file") -> str:
-    """A whole (small) file as UTF-8 text; FileNotFoundError naming ``what`` if it is missing."""
+    """A whole (small) file as UTF-8 text; FileNotFoundError naming ``what`` if it is missing.
+    A file of a committed output is read where its commit put it (``commit.resolve``)."""
     fs = _fs()
-    if fs.kind(path) != "file":
+    found = commit.resolve(fs, path)
+    if len(found) != 1 or fs.kind(found[0]) != "file":
         raise FileNotFoundError(f"{what} not found: {path}")
-    return fs.read(path).decode("utf-8")
+    return fs.read(found[0]).decode("utf-8")
+
+
+def _replace_local(src: str, dst: str) -> None:
+    """``os.replace`` (POSIX ``rename(2)``: a reader opens the old file or the new, never
+    neither), minding the hidden ``.NAME.crc`` checksum Hadoop's local filesystem keeps beside a
+    file it wrote: the old one goes first (a file without one is read unchecked), then the new
+    file's follows it."""
+    def crc(path: str) -> str:
+        head, tail = os.path.split(path)
+        return os.path.join(head, f".{tail}.crc")
+
+    if os.path.exists(crc(dst)):
+        os.remove(crc(dst))
+    os.replace(src, dst)
+    if os.path.exists(crc(src)):
+        os.replace(crc(src), crc(dst))
 
 
 def write_bytes(path: str, data: bytes) -> None:
-    """Write a small file: to a hidden temporary name beside it first, then renamed over
-    ``path`` (parents are created)."""
+    """Write a small file atomically (``commit.write_small``); parents are created."""
     fs = _fs()
     parent = fs.parent(path)
     if parent is not None and fs.kind(parent) is None:
         fs.mkdirs(parent)
-    name = path.rstrip("/").rsplit("/", 1)[-1]
-    tmp = fs.child(parent, f".{name}.{uuid.uuid4().hex}.tmp")
-    fs.write(tmp, data)
-    if fs.kind(path) is not None:
-        fs.delete(path)
-    if not fs.rename(tmp, path):
-        fs.delete(tmp)
-        raise OSError(f"could not write {path}")
+    commit.write_small(fs, path, data)
 
 
 def write_text(path: str, text: str) -> None:
@@ -216,9 +303,12 @@ def write_text(path: str, text: str) -> None:
 
 def check_output_dir(path: str, overwrite: bool) -> None:
     """Refuse, before any work, an existing output directory unless ``overwrite``, and one that
-    cannot be created because the nearest existing parent is a file."""
+    cannot be created because the nearest existing parent is a file. What a killed run left
+    beside it is cleaned up first (``commit.recover``: an old output it had moved aside is put
+    back)."""
     fs = _fs()
-    if fs.kind(path) is not None and not overwrite:
+    commit.recover(fs, path)
+    if commit.exists(fs, path) and not overwrite:
         raise ValueError(f"output directory {path} already exists (pass --overwrite to replace it)")
     parent = fs.parent(path)
     while parent is not None and fs.kind(parent) is None:
@@ -237,27 +327,19 @@ def _java_reason(exc: Exception) -> str:
 
 @contextmanager
 def staged_dir(path: str, overwrite: bool = False) -> Iterator[str]:
-    """Yield a staging directory; once the caller is done it gets a ``_SUCCESS`` marker and
-    replaces ``path``; on error it is removed and ``path`` is left as it was."""
+    """Yield where the run writes its output files; once the caller is done they are committed
+    to ``path`` (``commit.output_dir``: by rename, or by manifest on object stores); on error
+    ``path`` is left as it was."""
     check_output_dir(path, overwrite)
     fs = _fs()
     parent = fs.parent(path)
-    name = path.rstrip("/").rsplit("/", 1)[-1]
-    staging = fs.child(parent, f".{name}.{uuid.uuid4().hex}.staging")
     try:
-        fs.mkdirs(staging)
+        if parent is not None:
+            fs.mkdirs(parent)
     except Exception as exc:  # noqa: BLE001 - py4j and pyarrow wrap permission errors
         raise ValueError(f"cannot write output directory {path}: {_java_reason(exc)}") from None
-    try:
-        yield staging
-        fs.write(fs.child(staging, SUCCESS), b"")
-        if fs.kind(path) is not None:
-            fs.delete(path)
-        if not fs.rename(staging, path):
-            raise OSError(f"could not move the finished output into {path}")
-    finally:
-        if fs.kind(staging) is not None:
-            fs.delete(staging)
+    with commit.output_dir(fs, path, overwrite) as where:
+        yield where
 
 
 def table_format(path: str, fmt: str | None) -> str:
@@ -273,13 +355,21 @@ def table_format(path: str, fmt: str | None) -> str:
 def read_table(path: str, fmt: str | None = None) -> DataFrame:
     """CSV (with a header, types inferred) or Parquet as a DataFrame."""
     fmt = table_format(path, fmt)
-    if not exists(path):
+    fs = _fs()
+    found = commit.resolve(fs, path)
+    if not all(fs.kind(f) is not None for f in found):
         raise FileNotFoundError(f"input not found: {path}")
     reader = _session().read
     if fmt == "csv":
-        df = reader.option("header", True).option("inferSchema", True).csv(path)
+        df = reader.option("header", True).option("inferSchema", True).csv(found)
     else:
-        df = reader.parquet(path)
+        df = reader.parquet(*found)
     if df.isEmpty():  # else a header-only CSV would fail later as "column is not numeric"
         raise ValueError(f"input {path} has no rows")
     return df
+
+
+def read_output(path: str) -> DataFrame:
+    """A Parquet output this package committed (``DIR/assignments``, the assign job's ``DIR``),
+    read from the files its commit lists."""
+    return _session().read.parquet(*commit.resolve(_fs(), path))

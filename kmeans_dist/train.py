@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> KMeansModel:
                   checkpoint=args.checkpoint, resume=args.resume, invalid=args.invalid,
                   driver_max_mb=args.driver_max_mb)
     estimator = KMeans(args.k, **params)  # parameters are checked here, before Spark starts
-    spark, partitions = cli.start_session(args, "kmeans-dist train")
+    _, partitions = cli.start_session(args, "kmeans-dist train")
     io.check_output_dir(args.output, args.overwrite)
     if args.init_model:  # read through Spark's filesystem, so only now
         estimator = KMeans(args.k, **{**params, "init": KMeansModel.load(args.init_model)})
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> KMeansModel:
         plots.fit_pictures(model, df, f"{tmp}/plots")
     print(summary(model, seconds, args.output))
     if args.label_col:
-        print(crosstab(spark.read.parquet(f"{args.output}/assignments"), args.label_col))
+        print(crosstab(io.read_output(f"{args.output}/assignments"), args.label_col))
     return model
 
 
