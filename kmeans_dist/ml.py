@@ -273,11 +273,11 @@ def _expand(df: DataFrame, col: str, d: int) -> _Expanded:
         prefix += "_"
     names = [f"{prefix}{i}" for i in range(d)]
     checked = F.when(F.size(arr) == d, arr).when(arr.isNotNull(), F.raise_error(F.concat(
-        F.lit(f"featuresCol '{col}' has a row of "), F.size(arr).cast("string"),
+        F.lit(f"featuresCol '{col}' has a row of "), F.size(arr).cast(T.StringType()),
         F.lit(f" values; expected {d}"))))
     # two projections, so the conversion runs once per row rather than once per element
     staged = df.withColumn(prefix + "arr", checked)
-    items = [F.col(prefix + "arr")[i].cast("double").alias(n) for i, n in enumerate(names)]
+    items = [F.col(prefix + "arr")[i].cast(T.DoubleType()).alias(n) for i, n in enumerate(names)]
     return _Expanded(staged.select("*", *items).drop(prefix + "arr"), names)
 
 

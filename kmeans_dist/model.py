@@ -9,6 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 from pyspark.sql import DataFrame
+from pyspark.sql import types as T
 
 from kmeans_dist import io, kernels
 from kmeans_dist.threads import task_blas_threads
@@ -108,7 +109,7 @@ class KMeansModel:
 
         labeller = _Labeller(self.centroids, self.distance, self.cluster_ids,
                              distance_col is not None)
-        struct = F.struct(*[column(c).cast("double").alias(f"f{i}")
+        struct = F.struct(*[column(c).cast(T.DoubleType()).alias(f"f{i}")
                             for i, c in enumerate(columns)])
         scored = F.pandas_udf(labeller, labeller.return_type())(struct)
         if distance_col is None:

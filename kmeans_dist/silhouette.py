@@ -28,6 +28,7 @@ from typing import Iterator, Sequence
 import numpy as np
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from kmeans_dist import kernels
 from kmeans_dist.config import default_parallelism
@@ -91,10 +92,10 @@ def sample(df: DataFrame, features: Sequence[str], size: int, seed: int = 0,
     a float64 array in that order; every valid row when there are fewer."""
     size = _check_int("sample_size", size, 1)
     seed = _check_int("seed", seed, 0)
-    cols = [column(c).cast("double").alias(f"f{i}") for i, c in enumerate(features)]
+    cols = [column(c).cast(T.DoubleType()).alias(f"f{i}") for i, c in enumerate(features)]
     names = [f"f{i}" for i in range(len(features))]
     picked = (df.select(*cols).where(_valid(names, cosine))
-              .withColumn("_hash", F.xxhash64(F.lit(seed).cast("long"), *names))
+              .withColumn("_hash", F.xxhash64(F.lit(seed).cast(T.LongType()), *names))
               .orderBy("_hash", *names).limit(size).select(*names))
     table = picked.toArrow()
     if table.num_rows == 0:
