@@ -122,11 +122,13 @@ def crosstab(labelled, label_col: str) -> str:
     """Rows per (cluster, label): how the clusters line up with a known labelling."""
     if label_col not in labelled.columns:
         raise ValueError(f"label column '{label_col}' not found; columns are {labelled.columns}")
-    # pivot takes a name, which Spark would parse: pivot a plainly named copy of the column
-    labels = labelled.select("cluster", column(label_col).alias("_label"))
-    table = labels.groupBy("cluster").pivot("_label").count().orderBy("cluster").fillna(0)
-    header = ["cluster"] + [c for c in table.columns if c != "cluster"]
-    rows = [[str(r[c]) for c in header] for r in table.collect()]
+    # one aggregation job, pivoted here (Spark's pivot runs a second job for the label values)
+    counts = (labelled.groupBy("cluster", column(label_col).alias("_label")).count().collect())
+    values = sorted({r["_label"] for r in counts}, key=lambda v: (v is not None, v))
+    clusters = sorted({r["cluster"] for r in counts}, key=lambda v: (v is not None, v))
+    n = {(r["cluster"], r["_label"]): r["count"] for r in counts}
+    header = ["cluster"] + ["null" if v is None else str(v) for v in values]
+    rows = [[str(c)] + [str(n.get((c, v), 0)) for v in values] for c in clusters]
     width = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
     fmt = "  ".join(f"{{:>{w}}}" for w in width)
     return "\n".join([f"clusters against {label_col}:", fmt.format(*header)]
