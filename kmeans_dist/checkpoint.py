@@ -13,6 +13,7 @@ import json
 from typing import Any, Sequence
 
 from kmeans_dist import io
+from kmeans_dist.errors import UserError
 
 FORMAT_VERSION = 1
 #: parameters that do not change the result, so they may differ between a run and its resume
@@ -39,19 +40,19 @@ class Checkpoint:
         self.fingerprint = fingerprint
 
     def load(self) -> dict | None:
-        """The saved state, None if there is none; ValueError if it belongs to another fit."""
+        """The saved state, None if there is none; UserError if it belongs to another fit."""
         if not io.exists(self.path):
             return None
         try:
             saved = json.loads(io.read_text(self.path, what="checkpoint"))
         except json.JSONDecodeError as exc:
-            raise ValueError(f"checkpoint {self.path} is not JSON: {exc}") from None
+            raise UserError(f"checkpoint {self.path} is not JSON: {exc}") from None
         if not isinstance(saved, dict) or saved.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"checkpoint {self.path} is not a kmeans-dist checkpoint of format "
-                             f"{FORMAT_VERSION}")
+            raise UserError(f"checkpoint {self.path} is not a kmeans-dist checkpoint of format "
+                            f"{FORMAT_VERSION}")
         if saved.get("fingerprint") != self.fingerprint:
-            raise ValueError(f"checkpoint {self.path} was written for other input data or "
-                             "parameters; delete it or choose another --checkpoint directory")
+            raise UserError(f"checkpoint {self.path} was written for other input data or "
+                            "parameters; delete it or choose another --checkpoint directory")
         return saved
 
     def save(self, starts: list[tuple[int, int]], init_seconds: list[float], iteration: int,

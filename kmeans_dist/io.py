@@ -19,6 +19,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from kmeans_dist.cli import first_line
 from kmeans_dist.config import is_connect
+from kmeans_dist.errors import MissingInput, UserError
 
 FORMATS = ("csv", "parquet")
 #: the marker a complete output directory carries (as Hadoop's committers write)
@@ -112,8 +113,8 @@ class _ArrowFS:
         try:
             return fs.FileSystem.from_uri(path)
         except Exception as exc:  # noqa: BLE001 - pyarrow raises several kinds
-            raise ValueError(f"cannot open {path} from this Spark Connect client: "
-                             f"{first_line(exc)}") from None
+            raise UserError(f"cannot open {path} from this Spark Connect client: "
+                            f"{first_line(exc)}") from None
 
     def kind(self, path: str) -> str | None:
         from pyarrow import fs
@@ -185,10 +186,10 @@ def delete(path: str) -> None:
 
 
 def read_text(path: str, what: str = "file") -> str:
-    """A whole (small) file as UTF-8 text; FileNotFoundError naming ``what`` if it is missing."""
+    """A whole (small) file as UTF-8 text; MissingInput naming ``what`` if it is missing."""
     fs = _fs()
     if fs.kind(path) != "file":
-        raise FileNotFoundError(f"{what} not found: {path}")
+        raise MissingInput(f"{what} not found: {path}")
     return fs.read(path).decode("utf-8")
 
 
@@ -219,13 +220,13 @@ def check_output_dir(path: str, overwrite: bool) -> None:
     cannot be created because the nearest existing parent is a file."""
     fs = _fs()
     if fs.kind(path) is not None and not overwrite:
-        raise ValueError(f"output directory {path} already exists (pass --overwrite to replace it)")
+        raise UserError(f"output directory {path} already exists (pass --overwrite to replace it)")
     parent = fs.parent(path)
     while parent is not None and fs.kind(parent) is None:
         parent = fs.parent(parent)
     if parent is not None and fs.kind(parent) != "dir":
-        raise ValueError(f"cannot write output directory {path}: {parent} is a file, "
-                         "not a directory")
+        raise UserError(f"cannot write output directory {path}: {parent} is a file, "
+                        "not a directory")
 
 
 def _java_reason(exc: Exception) -> str:
@@ -247,7 +248,7 @@ def staged_dir(path: str, overwrite: bool = False) -> Iterator[str]:
     try:
         fs.mkdirs(staging)
     except Exception as exc:  # noqa: BLE001 - py4j and pyarrow wrap permission errors
-        raise ValueError(f"cannot write output directory {path}: {_java_reason(exc)}") from None
+        raise UserError(f"cannot write output directory {path}: {_java_reason(exc)}") from None
     try:
         yield staging
         fs.write(fs.child(staging, SUCCESS), b"")
@@ -264,7 +265,7 @@ def table_format(path: str, fmt: str | None) -> str:
     """The input format: as given, else from the extension (a directory defaults to Parquet)."""
     if fmt is not None:
         if fmt not in FORMATS:
-            raise ValueError(f"unknown format '{fmt}'; use one of {', '.join(FORMATS)}")
+            raise UserError(f"unknown format '{fmt}'; use one of {', '.join(FORMATS)}")
         return fmt
     ext = os.path.splitext(path.rstrip("/"))[1].lower().lstrip(".")
     return ext if ext in FORMATS else "parquet"
@@ -274,12 +275,12 @@ def read_table(path: str, fmt: str | None = None) -> DataFrame:
     """CSV (with a header, types inferred) or Parquet as a DataFrame."""
     fmt = table_format(path, fmt)
     if not exists(path):
-        raise FileNotFoundError(f"input not found: {path}")
+        raise MissingInput(f"input not found: {path}")
     reader = _session().read
     if fmt == "csv":
         df = reader.option("header", True).option("inferSchema", True).csv(path)
     else:
         df = reader.parquet(path)
     if df.isEmpty():  # else a header-only CSV would fail later as "column is not numeric"
-        raise ValueError(f"input {path} has no rows")
+        raise UserError(f"input {path} has no rows")
     return df

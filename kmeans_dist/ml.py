@@ -70,6 +70,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from kmeans_dist.data import column
+from kmeans_dist.errors import UserError
 from kmeans_dist.estimator import InvalidRows
 from kmeans_dist.estimator import KMeans as _Engine
 from kmeans_dist.model import KMeansModel as _EngineModel
@@ -201,19 +202,19 @@ class _KMeansParams(
         for name, allowed in _CHOICES.items():
             value = self.getOrDefault(name)
             if value not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+                raise UserError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
         # maxIter >= 1, not pyspark.ml's >= 0: the engine always runs one iteration
         for name, low in [("k", 2), ("initSteps", 1), ("maxIter", 1), ("tol", 0),
                           ("maxBlockSizeInMB", 0)]:
             value = self.getOrDefault(name)
             if not value >= low:
-                raise ValueError(f"{name} must be >= {low}; got {value}")
+                raise UserError(f"{name} must be >= {low}; got {value}")
 
     def _check_prediction_col(self, dataset: DataFrame) -> None:
         """pyspark.ml refuses to overwrite a column with the predictions; so does this."""
         if self.getPredictionCol() in dataset.columns:
-            raise ValueError(f"predictionCol '{self.getPredictionCol()}' already exists in "
-                             f"the input")
+            raise UserError(f"predictionCol '{self.getPredictionCol()}' already exists in "
+                            f"the input")
 
 
 # ---------------------------------------------------------------------- features column
@@ -228,14 +229,14 @@ class _Expanded:
 def _as_array(df: DataFrame, col: str) -> Column:
     """``col`` as an array expression: vectors (dense or sparse) converted, arrays as they are."""
     if col not in df.columns:
-        raise ValueError(f"featuresCol '{col}' not found; columns are {sorted(df.columns)}")
+        raise UserError(f"featuresCol '{col}' not found; columns are {sorted(df.columns)}")
     dtype = df.schema[col].dataType
     if isinstance(dtype, VectorUDT):  # vector_to_array fails on null, so null stays null
         return F.when(column(col).isNotNull(), vector_to_array(column(col)))
     if isinstance(dtype, T.ArrayType) and isinstance(dtype.elementType, (T.DoubleType, T.FloatType)):
         return column(col)
-    raise ValueError(f"featuresCol '{col}' must be a vector, array<double> or array<float> "
-                     f"column; got {dtype.simpleString()}")
+    raise UserError(f"featuresCol '{col}' must be a vector, array<double> or array<float> "
+                    f"column; got {dtype.simpleString()}")
 
 
 def _num_features(df: DataFrame, col: str) -> int:
@@ -247,7 +248,7 @@ def _num_features(df: DataFrame, col: str) -> int:
         return int(size)
     first = df.where(column(col).isNotNull()).select(F.size(arr)).first()
     if first is None:
-        raise ValueError(f"input has no rows with a non-null featuresCol '{col}'")
+        raise UserError(f"input has no rows with a non-null featuresCol '{col}'")
     return int(first[0])
 
 

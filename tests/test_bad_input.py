@@ -151,6 +151,10 @@ IN_SPARK = {
                         ["1 input row has", "weight", "'w': None"]),
     "zero_row_cosine": Case(TRAIN, _train("zero_row", "--k", "2", "--distance", "cosine"),
                             ["1 input row has", "zero vector", "cosine", "'a': 0.0, 'b': 0.0"]),
+    # checked as soon as the input is read: before, it was checked after every output was written
+    "label_col_missing": Case(TRAIN, _train("good", "--k", "2", "--seed", "1", "--label-col",
+                                            "species"),
+                              ["label column 'species' not found", "'a', 'b'"]),
     "assign_input_missing": Case(ASSIGN, lambda f: ["--model", f["model"], "--input",
                                                     f["dir"] / "nope.csv"],
                                  ["input not found", "nope.csv"]),
@@ -199,10 +203,13 @@ def check_nothing_written(out: Path, files: dict) -> None:
 
 
 def check_api(case: Case, files: dict, line: str) -> None:
-    """The Python API raises ValueError / FileNotFoundError with the job's message."""
+    """The Python API raises the job's message as our UserError (the only error a job reports as
+    the user's, exit 2)."""
+    from kmeans_dist.errors import UserError
+
     if case.api is None:
         return
-    with pytest.raises((ValueError, FileNotFoundError)) as info:
+    with pytest.raises(UserError) as info:
         case.api(files)
     assert line == f"error: {info.value}", (line, str(info.value))
 

@@ -17,6 +17,7 @@ classic Spark.
 from __future__ import annotations
 
 from kmeans_dist.data import Packing
+from kmeans_dist.errors import UserError
 from kmeans_dist.transport.arrow import ArrowFilesTransport, ArrowTransport
 from kmeans_dist.transport.base import Transport, job_label
 from kmeans_dist.transport.local_files import LocalFilesTransport
@@ -39,8 +40,8 @@ def choose(name: str, connect: bool) -> str:
     if name == "auto":
         return "arrow-files" if connect else "resident"
     if connect and name in NEEDS_RDD:
-        raise ValueError(f"transport '{name}' needs RDDs, which Spark Connect sessions do not "
-                         "have; use transport='arrow-files' (the default there) or 'arrow'")
+        raise UserError(f"transport '{name}' needs RDDs, which Spark Connect sessions do not "
+                        "have; use transport='arrow-files' (the default there) or 'arrow'")
     return name
 
 
