@@ -207,7 +207,7 @@ class KMeans:
         # a failing release must not replace an error of the fit (nor its exit code)
         with cleanup(transport.release, f"releasing the {name} transport"):
             summary = self._summarize(transport, d, max(ks), _ks_label(ks))
-            ckpt, saved = self._checkpoint(features, ks, summary)
+            ckpt, saved = self._checkpoint(features, ks, summary, given)
             if saved is not None:
                 log.info("resuming from %s at iteration %d", ckpt.path, saved["iteration"])
                 starts = [tuple(s) for s in saved["starts"]]
@@ -254,16 +254,20 @@ class KMeans:
             init_seconds.append(time.perf_counter() - t0)
         return starts, init_seconds, centroids
 
-    def _checkpoint(self, features: list[str], ks: list[int],
-                    summary: tasks.Summary) -> tuple[Checkpoint | None, dict | None]:
-        """This fit's checkpoint (if asked for) and, when resuming, its saved state."""
+    def _checkpoint(self, features: list[str], ks: list[int], summary: tasks.Summary,
+                    given: np.ndarray | None) -> tuple[Checkpoint | None, dict | None]:
+        """This fit's checkpoint (if asked for) and, when resuming, its saved state. Given
+        centroids (an array or a CSV file, recorded only as "explicit") are fingerprinted by
+        their values."""
         if self.checkpoint is None:
             return None, None
+        starts = None if given is None else hashlib.sha256(given.tobytes()).hexdigest()
         ckpt = Checkpoint(self.checkpoint, fingerprint(
-            {**self.params(), "ks": ks}, features, summary.rows, summary.weight, summary.mean, summary.m2))
+            {**self.params(), "ks": ks, "given_centroids": starts}, features, summary.rows,
+            summary.weight, summary.mean, summary.m2, summary.digest))
         saved = ckpt.load() if self.resume else None
         if self.resume and saved is None:
-            log.info("no checkpoint in %s: starting from the beginning", self.checkpoint)
+            log.info("no checkpoint at %s: starting from the beginning", ckpt.path)
         return ckpt, saved
 
     def _best(self, k: int, features: list[str], tried: list) -> KMeansModel:
