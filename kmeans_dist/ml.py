@@ -452,8 +452,10 @@ class KMeans(
         return [est._model(dataset, fitted[est.getK()]) for est in estimators]
 
     def _model(self, dataset: DataFrame, fitted: Any) -> "KMeansModel":
-        """The drop-in model of an engine fit, with pyspark.ml's training summary."""
-        model = self._copyValues(KMeansModel(fitted.centroids))
+        """The drop-in model of an engine fit, with pyspark.ml's training summary. It takes this
+        estimator's uid, as pyspark.ml's models do: Params are keyed by their parent's uid, so
+        only then do the estimator's Param objects (``model.getOrDefault(km.k)``) read it."""
+        model = self._copyValues(KMeansModel(fitted.centroids)._resetUid(self.uid))
         model._summary = KMeansSummary(
             predictions=model.transform(dataset), predictionCol=model.getPredictionCol(),
             featuresCol=self.getFeaturesCol(), k=self.getK(),
@@ -500,6 +502,11 @@ class KMeansModel(Model, _KMeansParams, MLWritable, MLReadable["KMeansModel"]):
     def clusterCenters(self) -> list[np.ndarray]:
         """The cluster centers, as a list of NumPy arrays."""
         return [c.copy() for c in self._centers]
+
+    def __repr__(self) -> str:
+        """pyspark.ml's (Scala's ``toString``): uid, k, distance measure, number of features."""
+        return (f"KMeansModel: uid={self.uid}, k={len(self._centers)}, "
+                f"distanceMeasure={self.getDistanceMeasure()}, numFeatures={self.numFeatures}")
 
     @property
     def numFeatures(self) -> int:
