@@ -24,6 +24,8 @@ Differences from pyspark.ml:
   never moved from ``initialCenters`` (MLlib returns that one as given; same direction).
 * ``transform`` gives a null prediction for a row with a null or non-finite feature instead of
   failing the job; a vector of the wrong size fails it, as in MLlib.
+* Saved stages name these classes and keep the centres as JSON: ``kmeans_dist.ml`` reads them,
+  pyspark.ml's ``KMeansModel.load`` does not (nor is a model pyspark.ml saved read here).
 
 Only DataFrame operations are used here (no ``sparkContext``), so the adapter itself is ready
 for Spark Connect.
