@@ -1,13 +1,9 @@
 """Exit codes shared by every job: 2 for a user error (one line), 1 for anything unexpected."""
 
 import logging
-import subprocess
-import sys
 
-import numpy as np
 import pytest
 
-from jobutil import ROOT, TIMEOUT, describe, job_env, last_line, write_csv
 from kmeans_dist import cli
 from kmeans_dist.errors import MissingInput, UserError, cleanup
 
@@ -113,33 +109,6 @@ def test_release_failure_after_a_real_fit_error_keeps_its_exit_code(spark, monke
     assert isinstance(stop.value.__context__, InvalidRows)  # the fit's own error, not the release's
 
 
-#: the train job with a failure injected deep inside the fit: numpy's own ValueError from the
-#: Lloyd loop, an error of ours (a bug), not of the user's input
-INJECTED = """
-import runpy, sys
-import numpy as np
-import kmeans_dist.engine as engine
-def broken_lloyd(*args, **kwargs):
-    return np.zeros(2).reshape(3)
-engine.lloyd_many = broken_lloyd
-sys.argv = ["jobs/train.py", *sys.argv[1:]]
-runpy.run_path("jobs/train.py", run_name="__main__")
-"""
-
-
-def test_a_real_job_failing_unexpectedly_exits_1_with_the_traceback(tmp_path):
-    data = write_csv(tmp_path / "in.csv", ["a", "b"], np.arange(12.0).reshape(6, 2))
-    out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-c", INJECTED, "--input", str(data), "--k", "2",
-                           "--seed", "1", "--output", str(out), "--master", "local[1]"],
-                          cwd=ROOT, env=job_env(), capture_output=True, text=True,
-                          timeout=TIMEOUT)
-    assert proc.returncode == 1, describe(proc)
-    assert "Traceback (most recent call last)" in proc.stderr, describe(proc)
-    assert "in broken_lloyd" in proc.stderr, describe(proc)  # the traceback reaches the failure
-    assert last_line(proc.stderr) == ("error: unexpected ValueError: cannot reshape array of "
-                                      "size 2 into shape (3,) (traceback above)"), describe(proc)
-    assert not out.exists()
 
 
 def test_unexpected_error_exit_1_traceback_in_log(capsys, caplog):
