@@ -166,8 +166,7 @@ def ours_from(sc, df: DataFrame, features: list[str], c0: np.ndarray, iters: int
     secs = [h["seconds"] for h in model.history]
     result = {"s_iter": statistics.median(secs[1:] or secs), "iter_seconds": secs,
               # what ran (a fallback would show), and where resident tasks held the blocks
-              "transport": model.transport.get("name") or transports.choose(
-                  transport, is_connect(df.sparkSession)),
+              "transport": model.transport["name"],
               "storage": model.transport.get("storage"), "transport_record": model.transport,
               "n_iter": model.n_iter, "stop": model.stop, "inertia": model.inertia,
               "fit_seconds": phase.seconds, "memory": phase.memory}

@@ -620,7 +620,7 @@ METHOD = """\
 
 
 def render(results: Sequence[dict], host: dict, meta: dict, plot_ref: str | None,
-           connect: dict | None = None) -> str:
+           connect: dict | None = None, small: dict | None = None) -> str:
     """The whole BENCHMARKS.md (without the classic sections when ``results`` is empty, as
     after ``--only-connect`` into a new results file)."""
     connect_results = (connect or {}).get("results", [])
@@ -633,6 +633,9 @@ def render(results: Sequence[dict], host: dict, meta: dict, plot_ref: str | None
     if connect_results:
         parts += ["## Spark Connect: seconds per Lloyd iteration (same data, same C0 for ours)",
                   connect_section(connect)]
+    if small and small.get("results"):
+        parts += ["## Small fits: seconds per whole fit, first of a session and warm",
+                  small_table(small), SMALL_METHOD]
     return "\n\n".join(parts) + "\n"
 
 
@@ -679,8 +682,50 @@ def _preamble(meta: dict, results: Sequence[dict]) -> str:
     return "\n\n".join(lines)
 
 
+# --------------------------------------------------------------------------- small data
+SMALL_HEADER = ("workload", "session", "ours: first fit", "pyspark.ml: first fit",
+                "pyspark.ml / ours", "ours: warm", "pyspark.ml: warm", "pyspark.ml / ours",
+                "training cost ours / pyspark.ml", "ours ran on")
+#: the classic first fit of iris in ``make run`` before small fits came to the driver (issue 21)
+IRIS_FIT_BEFORE = 4.6
+
+
+def small_rows(small: dict) -> list[list[str]]:
+    """One row per (session, workload): both systems' first and warm fits, in seconds."""
+    by = {(r["session"], r["key"], r["system"]): r for r in small.get("results", [])}
+    rows = []
+    for session, key in dict.fromkeys((r["session"], r["key"]) for r in small["results"]):
+        ours, ml = by.get((session, key, "ours"), {}), by.get((session, key, "ml"), {})
+        rows.append([key, session, fmt(ours.get("first_fit")), fmt(ml.get("first_fit")),
+                     times(ratio(ml.get("first_fit"), ours.get("first_fit"))),
+                     fmt(ours.get("warm_fit")), fmt(ml.get("warm_fit")),
+                     times(ratio(ml.get("warm_fit"), ours.get("warm_fit"))),
+                     fmt(ratio(ours.get("training_cost"), ml.get("training_cost")), ".4f"),
+                     ours.get("transport") or ours.get("error", "n/a")])
+    return rows
+
+
+def small_table(small: dict) -> str:
+    job = small.get("train_job", {})
+    fit = job.get("fit_seconds")
+    return "\n\n".join([
+        table(SMALL_HEADER, small_rows(small)),
+        f"`make run` (jobs/train.py on iris, a fresh local session): the fit {fmt(fit)} s "
+        f"({times(ratio(IRIS_FIT_BEFORE, fit))} faster than the {IRIS_FIT_BEFORE} s before small "
+        f"fits ran in the driver), the whole job {fmt(job.get('wall_seconds'))} s including the "
+        f"session start, on transport {job.get('transport')}.",
+    ])
+
+
+SMALL_METHOD = """Each row's figures come from two child processes per system: a fresh local[2] session (or a
+fresh local[2] Spark Connect server and its client) reads the input, assembles the feature
+vector, fits (the first fit of the session), then fits three more times (warm: their median).
+Both systems: k as shown, seed 1, maxIter 20, tol 1e-4, the same rows. Seconds are wall time of
+`fit` on the client. Training cost is each model's `summary.trainingCost` (lower is better)."""
+
+
 def write(results: Sequence[dict], host: dict, meta: dict, output: str, plot_path: str,
-          connect: dict | None = None) -> None:
+          connect: dict | None = None, small: dict | None = None) -> None:
     """Write the plot (when the scaling series has points) and the markdown."""
     points = scaling_points(results)
     plot_ref = None
@@ -688,4 +733,4 @@ def write(results: Sequence[dict], host: dict, meta: dict, output: str, plot_pat
         plot(points, plot_path)
         plot_ref = os.path.relpath(plot_path, os.path.dirname(os.path.abspath(output)))
     with open(output, "w", encoding="utf-8") as fh:
-        fh.write(render(results, host, meta, plot_ref, connect))
+        fh.write(render(results, host, meta, plot_ref, connect, small))

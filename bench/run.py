@@ -12,7 +12,8 @@ peaks are its own; this process gathers their JSON results and writes the report
 Then the Spark Connect section (bench/connect.py): for each main workload, a classic process
 (ours on the resident transport and the two DataFrame transports, arrow-files and arrow) and a
 Spark Connect process (ours on both DataFrame transports and pyspark.ml, on a local Connect
-server), same rows, same C0.
+server), same rows, same C0. Last, the small fits (bench/small.py): whole fits of small data,
+the first of a fresh session and warm, ours against pyspark.ml, classic and Connect.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ sys.path[:0] = [BENCH, ROOT]
 
 import probes  # noqa: E402
 import report  # noqa: E402
+import small  # noqa: E402
 import workloads  # noqa: E402
 
 FULL_ITERS, QUICK_ITERS = 10, 5
@@ -153,14 +155,14 @@ def save(saved: dict, args: argparse.Namespace) -> None:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(saved, fh, indent=1)
     report.write(saved["results"], saved["host"], saved["meta"], args.output, args.plot,
-                 saved.get("connect"))
+                 saved.get("connect"), saved.get("small"))
 
 
 def rewrite(args: argparse.Namespace) -> None:
     """The report and plot again from saved results (after a change to report.py, say)."""
     saved = load(args.from_json)
     report.write(saved["results"], saved["host"], saved["meta"], args.output, args.plot,
-                 saved.get("connect"))
+                 saved.get("connect"), saved.get("small"))
     print(f"wrote {args.output} from {args.from_json}", flush=True)
 
 
@@ -196,10 +198,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="kmeans-bench-") as tmp:
         results = [spawn(w, args, tmp) for w in workloads.plan(args.only)]
         section = connect_section(args, tmp)
+    small_fits = small.section() if args.only is None else None
     meta = run_meta(args, started)
-    save({"meta": meta, "host": host, "results": results, "connect": section}, args)
+    save({"meta": meta, "host": host, "results": results, "connect": section,
+          "small": small_fits}, args)
     print(report.targets_table(results))
     print(report.connect_table(section["results"]))
+    if small_fits:
+        print(report.small_table(small_fits))
     print(f"wrote {args.output} in {meta['minutes']:.1f} min", flush=True)
     failed = [r for r in results if "error" in r] + report.connect_failures(section["results"])
     return 1 if failed else 0

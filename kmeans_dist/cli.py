@@ -51,6 +51,14 @@ class OneLineParser(argparse.ArgumentParser):
         sys.exit(EXIT_USAGE)
 
 
+def add_driver_flag(p: argparse.ArgumentParser) -> None:
+    """--driver-max-mb, for the jobs that fit (see ``transport.driver``)."""
+    p.add_argument("--driver-max-mb", type=float, metavar="MIB",
+                   help="fit in the driver process when the packed rows take at most MIB "
+                        "(default: the smaller of 128 and 1/8 of the driver's available "
+                        "memory; 0: always on the executors)")
+
+
 def add_spark_args(p: argparse.ArgumentParser) -> None:
     """--conf, --master, --remote, --partitions: where and how wide to run (flags win over the
     file)."""

@@ -92,18 +92,22 @@ def remote_url(remote: str | None = None) -> str | None:
 
 def default_parallelism(spark: SparkSession) -> int:
     """The cluster's task slots (``defaultParallelism``). Spark Connect does not expose it, so
-    there it is read as the partition count Spark gives ``range`` (which is that same figure)."""
+    there it is read once per session as the partition count Spark gives ``range`` (which is that
+    same figure), in a job that runs in the JVM only."""
     if not is_connect(spark):
         return spark.sparkContext.defaultParallelism
-    return spark.range(0, 1 << 16).mapInArrow(_one_row_per_partition, "p int").count()
+    key = spark.session_id
+    if key not in _PARALLELISM:
+        from pyspark.sql import functions as F
+
+        parts = spark.range(0, 1 << 16).select(F.spark_partition_id().alias("p"))
+        last = parts.agg(F.max("p")).first()[0]
+        _PARALLELISM[key] = int(last) + 1
+    return _PARALLELISM[key]
 
 
-def _one_row_per_partition(batches):
-    import pyarrow as pa
-
-    for _ in batches:
-        pass
-    yield pa.RecordBatch.from_pydict({"p": pa.array([0], pa.int32())})
+#: Spark Connect sessions' default parallelism, by session id
+_PARALLELISM: dict[str, int] = {}
 
 
 def _connect_builder(url: str):

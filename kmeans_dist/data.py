@@ -191,13 +191,15 @@ class Packer:
         for block in self.blocks(batches):
             yield _encode(block)
 
-    def blocks(self, batches: Iterator) -> Iterator[Block]:
+    def blocks(self, batches: Iterator, part: int | None = None) -> Iterator[Block]:
         """Arrow batches of one partition -> its blocks of ``block_rows`` valid rows (the last
         one fewer); the rows dropped since the previous block are counted in the next one. Rows
-        are copied once, from the validated batch into the block."""
-        from pyspark import TaskContext
+        are copied once, from the validated batch into the block. ``part``: the partition's
+        index (default: the running Spark task's)."""
+        if part is None:
+            from pyspark import TaskContext
 
-        part = TaskContext.get().partitionId()
+            part = TaskContext.get().partitionId()
         size, d = self.block_rows, len(self.features)
         weighted = self.weight_col is not None
         start = fill = 0

@@ -84,7 +84,10 @@ class KMeans:
     centroid (scikit-learn), ``"keep"`` leaves its centroid where it was (Spark MLlib).
     ``invalid``: rows with a null/NaN/infinite feature, a bad weight or (cosine) a zero vector are
     an error naming the count and an example (``"error"``), or dropped and counted by reason in
-    the model's ``dropped`` (``"skip"``).
+    the model's ``dropped`` (``"skip"``). ``transport``: how the passes reach the data (see
+    ``kmeans_dist.transport``); ``"auto"`` fits packed rows of at most ``driver_max_mb`` MiB in
+    the driver process (default: the smaller of 128 MiB and 1/8 of the driver's available memory;
+    0: never) and the rest on the executors.
     """
 
     def __init__(
@@ -108,6 +111,7 @@ class KMeans:
         n_init: int = 1,
         checkpoint: str | None = None,
         resume: bool = False,
+        driver_max_mb: float | None = None,
     ) -> None:
         self.k = _check_int("k", k, 1)
         self.max_iter = _check_int("max_iter", max_iter, 1)
@@ -126,6 +130,8 @@ class KMeans:
         self.empty_clusters = _check_choice("empty_clusters", empty_clusters, engine.EMPTY_POLICIES)
         self.invalid = _check_choice("invalid", invalid, INVALID_POLICIES)
         _check_choice("transport", transport, ("auto", *transports.TRANSPORTS))
+        if driver_max_mb is not None:
+            driver_max_mb = _check_nonnegative("driver_max_mb", driver_max_mb)
         _check_choice("distance", distance, DISTANCES)
         if isinstance(init, str):
             if init not in inits.INITS and not _looks_like_path(init):
@@ -150,6 +156,7 @@ class KMeans:
         self.num_partitions = num_partitions
         self.use_numba = use_numba
         self.transport = transport
+        self.driver_max_mb = driver_max_mb
 
     def params(self) -> dict[str, Any]:
         """The fit parameters, as recorded in the saved model."""
@@ -196,13 +203,15 @@ class KMeans:
         if given is not None and ks != [self.k]:
             raise UserError(f"explicit init centroids fix k={self.k}; cannot fit k={ks}")
         spark = df.sparkSession
-        name = transports.choose(self.transport, is_connect(spark))
+        transports.check(self.transport, is_connect(spark))
         packed = data.packing(
             df, features, weight_col=self.weight_col, block_rows=self.block_rows,
             cosine=self.distance == "cosine",
             num_partitions=self.num_partitions or default_parallelism(spark),
         )
-        transport = transports.make(name, packed, d)
+        name, verdict = transports.choose(self.transport, is_connect(spark), packed, d,
+                                          self.driver_max_mb)
+        transport = transports.make(name, packed, d, verdict)
         ran = {"name": name}
         # a failing release must not replace an error of the fit (nor its exit code)
         with cleanup(transport.release, f"releasing the {name} transport"):

@@ -10,7 +10,8 @@ Differences from pyspark.ml:
 * ``initMode`` also accepts ``"k-means++"``; ``"random"`` and ``"k-means||"`` sample differently
   from MLlib, so the same seed gives different (equally valid) starting centres.
 * Extra Params: ``initialCenters`` (explicit k x d starting centres), ``stopRule``,
-  ``emptyClusters`` and ``handleInvalid`` (see their docs). With the defaults the iterations
+  ``emptyClusters``, ``handleInvalid`` and ``driverMaxMb`` (small data is fitted in the driver
+  process; see their docs). With the defaults the iterations
   are MLlib's.
 * ``solver``, ``maxBlockSizeInMB`` and ``intermediateStorageLevel`` are accepted (the first two
   validated) but have no effect: the engine always runs its own blocked kernel and caching.
@@ -111,7 +112,7 @@ class _KMeansParams(
     HasIntermediateStorageLevel,
     HasHandleInvalid,
 ):
-    """Params of :py:class:`KMeans` and :py:class:`KMeansModel`: pyspark.ml's, plus four."""
+    """Params of :py:class:`KMeans` and :py:class:`KMeansModel`: pyspark.ml's, plus five."""
 
     k: Param[int] = Param(
         Params._dummy(), "k", "The number of clusters to create. Must be > 1.",
@@ -163,6 +164,14 @@ class _KMeansParams(
         typeConverter=TypeConverters.toString,
     )
 
+    driverMaxMb: Param[float] = Param(
+        Params._dummy(), "driverMaxMb",
+        "kmeans-dist: fit in the driver process (the client's, on Spark Connect) when the "
+        "packed rows take at most this many MiB; unset: the smaller of 128 MiB and 1/8 of the "
+        "driver's available memory; 0: always on the executors.",
+        typeConverter=TypeConverters.toFloat,
+    )
+
     def __init__(self) -> None:
         super().__init__()
         self._setDefault(
@@ -194,6 +203,10 @@ class _KMeansParams(
     def getEmptyClusters(self) -> str:
         """Gets the value of `emptyClusters`."""
         return self.getOrDefault(self.emptyClusters)
+
+    def getDriverMaxMb(self) -> float | None:
+        """Gets the value of `driverMaxMb` (None when not set)."""
+        return self.getOrDefault(self.driverMaxMb) if self.isDefined(self.driverMaxMb) else None
 
     def _weight_col(self) -> str | None:
         """The weight column, if any: unset and "" both mean unweighted, as in pyspark.ml."""
@@ -304,6 +317,7 @@ class KMeans(
         stopRule: str = "mllib",
         emptyClusters: str = "keep",
         handleInvalid: str = "error",
+        driverMaxMb: float | None = None,
     ) -> None:
         super().__init__()
         self._set(**self._input_kwargs)
@@ -328,6 +342,7 @@ class KMeans(
         stopRule: str = "mllib",
         emptyClusters: str = "keep",
         handleInvalid: str = "error",
+        driverMaxMb: float | None = None,
     ) -> "KMeans":
         """Sets the given Params (keyword arguments only)."""
         return self._set(**self._input_kwargs)
@@ -340,6 +355,9 @@ class KMeans(
 
     def setInitSteps(self, value: int) -> "KMeans":
         return self._set(initSteps=value)
+
+    def setDriverMaxMb(self, value: float) -> "KMeans":
+        return self._set(driverMaxMb=value)
 
     def setDistanceMeasure(self, value: str) -> "KMeans":
         return self._set(distanceMeasure=value)
@@ -405,6 +423,7 @@ class KMeans(
             center_tol=center_tol, empty_clusters=self.getEmptyClusters(),
             distance=self.getDistanceMeasure(), weight_col=self._weight_col(),
             init_steps=self.getInitSteps(), invalid=self.getHandleInvalid(),
+            driver_max_mb=self.getDriverMaxMb(),
         )
 
     def _shared_pass_key(self) -> tuple | None:

@@ -9,6 +9,7 @@ so results are reproducible.
 from __future__ import annotations
 
 import os
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Iterable
@@ -25,30 +26,42 @@ class LabelCache:
 
     Only a speed-up: a task that finds no entry for the previous iteration (another worker ran the
     block, a retry, an evicted entry) recomputes those labels from the previous centroids, which
-    gives exactly the same labels. Bounded in bytes, least recently used first out.
+    gives exactly the same labels. Bounded in bytes, least recently used first out. Keys start
+    with the run's id. Thread-safe: the driver transport runs partitions in threads.
     """
 
     def __init__(self, max_bytes: int = 512 << 20) -> None:
         self.max_bytes = max_bytes
         self._entries: OrderedDict[tuple, tuple[int, np.ndarray]] = OrderedDict()
         self._bytes = 0
+        self._lock = threading.Lock()
 
     def get(self, key: tuple, iteration: int) -> np.ndarray | None:
-        entry = self._entries.get(key)
-        if entry is None or entry[0] != iteration:
-            return None
-        self._entries.move_to_end(key)
-        return entry[1]
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or entry[0] != iteration:
+                return None
+            self._entries.move_to_end(key)
+            return entry[1]
 
     def put(self, key: tuple, iteration: int, labels: np.ndarray) -> None:
+        with self._lock:
+            self._drop(key)
+            self._entries[key] = (iteration, labels)
+            self._bytes += labels.nbytes
+            while self._bytes > self.max_bytes and self._entries:
+                self._drop(next(iter(self._entries)))
+
+    def forget(self, run_ids: set[str]) -> None:
+        """Drop the entries of these runs (a fit that ended in this process)."""
+        with self._lock:
+            for key in [k for k in self._entries if k[0] in run_ids]:
+                self._drop(key)
+
+    def _drop(self, key: tuple) -> None:
         old = self._entries.pop(key, None)
         if old is not None:
             self._bytes -= old[1].nbytes
-        self._entries[key] = (iteration, labels)
-        self._bytes += labels.nbytes
-        while self._bytes > self.max_bytes and self._entries:
-            _, (_, dropped) = self._entries.popitem(last=False)
-            self._bytes -= dropped.nbytes
 
 
 LABELS = LabelCache()

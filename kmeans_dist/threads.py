@@ -35,5 +35,12 @@ def task_blas_threads() -> Iterator[None]:
     if ctx is None:
         yield
         return
-    with _thread_pools().limit(limits=max(1, ctx.cpus()), user_api="blas"):
+    with blas_threads(max(1, ctx.cpus())):
+        yield
+
+
+@contextmanager
+def blas_threads(n: int) -> Iterator[None]:
+    """BLAS limited to ``n`` threads while inside (the limit holds for the whole process)."""
+    with _thread_pools().limit(limits=n, user_api="blas"):
         yield

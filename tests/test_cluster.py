@@ -103,7 +103,8 @@ def test_train_job_on_standalone_cluster_matches_local(
            "--deploy-mode", "client", "--py-files", str(zip_path),
            *[arg for key, value in conf.items() for arg in ("--conf", f"{key}={value}")],
            "jobs/train.py", "--input", str(data), "--k", str(K), "--init", str(init_csv),
-           "--output", str(out), "--features", ",".join(FEATURES)]
+           "--output", str(out), "--features", ",".join(FEATURES),
+           "--driver-max-mb", "0"]  # these rows would fit in the driver: test the cluster's path
     env = spark_env(PYSPARK_PYTHON=str(wrapper), PYSPARK_DRIVER_PYTHON=sys.executable)
     code = run_logged(cmd, log, env, ROOT, SUBMIT_TIMEOUT)
     assert code == 0, f"spark-submit exited with {code}\n{log_tail(log, 60)}"
@@ -124,12 +125,12 @@ def test_train_job_on_standalone_cluster_matches_local(
 
     # the same fit in local mode, in this process
     df = spark.read.option("header", True).option("inferSchema", True).csv(str(data))
-    model = KMeans(K, init=init).fit(df, FEATURES)
+    model = KMeans(K, init=init, driver_max_mb=0).fit(df, FEATURES)
     expected = model.transform(df).select("id", "cluster").toPandas().sort_values("id")
     fitted = json.loads((out / "model.json").read_text())
     assert fitted["k"] == K and fitted["features"] == FEATURES
-    # the default transport ran on the cluster as itself: resident tasks, one per executor,
-    # holding their blocks in memory, no fallback to arrow-files and no reconnect
+    # the default distributed transport ran on the cluster as itself: resident tasks, one per
+    # executor, holding their blocks in memory, no fallback to arrow-files and no reconnect
     ran = fitted["transport"]
     assert ran["name"] == "resident" and "fallback" not in ran and "requested" not in ran, ran
     assert ran["storage"] == "memory" and ran["partitions"] == 2, ran

@@ -2,8 +2,8 @@
 Spark's own retries carry the fit through lost executors (tests/test_liveness.py: local mode).
 
 One cluster for the module: a master on 127.0.0.1 and two 2-core workers on 127.0.0.2 and
-127.0.0.3 (two hosts, as Spark sees them). Each test runs one fit with the default transport from
-a driver subprocess (its own application) on the same rows and start, and its model must be
+127.0.0.3 (two hosts, as Spark sees them). Each test runs one fit with the default distributed
+transport (the driver path turned off: these rows would fit in the driver) from a driver subprocess (its own application) on the same rows and start, and its model must be
 brute-force Lloyd's from that start:
 
 - executor JVMs killed with SIGKILL, while a task packs its rows and mid-fit: Spark retries the
@@ -137,7 +137,8 @@ if args["stall"]:
     df = df.mapInArrow(stall_first_attempt, df.schema)
 before = executors()
 test.info("the fit starts with %d executors", before)
-model = KMeans(len(init), init=init, max_iter=args["max_iter"]).fit(df)
+# driver_max_mb=0: these rows are small enough for the driver; the default for larger ones
+model = KMeans(len(init), init=init, max_iter=args["max_iter"], driver_max_mb=0).fit(df)
 write("fit.json", {"centroids": model.centroids.tolist(), "n_iter": model.n_iter,
                    "transport": model.transport, "executors_before": before,
                    "executors_after": executors(), "parked": made[0].parked_total})

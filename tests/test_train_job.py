@@ -190,6 +190,8 @@ def test_csv_fit_matches_sklearn_and_writes_contract(runs, data):
     assert type(model["inertia"]) is float
     assert type(model["n_iter"]) is int and 1 <= model["n_iter"] <= 300
     assert type(model["converged"]) is bool and model["converged"] is True
+    # a small fit runs in the driver without being asked, and the model says so
+    assert model["transport"]["name"] == "driver" and model["transport"]["rows"] == n
     sizes = model["cluster_sizes"]
     assert isinstance(sizes, list) and all(type(s) is int for s in sizes)
     assert len(sizes) == 3 and sum(sizes) == n

@@ -1,4 +1,4 @@
-"""Transports: resident tasks, executor-local files and the cached RDD give the same results;
+"""Transports: resident tasks, executor-local files, the cached RDD and the driver give the same results;
 lost tasks, missing files and missing slots recover; the resident side channel keeps strangers,
 intruders with a stolen token and wrong servers out."""
 
@@ -67,11 +67,14 @@ def test_transports_and_kernels_agree_bit_for_bit(spark, points):
     # own equality is tested in test_kernels.py)
     for transport, use_numba in [("resident", False), ("resident", True), ("files", True),
                                  ("rdd", True), ("arrow", True), ("arrow-files", False),
-                                 ("resident-files", True), ("resident-memory", False)]:
+                                 ("resident-files", True), ("resident-memory", False),
+                                 ("driver", True), ("driver", False)]:
         m = _fit(df, x, transport=transport, use_numba=use_numba, block_rows=100)
         # the transport asked for is the one that ran (a silent fallback would not prove it)
-        assert m.transport["name"] == transport.split("-")[0] if transport.startswith(
-            "resident") else m.transport == {"name": transport}, m.transport
+        if transport.startswith("resident") or transport == "driver":
+            assert m.transport["name"] == transport.split("-")[0], m.transport
+        else:
+            assert m.transport == {"name": transport}, m.transport
         if transport.startswith("resident"):
             assert m.transport["storage"] == {"resident": "memory"}.get(
                 transport, transport.split("-")[-1]), m.transport
@@ -485,7 +488,7 @@ def dies_once(blocks, steps):
         os._exit(1)
     return lloyd_many(blocks, steps)
 
-fit = lambda: KMeans(3, init=x[[0, 1, 2]]).fit(df, ["a", "b", "c"])
+fit = lambda: KMeans(3, init=x[[0, 1, 2]], transport="resident").fit(df, ["a", "b", "c"])
 clean = fit()
 tasks.lloyd_many = dies_once
 faulty = fit()
@@ -547,8 +550,9 @@ def test_resident_over_its_memory_budget_holds_blocks_in_files(points, caplog):
 
 
 def test_default_fit_records_resident_blocks_in_memory_within_the_local_budget(points):
+    """The default for data over the driver limit (0 here: these rows are under the default)."""
     df, x, _ = points
-    m = _fit(df.coalesce(2), x)
+    m = _fit(df.coalesce(2), x, driver_max_mb=0)
     assert m.transport["name"] == "resident" and m.transport["storage"] == "memory"
     assert m.transport["budget"].startswith("local mode: 0.5 x ")
     assert 0 < m.transport["held_bytes"] <= m.transport["budget_per_task"] * 2

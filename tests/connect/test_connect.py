@@ -46,22 +46,27 @@ def run_remote(job: str, *args, env: dict | None = None) -> subprocess.Completed
 
 
 def test_fit_on_connect_is_the_classic_fit_and_scikit_learns_lloyd(server, data):
-    """The same fit from the same start on Connect (its two transports: arrow-files, the
-    default, and arrow) and, in the server's own classic session, on the classic default
-    transport (resident): labels equal, centres to 1e-9; both are scikit-learn's Lloyd."""
+    """The same fit from the same start on Connect (its transports: the client process, the
+    default for this small data; arrow-files, the default for larger data; arrow) and, in the
+    server's own classic session, on the classic distributed default transport (resident):
+    labels equal, centres to 1e-9; both are scikit-learn's Lloyd."""
     x, df = data
     init = x[[0, 1, 2]]  # all from one blob: several iterations
     model = KMeans(3, init=init).fit(df, ["a", "b", "c"])
-    blocks = KMeans(3, init=init, transport="arrow").fit(df, ["a", "b", "c"])
-    assert np.array_equal(blocks.centroids, model.centroids)
-    assert [h["moved"] for h in blocks.history] == [h["moved"] for h in model.history]
+    assert model.transport["name"] == "driver" and model.transport["rows"] == len(x)
+    for name in ("arrow-files", "arrow"):
+        other = KMeans(3, init=init, transport=name).fit(df, ["a", "b", "c"])
+        assert other.transport["name"] == name
+        assert np.array_equal(other.centroids, model.centroids), name
+        assert [h["moved"] for h in other.history] == [h["moved"] for h in model.history]
     labelled = model.transform(df, distance_col="dist").orderBy("id").toPandas()
     host = server[0]
     with classic_mode():
         rows = labelled[["a", "b", "c", "id"]].copy()
         rows.attrs.clear()  # Connect's plan metrics, which classic Arrow cannot serialise
         classic_df = host.createDataFrame(rows)
-        classic = KMeans(3, init=init).fit(classic_df, ["a", "b", "c"])
+        classic = KMeans(3, init=init, transport="resident").fit(classic_df, ["a", "b", "c"])
+        assert classic.transport["name"] == "resident"
         classic_labels = classic.transform(classic_df).orderBy("id").toPandas()["cluster"]
     np.testing.assert_allclose(model.centroids, classic.centroids, rtol=RTOL, atol=1e-12)
     assert (model.n_iter, model.cluster_sizes) == (classic.n_iter, classic.cluster_sizes)
@@ -79,7 +84,8 @@ def test_fit_on_connect_is_the_classic_fit_and_scikit_learns_lloyd(server, data)
 def test_iterations_carry_job_tags(server, data):
     host, _ = server
     _, df = data
-    model = KMeans(3, init="k-means++", seed=5, max_iter=4).fit(df, ["a", "b", "c"])
+    model = KMeans(3, init="k-means++", seed=5, max_iter=4, transport="arrow-files").fit(
+        df, ["a", "b", "c"])
     store = host.sparkContext._jsc.sc().statusStore()
     tags = {str(t) for job in scala_list(store.jobsList(None)) for t in scala_list(job.jobTags())}
     for it in range(1, model.n_iter + 1):
@@ -104,6 +110,7 @@ def test_train_job_with_remote_flag(server, tmp_path):
     ref = sklearn_lloyd(x, x[[0, 1, 2]])
     np.testing.assert_allclose(model["centroids"], ref.cluster_centers_, rtol=RTOL, atol=1e-12)
     assert model["n_iter"] == ref.n_iter_
+    assert model["transport"]["name"] == "driver"  # a small fit runs in the client
     labels = pd.read_parquet(out / "assignments").sort_values("id")["cluster"].to_numpy()
     assert np.array_equal(labels, ref.labels_)
 
@@ -121,6 +128,22 @@ def test_assign_job_through_spark_remote_variable(server, tmp_path):
     brute = np.argmin(((xs[:, None, :] - centroids[None]) ** 2).sum(axis=2), axis=1)
     assert np.array_equal(out["cluster"].to_numpy(), brute)
     assert (tmp_path / "out" / "_SUCCESS").exists()
+
+
+def test_large_data_on_connect_stays_on_the_executors(spark):
+    """The server's size estimate, read from its explain output, keeps a large input off the
+    client without counting its rows; a small one is counted."""
+    from pyspark.sql import functions as F
+
+    from kmeans_dist import data as packing_data
+    from kmeans_dist.transport.driver import small_enough
+
+    large = spark.range(10_000_000).select(*[F.rand(i).alias(f"f{i}") for i in range(4)])
+    verdict = small_enough(packing_data.packing(large, [f"f{i}" for i in range(4)]), 4)
+    assert not verdict.small and verdict.rows is None and verdict.packed > 128 << 20
+    small = spark.range(1000).select(*[F.rand(i).alias(f"f{i}") for i in range(4)])
+    verdict = small_enough(packing_data.packing(small, [f"f{i}" for i in range(4)]), 4)
+    assert verdict.small and verdict.rows == 1000 and verdict.packed == 1000 * 40
 
 
 def test_classic_only_transport_is_named(data):
