@@ -16,11 +16,12 @@ from kmeans_dist import io
 from kmeans_dist.errors import MissingInput, UserError
 
 FORMAT_VERSION = 1
-#: parameters that do not change the result, so they may differ between a run and its resume:
-#: where the checkpoint is, how the passes run (identical results on every transport and kernel),
-#: and max_iter (iterations are deterministic: resuming with another bound ends where an
-#: uninterrupted fit with that bound ends). The seed does change it (the starts come from it).
-NOT_FINGERPRINTED = ("max_iter", "checkpoint", "resume", "transport", "use_numba")
+#: parameters left out of the fingerprint: where the checkpoint is, how the passes run (identical
+#: results on every transport and kernel), max_iter (iterations are deterministic: resuming with
+#: another bound ends where an uninterrupted fit with that bound ends) and the seed, which does
+#: change the result but is checked on its own against the checkpoint's starts (``load``), since
+#: a seed left to chance must resume with the checkpoint's
+NOT_FINGERPRINTED = ("seed", "max_iter", "checkpoint", "resume", "transport", "use_numba")
 
 
 def fingerprint(params: dict[str, Any], features: Sequence[str], rows: int, weight: float,
@@ -44,11 +45,12 @@ class Checkpoint:
         self.path = f"{self.directory}/checkpoint.json"
         self.fingerprint = fingerprint
 
-    def load(self) -> dict | None:
+    def load(self, starts: Sequence[tuple[int, int]] | None = None) -> dict | None:
         """The saved state, None if there is no file; UserError naming the file if there is one
         that cannot be read (not a file, not UTF-8 text, not JSON, not a checkpoint) or that
-        belongs to another fit: a checkpoint that is there but unusable is never a silent restart.
-        """
+        belongs to another fit: other data or parameters, or (given ``starts``, the (k, seed) of
+        every start the caller's seed makes) another seed. A checkpoint that is there but
+        unusable is never a silent restart."""
         if not io.exists(self.path):
             return None
         try:
@@ -67,6 +69,11 @@ class Checkpoint:
         if saved.get("fingerprint") != self.fingerprint:
             raise UserError(f"checkpoint {self.path} was written for other input data or "
                             "parameters; delete it or choose another --checkpoint directory")
+        if starts is not None and saved.get("starts") != [list(s) for s in starts]:
+            raise UserError(f"checkpoint {self.path} was written for other input data or "
+                            f"parameters: other seeds (its starts, (k, seed): "
+                            f"{saved.get('starts')}); delete it or choose another --checkpoint "
+                            "directory")
         return saved
 
     def save(self, starts: list[tuple[int, int]], init_seconds: list[float], iteration: int,

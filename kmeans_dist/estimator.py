@@ -146,6 +146,8 @@ class KMeans:
             init = np.asarray(init, dtype=np.float64)
             if init.ndim != 2 or init.shape[0] != self.k:
                 raise UserError(f"init centroids have shape {init.shape}, expected k={self.k} rows")
+        #: whether the seed was chosen by the caller (a resume must then use that seed)
+        self.seed_given = seed is not None
         if seed is None:
             seed = int(np.random.SeedSequence().entropy % (2**63))
         self.seed = _check_int("seed", seed, 0)
@@ -251,11 +253,10 @@ class KMeans:
     def _starts(self, transport: Transport, given: np.ndarray | None, ks: list[int],
                 rows: int) -> tuple[list, list[float], list[np.ndarray]]:
         """(k, seed) of every start, its init seconds and its initial centroids."""
-        n_init = 1 if given is not None else self.n_init
         if given is not None and self.n_init > 1:
             log.warning("explicit init centroids: one start only (n_init=%d ignored)",
                         self.n_init)
-        starts = [(k, start_seed(self.seed, i)) for k in ks for i in range(n_init)]
+        starts = self._start_seeds(given, ks)
         init_seconds, centroids = [], []
         for k, seed in starts:
             t0 = time.perf_counter()
@@ -263,18 +264,31 @@ class KMeans:
             init_seconds.append(time.perf_counter() - t0)
         return starts, init_seconds, centroids
 
+    def _start_seeds(self, given: np.ndarray | None, ks: list[int]) -> list[tuple[int, int]]:
+        """(k, seed) of every start: ``n_init`` per k, one with given centroids."""
+        n_init = 1 if given is not None else self.n_init
+        return [(k, start_seed(self.seed, i)) for k in ks for i in range(n_init)]
+
     def _checkpoint(self, features: list[str], ks: list[int], summary: tasks.Summary,
                     given: np.ndarray | None) -> tuple[Checkpoint | None, dict | None]:
-        """This fit's checkpoint (if asked for) and, when resuming, its saved state. Given
-        centroids (an array or a CSV file, recorded only as "explicit") are fingerprinted by
-        their values."""
+        """This fit's checkpoint (if asked for) and, when resuming, its saved state.
+
+        Given centroids (an array or a CSV file, recorded only as "explicit") are fingerprinted
+        by their values. The seed is checked against the checkpoint's starts when it was given
+        and draws something (a sampled init, restarts, centres added to a warm start's): a seed
+        left to chance resumes with the checkpoint's own (the model records it), and one given
+        with a full set of centres has nothing to change."""
         if self.checkpoint is None:
             return None, None
-        starts = None if given is None else hashlib.sha256(given.tobytes()).hexdigest()
+        params = {**self.params(), "ks": ks}
+        if given is not None:
+            params["given_centroids"] = hashlib.sha256(given.tobytes()).hexdigest()
+        seeded = self.seed_given and not (given is not None and len(given) >= max(ks))
         ckpt = Checkpoint(self.checkpoint, fingerprint(
-            {**self.params(), "ks": ks, "given_centroids": starts}, features, summary.rows,
-            summary.weight, summary.mean, summary.m2, summary.digest))
-        saved = ckpt.load() if self.resume else None
+            params, features, summary.rows, summary.weight, summary.mean, summary.m2,
+            summary.digest))
+        saved = ckpt.load(self._start_seeds(given, ks) if seeded else None) if self.resume \
+            else None
         if self.resume and saved is None:
             log.info("no checkpoint at %s: starting from the beginning", ckpt.path)
         return ckpt, saved

@@ -135,6 +135,8 @@ def _frame(spark, x, partitions=2):
 
 
 def test_resume_refuses_other_rows_with_equal_moments_and_another_seed(spark, tmp_path):
+    """Refused: other rows with the same moments, another seed given, other given centres.
+    Accepted: the same rows in another order and partitioning, and no seed given."""
     from kmeans_dist.errors import UserError
 
     a, b = EQUAL_MOMENTS
@@ -153,6 +155,9 @@ def test_resume_refuses_other_rows_with_equal_moments_and_another_seed(spark, tm
     resumed = KMeans(2, seed=1, resume=True, **fit).fit(_frame(spark, a[::-1], partitions=3))
     assert resumed.history == first.history
     np.testing.assert_array_equal(resumed.centroids, first.centroids)
+    # a seed left to chance takes the checkpoint's (and the model says which)
+    unseeded = KMeans(2, resume=True, **fit).fit(_frame(spark, a))
+    assert unseeded.history == first.history and unseeded.params["seed"] == 1
 
 
 @pytest.mark.parametrize("content, reason", [
