@@ -91,7 +91,7 @@ def test_release_failure_after_a_real_fit_error_keeps_its_exit_code(spark, monke
         def release():
             real_release()  # free what the fit holds, then fail as a lost cluster would
             released.append(True)
-            raise RuntimeError("could not stop the resident tasks")
+            raise RuntimeError("could not release the transport")
         made.release = release
         return made
 
@@ -100,12 +100,12 @@ def test_release_failure_after_a_real_fit_error_keeps_its_exit_code(spark, monke
     with caplog.at_level(logging.ERROR, logger="kmeans_dist"):
         with pytest.raises(SystemExit) as stop:
             with cli.user_errors():
-                KMeans(2, seed=1, transport="rdd").fit(df)
+                KMeans(2, seed=1, transport="driver").fit(df)
     err = capsys.readouterr().err
     assert released == [True]
     assert stop.value.code == 2, err
     assert err.startswith("error: 1 input row has a null, NaN or infinite feature value"), err
-    assert "could not stop the resident tasks" in caplog.text and "that error is kept" in caplog.text
+    assert "could not release the transport" in caplog.text and "that error is kept" in caplog.text
     assert isinstance(stop.value.__context__, InvalidRows)  # the fit's own error, not the release's
 
 
