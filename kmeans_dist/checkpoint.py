@@ -13,19 +13,26 @@ import json
 from typing import Any, Sequence
 
 from kmeans_dist import io
+from kmeans_dist.errors import MissingInput, UserError
 
 FORMAT_VERSION = 1
-#: parameters that do not change the result, so they may differ between a run and its resume
+#: parameters left out of the fingerprint: where the checkpoint is, how the passes run (identical
+#: results on every transport and kernel), max_iter (iterations are deterministic: resuming with
+#: another bound ends where an uninterrupted fit with that bound ends) and the seed, which does
+#: change the result but is checked on its own against the checkpoint's starts (``load``), since
+#: a seed left to chance must resume with the checkpoint's
 NOT_FINGERPRINTED = ("seed", "max_iter", "checkpoint", "resume", "transport", "use_numba")
 
 
 def fingerprint(params: dict[str, Any], features: Sequence[str], rows: int, weight: float,
-                mean: Sequence[float], m2: Sequence[float]) -> str:
-    """A hash of the parameters and of the data's size and moments (to 10 significant digits,
-    so a different partitioning of the same data still matches)."""
+                mean: Sequence[float], m2: Sequence[float], digest: int) -> str:
+    """A hash of the parameters and of the data: its size and moments (to 10 significant digits,
+    so a different partitioning of the same data still matches) and ``digest``, the sum of its
+    rows' hashes (``tasks.digest_rows``), which tells apart other rows with the same moments."""
     kept = {k: v for k, v in params.items() if k not in NOT_FINGERPRINTED}
     data = {"features": list(features), "rows": rows, "weight": f"{weight:.10g}",
-            "mean": [f"{v:.10g}" for v in mean], "m2": [f"{v:.10g}" for v in m2]}
+            "mean": [f"{v:.10g}" for v in mean], "m2": [f"{v:.10g}" for v in m2],
+            "rows_digest": f"{digest:016x}"}
     text = json.dumps({"params": kept, "data": data}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -38,20 +45,35 @@ class Checkpoint:
         self.path = f"{self.directory}/checkpoint.json"
         self.fingerprint = fingerprint
 
-    def load(self) -> dict | None:
-        """The saved state, None if there is none; ValueError if it belongs to another fit."""
+    def load(self, starts: Sequence[tuple[int, int]] | None = None) -> dict | None:
+        """The saved state, None if there is no file; UserError naming the file if there is one
+        that cannot be read (not a file, not UTF-8 text, not JSON, not a checkpoint) or that
+        belongs to another fit: other data or parameters, or (given ``starts``, the (k, seed) of
+        every start the caller's seed makes) another seed. A checkpoint that is there but
+        unusable is never a silent restart."""
         if not io.exists(self.path):
             return None
         try:
-            saved = json.loads(io.read_text(self.path, what="checkpoint"))
+            text = io.read_text(self.path, what="checkpoint")
+        except MissingInput:  # it exists, so it is something other than a file
+            raise UserError(f"checkpoint {self.path} is not a file") from None
+        except Exception as exc:  # noqa: BLE001 - py4j and pyarrow wrap the filesystems' errors
+            raise UserError(f"checkpoint {self.path} cannot be read: {io._java_reason(exc)}") from exc
+        try:
+            saved = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"checkpoint {self.path} is not JSON: {exc}") from None
+            raise UserError(f"checkpoint {self.path} is not JSON: {exc}") from None
         if not isinstance(saved, dict) or saved.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"checkpoint {self.path} is not a kmeans-dist checkpoint of format "
-                             f"{FORMAT_VERSION}")
+            raise UserError(f"checkpoint {self.path} is not a kmeans-dist checkpoint of format "
+                            f"{FORMAT_VERSION}")
         if saved.get("fingerprint") != self.fingerprint:
-            raise ValueError(f"checkpoint {self.path} was written for other input data or "
-                             "parameters; delete it or choose another --checkpoint directory")
+            raise UserError(f"checkpoint {self.path} was written for other input data or "
+                            "parameters; delete it or choose another --checkpoint directory")
+        if starts is not None and saved.get("starts") != [list(s) for s in starts]:
+            raise UserError(f"checkpoint {self.path} was written for other input data or "
+                            f"parameters: other seeds (its starts, (k, seed): "
+                            f"{saved.get('starts')}); delete it or choose another --checkpoint "
+                            "directory")
         return saved
 
     def save(self, starts: list[tuple[int, int]], init_seconds: list[float], iteration: int,

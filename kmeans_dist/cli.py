@@ -1,7 +1,9 @@
 """What the jobs share: logging, Spark flags and session, and exit codes.
 
 Exit codes: 0 success; 2 bad input or usage (one ``error: ...`` line, nothing written); 1 anything
-unexpected (the traceback goes to the log, then one ``error: ...`` line).
+unexpected (the traceback goes to the log, then one ``error: ...`` line). Only our own
+``errors.UserError`` counts as bad input: a ``ValueError`` raised inside pyarrow, PySpark or Python
+is not the user's fault and gets exit 1 with its traceback.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from contextlib import contextmanager
 from typing import Callable, Iterator
 
 from pyspark.sql import SparkSession
+
+from kmeans_dist.errors import UserError
 
 #: exit code for bad input or parameters (nothing was written)
 EXIT_USAGE = 2
@@ -75,7 +79,7 @@ def start_session(args: argparse.Namespace, app_name: str) -> tuple[SparkSession
                                                              "spark": {}}
     partitions = args.partitions if args.partitions is not None else conf["partitions"]
     if partitions is not None and partitions < 1:
-        raise ValueError(f"--partitions must be >= 1, got {partitions}")
+        raise UserError(f"--partitions must be >= 1, got {partitions}")
     remote = getattr(args, "remote", None)
     spark = get_session(args.master or (None if remote else conf["master"]), app_name=app_name,
                         conf=conf["spark"], remote=remote)
@@ -90,11 +94,13 @@ def start_session(args: argparse.Namespace, app_name: str) -> tuple[SparkSession
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """ValueError / FileNotFoundError -> one 'error: ...' line, exit 2 (no traceback); anything
-    else -> traceback in the log, then one 'error: ...' line, exit 1."""
+    """UserError (our validation of the input, columns, values and flags, including the files
+    the user named: ``MissingInput``) -> one 'error: ...' line, exit 2 (no traceback); anything
+    else, any other ValueError or FileNotFoundError included -> traceback in the log, then one
+    'error: ...' line, exit 1."""
     try:
         yield
-    except (ValueError, FileNotFoundError) as exc:
+    except UserError as exc:
         sys.stderr.write(f"error: {first_line(exc)}\n")
         sys.exit(EXIT_USAGE)
     except Exception as exc:  # noqa: BLE001 - the job's last resort

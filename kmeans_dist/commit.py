@@ -38,6 +38,8 @@ import uuid
 from contextlib import contextmanager
 from typing import Iterator
 
+from kmeans_dist.errors import MissingInput, cleanup
+
 #: the marker a complete output directory carries (as Hadoop's committers write)
 SUCCESS = "_SUCCESS"
 #: schemes of object stores: no atomic rename, but an atomic PUT of one object
@@ -172,14 +174,14 @@ def resolve(fs, path: str) -> list[str]:
     if manifest is not None:
         files = _listed(manifest, name)
         if not files:
-            raise FileNotFoundError(f"{name} is not in the committed output {parent} "
+            raise MissingInput(f"{name} is not in the committed output {parent} "
                                     f"(its {SUCCESS} manifest does not list it)")
         return [fs.child(parent, f) for f in files]
     for directory in (path, parent):
         if directory is not None and uses_manifest(fs.scheme(directory)) \
                 and fs.kind(directory) == "dir" \
                 and any(n.startswith(RUN_PREFIX) for n in fs.names(directory)):
-            raise FileNotFoundError(f"{directory} holds no committed output (no {SUCCESS} "
+            raise MissingInput(f"{directory} holds no committed output (no {SUCCESS} "
                                     "manifest: its run failed or is still running)")
     if fs.kind(path) is None:  # the output itself, or the one it is an entry of, moved aside?
         for missing, rest in [(path, None)] + ([(parent, name)] if parent is not None else []):
@@ -242,7 +244,12 @@ def _by_rename(fs, path: str) -> Iterator[str]:
     token = uuid.uuid4().hex
     staging = fs.child(parent, f".{name}.{token}.staging")
     fs.mkdirs(staging)
-    try:
+
+    def remove_staging() -> None:
+        if fs.kind(staging) is not None:
+            fs.delete(staging)
+
+    with cleanup(remove_staging, f"removing the staging directory {staging}"):
         pause("begin")
         yield staging
         fs.write(fs.child(staging, SUCCESS), b"")
@@ -260,9 +267,6 @@ def _by_rename(fs, path: str) -> Iterator[str]:
         pause("replaced")
         if aside is not None:
             fs.delete(aside)
-    finally:
-        if fs.kind(staging) is not None:
-            fs.delete(staging)
 
 
 @contextmanager

@@ -8,6 +8,8 @@ import sys
 from pyspark import SparkConf
 from pyspark.sql import SparkSession
 
+from kmeans_dist.errors import MissingInput, UserError
+
 #: settings every session gets unless the user set them (spark-submit --conf always wins)
 DEFAULTS = {
     "spark.sql.shuffle.partitions": "8",
@@ -35,26 +37,26 @@ def load_conf(path: str) -> dict:
         with open(path, encoding="utf-8") as fh:
             raw = yaml.safe_load(fh)
     except FileNotFoundError:
-        raise FileNotFoundError(f"conf file not found: {path}") from None
+        raise MissingInput(f"conf file not found: {path}") from None
     except yaml.YAMLError as exc:
-        raise ValueError(f"conf file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise UserError(f"conf file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
-        raise ValueError(f"conf file {path} must be a mapping of {sorted(CONF_KEYS)}")
+        raise UserError(f"conf file {path} must be a mapping of {sorted(CONF_KEYS)}")
     for key, value in raw.items():
         if key not in CONF_KEYS:
-            raise ValueError(f"conf file {path}: unknown key '{key}' (allowed: {sorted(CONF_KEYS)})")
+            raise UserError(f"conf file {path}: unknown key '{key}' (allowed: {sorted(CONF_KEYS)})")
         if not isinstance(value, CONF_KEYS[key]) or isinstance(value, bool):
-            raise ValueError(f"conf file {path}: '{key}' must be a {CONF_KEYS[key].__name__}, "
-                             f"got {value!r}")
+            raise UserError(f"conf file {path}: '{key}' must be a {CONF_KEYS[key].__name__}, "
+                            f"got {value!r}")
     if raw.get("partitions", 1) < 1:
-        raise ValueError(f"conf file {path}: 'partitions' must be >= 1, got {raw['partitions']}")
+        raise UserError(f"conf file {path}: 'partitions' must be >= 1, got {raw['partitions']}")
     spark = raw.get("spark", {})
     for key, value in spark.items():
         if not (isinstance(key, str) and key.startswith("spark.")):
-            raise ValueError(f"conf file {path}: spark setting '{key}' must start with 'spark.'")
+            raise UserError(f"conf file {path}: spark setting '{key}' must start with 'spark.'")
         if not isinstance(value, (str, int, float, bool)):
-            raise ValueError(f"conf file {path}: spark setting '{key}' must be a single value")
+            raise UserError(f"conf file {path}: spark setting '{key}' must be a single value")
     return {
         "master": raw.get("master"),
         "partitions": raw.get("partitions"),
@@ -112,8 +114,8 @@ def _connect_builder(url: str):
     try:
         import pyspark.sql.connect.session  # noqa: F401 - needs grpcio & co.
     except ImportError as exc:
-        raise ValueError(f"Spark Connect ({url}) needs the pyspark[connect] extras "
-                         f"(missing: {exc.name}); pip install 'kmeans-dist[connect]'") from None
+        raise UserError(f"Spark Connect ({url}) needs the pyspark[connect] extras "
+                        f"(missing: {exc.name}); pip install 'kmeans-dist[connect]'") from None
     return SparkSession.builder.remote(url)
 
 
@@ -127,8 +129,8 @@ def get_session(master: str | None = None, app_name: str = "kmeans-dist",
     url = remote_url(remote)
     if url is not None:
         if master:
-            raise ValueError(f"both a master ({master}) and a Spark Connect server ({url}) were "
-                             "given; choose one")
+            raise UserError(f"both a master ({master}) and a Spark Connect server ({url}) were "
+                            "given; choose one")
         # a Connect server's static settings are its own; only the conf file's are sent
         builder = _connect_builder(url).appName(app_name)
         for key, value in (conf or {}).items():

@@ -22,6 +22,7 @@ from pyspark.sql import types as T
 
 from kmeans_dist import kernels
 from kmeans_dist.blocks import Block, problems_from_json
+from kmeans_dist.errors import UserError
 
 NUMERIC_TYPES = (T.ByteType, T.ShortType, T.IntegerType, T.LongType, T.FloatType, T.DoubleType,
                  T.DecimalType)
@@ -71,16 +72,16 @@ def resolve_features(
     if features is None:
         chosen = [n for n, t in types.items() if is_numeric(t) and n != weight_col]
         if not chosen:
-            raise ValueError(
+            raise UserError(
                 f"no numeric columns to cluster; columns are {sorted(types)}"
             )
         return chosen
     chosen = list(features)
     if not chosen:
-        raise ValueError("features is empty: name at least one column")
+        raise UserError("features is empty: name at least one column")
     dupes = sorted({c for c in chosen if chosen.count(c) > 1})
     if dupes:
-        raise ValueError(f"feature columns listed twice: {dupes}")
+        raise UserError(f"feature columns listed twice: {dupes}")
     for c in chosen:
         _check_numeric(types, c, "feature column")
     return chosen
@@ -93,13 +94,13 @@ def check_model_features(
     every missing one is named at once, then any that is not numeric."""
     columns = list(model_features if columns is None else columns)
     if len(columns) != len(model_features):
-        raise ValueError(f"{len(columns)} feature columns given, but the model has "
-                         f"{len(model_features)} features ({', '.join(model_features)})")
+        raise UserError(f"{len(columns)} feature columns given, but the model has "
+                        f"{len(model_features)} features ({', '.join(model_features)})")
     types = {f.name: f.dataType for f in df.schema.fields}
     missing = [c for c in columns if c not in types]
     if missing:
-        raise ValueError(f"model features missing from the input: {', '.join(missing)}; "
-                         f"columns are {sorted(types)}")
+        raise UserError(f"model features missing from the input: {', '.join(missing)}; "
+                        f"columns are {sorted(types)}")
     for c in columns:
         _check_numeric(types, c, "feature column")
     return columns
@@ -107,9 +108,9 @@ def check_model_features(
 
 def _check_numeric(types: dict, name: str, what: str) -> None:
     if name not in types:
-        raise ValueError(f"{what} '{name}' not found; columns are {sorted(types)}")
+        raise UserError(f"{what} '{name}' not found; columns are {sorted(types)}")
     if not is_numeric(types[name]):
-        raise ValueError(
+        raise UserError(
             f"{what} '{name}' is not numeric (type {types[name].simpleString()})"
         )
 

@@ -41,6 +41,7 @@ import numpy as np
 
 from kmeans_dist import cli, io, plots, silhouette
 from kmeans_dist.estimator import KMeans
+from kmeans_dist.errors import UserError
 from kmeans_dist.init import INITS
 from kmeans_dist.model import DISTANCES, KMeansModel
 
@@ -129,9 +130,9 @@ def parser() -> argparse.ArgumentParser:
 def k_range(k_min: int, k_max: int) -> list[int]:
     """The ks to fit, checked: 1 <= k_min <= k_max."""
     if k_min < 1:
-        raise ValueError(f"--k-min must be >= 1, got {k_min}")
+        raise UserError(f"--k-min must be >= 1, got {k_min}")
     if k_max < k_min:
-        raise ValueError(f"--k-max must be >= --k-min ({k_min}), got {k_max}")
+        raise UserError(f"--k-max must be >= --k-min ({k_min}), got {k_max}")
     return list(range(k_min, k_max + 1))
 
 
@@ -140,7 +141,7 @@ def run(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     ks = k_range(args.k_min, args.k_max)  # parameters are checked before Spark starts
     if args.silhouette_sample < 2:
-        raise ValueError(f"--silhouette-sample must be >= 2, got {args.silhouette_sample}")
+        raise UserError(f"--silhouette-sample must be >= 2, got {args.silhouette_sample}")
     estimator = KMeans(ks[0], init=args.init, seed=args.seed, max_iter=args.max_iter,
                        n_init=args.n_init, distance=args.distance,
                        driver_max_mb=args.driver_max_mb)

@@ -17,6 +17,7 @@ from kmeans_dist import init as inits
 from kmeans_dist.model import DISTANCES, KMeansModel
 from kmeans_dist import transport as transports
 from kmeans_dist.config import default_parallelism, is_connect
+from kmeans_dist.errors import UserError, cleanup
 from kmeans_dist.transport import Transport
 
 log = logging.getLogger("kmeans_dist")
@@ -27,21 +28,21 @@ INVALID_POLICIES = ("error", "skip")
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
+        raise UserError(f"{name} must be an integer, got {value!r}")
     if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+        raise UserError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
 
 
 def _check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
     if value not in choices:
-        raise ValueError(f"unknown {name} '{value}'; use one of {', '.join(choices)}")
+        raise UserError(f"unknown {name} '{value}'; use one of {', '.join(choices)}")
     return value
 
 
 def _check_nonnegative(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
-        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+        raise UserError(f"{name} must be a number >= 0, got {value!r}")
     return float(value)
 
 
@@ -54,9 +55,9 @@ def read_centroids_csv(path: str) -> np.ndarray:
     try:
         rows = [[float(v) for v in ln.split(",")] for ln in lines]
     except ValueError as exc:
-        raise ValueError(f"init centroid file {path} has a non-numeric value: {exc}") from None
+        raise UserError(f"init centroid file {path} has a non-numeric value: {exc}") from None
     if not rows or len({len(r) for r in rows}) != 1:
-        raise ValueError(f"init centroid file {path} must have k rows of equal length")
+        raise UserError(f"init centroid file {path} must have k rows of equal length")
     return np.array(rows)
 
 
@@ -117,7 +118,7 @@ class KMeans:
         self.init_steps = _check_int("init_steps", init_steps, 1)
         self.n_init = _check_int("n_init", n_init, 1)
         if resume and checkpoint is None:
-            raise ValueError("resume needs a checkpoint directory")
+            raise UserError("resume needs a checkpoint directory")
         self.checkpoint = checkpoint
         self.resume = bool(resume)
         if block_rows is not None:
@@ -134,17 +135,19 @@ class KMeans:
         _check_choice("distance", distance, DISTANCES)
         if isinstance(init, str):
             if init not in inits.INITS and not _looks_like_path(init):
-                raise ValueError(
+                raise UserError(
                     f"unknown init '{init}'; use one of {', '.join(inits.INITS)} or a CSV file path"
                 )
         elif isinstance(init, KMeansModel):
             if init.distance != distance:
-                raise ValueError(f"the init model uses distance '{init.distance}', "
-                                 f"but distance='{distance}'")
+                raise UserError(f"the init model uses distance '{init.distance}', "
+                                f"but distance='{distance}'")
         else:
             init = np.asarray(init, dtype=np.float64)
             if init.ndim != 2 or init.shape[0] != self.k:
-                raise ValueError(f"init centroids have shape {init.shape}, expected k={self.k} rows")
+                raise UserError(f"init centroids have shape {init.shape}, expected k={self.k} rows")
+        #: whether the seed was chosen by the caller (a resume must then use that seed)
+        self.seed_given = seed is not None
         if seed is None:
             seed = int(np.random.SeedSequence().entropy % (2**63))
         self.seed = _check_int("seed", seed, 0)
@@ -200,7 +203,7 @@ class KMeans:
         d = len(features)
         given = self._given_centroids(features)
         if given is not None and ks != [self.k]:
-            raise ValueError(f"explicit init centroids fix k={self.k}; cannot fit k={ks}")
+            raise UserError(f"explicit init centroids fix k={self.k}; cannot fit k={ks}")
         spark = df.sparkSession
         transports.check(self.transport, is_connect(spark))
         packed = data.packing(
@@ -212,9 +215,10 @@ class KMeans:
                                           self.driver_max_mb)
         transport = transports.make(name, packed, d, verdict)
         ran = {"name": name}
-        try:
+        # a failing release must not replace an error of the fit (nor its exit code)
+        with cleanup(transport.release, f"releasing the {name} transport"):
             summary = self._summarize(transport, d, max(ks), _ks_label(ks))
-            ckpt, saved = self._checkpoint(features, ks, summary)
+            ckpt, saved = self._checkpoint(features, ks, summary, given)
             if saved is not None:
                 log.info("resuming from %s at iteration %d", ckpt.path, saved["iteration"])
                 starts = [tuple(s) for s in saved["starts"]]
@@ -233,8 +237,6 @@ class KMeans:
                 if ckpt else None,
             )
             ran = transports.record(name, transport)
-        finally:
-            transport.release()
         models = {}
         for k in ks:
             tried = [(seed, r, s) for (kk, seed), r, s in zip(starts, results, init_seconds)
@@ -251,11 +253,10 @@ class KMeans:
     def _starts(self, transport: Transport, given: np.ndarray | None, ks: list[int],
                 rows: int) -> tuple[list, list[float], list[np.ndarray]]:
         """(k, seed) of every start, its init seconds and its initial centroids."""
-        n_init = 1 if given is not None else self.n_init
         if given is not None and self.n_init > 1:
             log.warning("explicit init centroids: one start only (n_init=%d ignored)",
                         self.n_init)
-        starts = [(k, start_seed(self.seed, i)) for k in ks for i in range(n_init)]
+        starts = self._start_seeds(given, ks)
         init_seconds, centroids = [], []
         for k, seed in starts:
             t0 = time.perf_counter()
@@ -263,16 +264,33 @@ class KMeans:
             init_seconds.append(time.perf_counter() - t0)
         return starts, init_seconds, centroids
 
-    def _checkpoint(self, features: list[str], ks: list[int],
-                    summary: tasks.Summary) -> tuple[Checkpoint | None, dict | None]:
-        """This fit's checkpoint (if asked for) and, when resuming, its saved state."""
+    def _start_seeds(self, given: np.ndarray | None, ks: list[int]) -> list[tuple[int, int]]:
+        """(k, seed) of every start: ``n_init`` per k, one with given centroids."""
+        n_init = 1 if given is not None else self.n_init
+        return [(k, start_seed(self.seed, i)) for k in ks for i in range(n_init)]
+
+    def _checkpoint(self, features: list[str], ks: list[int], summary: tasks.Summary,
+                    given: np.ndarray | None) -> tuple[Checkpoint | None, dict | None]:
+        """This fit's checkpoint (if asked for) and, when resuming, its saved state.
+
+        Given centroids (an array or a CSV file, recorded only as "explicit") are fingerprinted
+        by their values. The seed is checked against the checkpoint's starts when it was given
+        and draws something (a sampled init, restarts, centres added to a warm start's): a seed
+        left to chance resumes with the checkpoint's own (the model records it), and one given
+        with a full set of centres has nothing to change."""
         if self.checkpoint is None:
             return None, None
+        params = {**self.params(), "ks": ks}
+        if given is not None:
+            params["given_centroids"] = hashlib.sha256(given.tobytes()).hexdigest()
+        seeded = self.seed_given and not (given is not None and len(given) >= max(ks))
         ckpt = Checkpoint(self.checkpoint, fingerprint(
-            {**self.params(), "ks": ks}, features, summary.rows, summary.weight, summary.mean, summary.m2))
-        saved = ckpt.load() if self.resume else None
+            params, features, summary.rows, summary.weight, summary.mean, summary.m2,
+            summary.digest))
+        saved = ckpt.load(self._start_seeds(given, ks) if seeded else None) if self.resume \
+            else None
         if self.resume and saved is None:
-            log.info("no checkpoint in %s: starting from the beginning", self.checkpoint)
+            log.info("no checkpoint at %s: starting from the beginning", ckpt.path)
         return ckpt, saved
 
     def _best(self, k: int, features: list[str], tried: list) -> KMeansModel:
@@ -298,8 +316,8 @@ class KMeans:
         d = len(features)
         if isinstance(self.init, KMeansModel):
             if list(features) != self.init.features:
-                raise ValueError(f"features {list(features)} do not match the init model's "
-                                 f"features {self.init.features} (same names, same order)")
+                raise UserError(f"features {list(features)} do not match the init model's "
+                                f"features {self.init.features} (same names, same order)")
             if self.init.k > self.k:
                 return None
             return inits.explicit(self.init.centroids, self.init.k, d, "init model centroids")
@@ -310,7 +328,7 @@ class KMeans:
         c = inits.explicit(raw, self.k, d, f"init centroid file {source}" if source else "init centroids")
         if self.distance == "cosine":
             if not np.any(c != 0, axis=1).all():
-                raise ValueError("init centroids include an all-zero row, which cosine distance cannot use")
+                raise UserError("init centroids include an all-zero row, which cosine distance cannot use")
             c = kernels.normalize_rows(c)
         return c
 
@@ -324,8 +342,8 @@ class KMeans:
         dropped = data.dropped_counts(total.problems)
         if total.rows == 0:
             if dropped:
-                raise ValueError(f"input has no valid rows ({data.describe_dropped(dropped)})")
-            raise ValueError("input has no rows")
+                raise UserError(f"input has no valid rows ({data.describe_dropped(dropped)})")
+            raise UserError("input has no rows")
         if total.rows < k:
             raise too_many_clusters(k, total.rows)
         if dropped:
@@ -363,7 +381,7 @@ def start_seed(seed: int, i: int) -> int:
     return int(np.random.SeedSequence([seed, i]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
-class InvalidRows(ValueError):
+class InvalidRows(UserError):
     """Invalid rows under ``invalid="error"``: count, reason, one example row, and how to skip
     them (``remedy``, which the pyspark.ml adapter words as its own Param)."""
 
@@ -378,8 +396,8 @@ class InvalidRows(ValueError):
         self.problems = problems
 
 
-def too_many_clusters(k: int, rows: int) -> ValueError:
-    return ValueError(f"k={k} is larger than the number of rows ({rows})")
+def too_many_clusters(k: int, rows: int) -> UserError:
+    return UserError(f"k={k} is larger than the number of rows ({rows})")
 
 
 def _looks_like_path(s: str) -> bool:

@@ -2,7 +2,7 @@
 
 Every sampling step draws per-row uniforms from (seed, step, the row's content) and breaks ties
 by content too, so the same seed picks the same rows whatever the partitioning and row order.
-Each strategy fails with a clear ValueError when the data has fewer than k distinct rows, which
+Each strategy fails with a clear UserError when the data has fewer than k distinct rows, which
 is how that case is detected at all.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from kmeans_dist import kernels, tasks
+from kmeans_dist.errors import UserError
 from kmeans_dist.transport.base import Transport
 
 INITS = ("k-means||", "k-means++", "random")
@@ -23,8 +24,8 @@ LOCAL_SEEDINGS = 10
 LOCAL_WORK = 1e8
 
 
-def too_few_distinct(k: int, distinct: int) -> ValueError:
-    return ValueError(f"k={k} is larger than the number of distinct rows ({distinct})")
+def too_few_distinct(k: int, distinct: int) -> UserError:
+    return UserError(f"k={k} is larger than the number of distinct rows ({distinct})")
 
 
 def _distinct_rows(rows: list[np.ndarray]) -> list[np.ndarray]:
@@ -187,10 +188,10 @@ def explicit(centroids, k: int, d: int, source: str = "init centroids") -> np.nd
     """Given centroids checked for shape (k x d) and finite values."""
     c = np.asarray(centroids, dtype=np.float64)
     if c.ndim != 2 or c.shape != (k, d):
-        raise ValueError(
+        raise UserError(
             f"{source} has shape {'x'.join(map(str, c.shape))}, expected {k}x{d} (k x features)"
         )
     if not np.isfinite(c).all():
         r, col = np.argwhere(~np.isfinite(c))[0]
-        raise ValueError(f"{source} has a non-finite value {c[r, col]} at row {r}, column {col}")
+        raise UserError(f"{source} has a non-finite value {c[r, col]} at row {r}, column {col}")
     return c.copy()

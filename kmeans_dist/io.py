@@ -19,6 +19,7 @@ from pyspark.sql import DataFrame, SparkSession
 from kmeans_dist import commit
 from kmeans_dist.cli import first_line
 from kmeans_dist.config import is_connect
+from kmeans_dist.errors import MissingInput, UserError
 
 FORMATS = ("csv", "parquet")
 SUCCESS = commit.SUCCESS
@@ -157,8 +158,8 @@ class _ArrowFS:
         try:
             return fs.FileSystem.from_uri(path)
         except Exception as exc:  # noqa: BLE001 - pyarrow raises several kinds
-            raise ValueError(f"cannot open {path} from this Spark Connect client: "
-                             f"{first_line(exc)}") from None
+            raise UserError(f"cannot open {path} from this Spark Connect client: "
+                            f"{first_line(exc)}") from None
 
     def kind(self, path: str) -> str | None:
         from pyarrow import fs
@@ -262,12 +263,12 @@ def delete(path: str) -> None:
 
 
 def read_text(path: str, what: str = "file") -> str:
-    """A whole (small) file as UTF-8 text; FileNotFoundError naming ``what`` if it is missing.
+    """A whole (small) file as UTF-8 text; MissingInput naming ``what`` if it is missing.
     A file of a committed output is read where its commit put it (``commit.resolve``)."""
     fs = _fs()
     found = commit.resolve(fs, path)
     if len(found) != 1 or fs.kind(found[0]) != "file":
-        raise FileNotFoundError(f"{what} not found: {path}")
+        raise MissingInput(f"{what} not found: {path}")
     return fs.read(found[0]).decode("utf-8")
 
 
@@ -309,13 +310,13 @@ def check_output_dir(path: str, overwrite: bool) -> None:
     fs = _fs()
     commit.recover(fs, path)
     if commit.exists(fs, path) and not overwrite:
-        raise ValueError(f"output directory {path} already exists (pass --overwrite to replace it)")
+        raise UserError(f"output directory {path} already exists (pass --overwrite to replace it)")
     parent = fs.parent(path)
     while parent is not None and fs.kind(parent) is None:
         parent = fs.parent(parent)
     if parent is not None and fs.kind(parent) != "dir":
-        raise ValueError(f"cannot write output directory {path}: {parent} is a file, "
-                         "not a directory")
+        raise UserError(f"cannot write output directory {path}: {parent} is a file, "
+                        "not a directory")
 
 
 def _java_reason(exc: Exception) -> str:
@@ -337,7 +338,7 @@ def staged_dir(path: str, overwrite: bool = False) -> Iterator[str]:
         if parent is not None:
             fs.mkdirs(parent)
     except Exception as exc:  # noqa: BLE001 - py4j and pyarrow wrap permission errors
-        raise ValueError(f"cannot write output directory {path}: {_java_reason(exc)}") from None
+        raise UserError(f"cannot write output directory {path}: {_java_reason(exc)}") from None
     with commit.output_dir(fs, path, overwrite) as where:
         yield where
 
@@ -346,7 +347,7 @@ def table_format(path: str, fmt: str | None) -> str:
     """The input format: as given, else from the extension (a directory defaults to Parquet)."""
     if fmt is not None:
         if fmt not in FORMATS:
-            raise ValueError(f"unknown format '{fmt}'; use one of {', '.join(FORMATS)}")
+            raise UserError(f"unknown format '{fmt}'; use one of {', '.join(FORMATS)}")
         return fmt
     ext = os.path.splitext(path.rstrip("/"))[1].lower().lstrip(".")
     return ext if ext in FORMATS else "parquet"
@@ -358,14 +359,14 @@ def read_table(path: str, fmt: str | None = None) -> DataFrame:
     fs = _fs()
     found = commit.resolve(fs, path)
     if not all(fs.kind(f) is not None for f in found):
-        raise FileNotFoundError(f"input not found: {path}")
+        raise MissingInput(f"input not found: {path}")
     reader = _session().read
     if fmt == "csv":
         df = reader.option("header", True).option("inferSchema", True).csv(found)
     else:
         df = reader.parquet(*found)
     if df.isEmpty():  # else a header-only CSV would fail later as "column is not numeric"
-        raise ValueError(f"input {path} has no rows")
+        raise UserError(f"input {path} has no rows")
     return df
 
 

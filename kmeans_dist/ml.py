@@ -25,6 +25,8 @@ Differences from pyspark.ml:
   never moved from ``initialCenters`` (MLlib returns that one as given; same direction).
 * ``transform`` gives a null prediction for a row with a null or non-finite feature instead of
   failing the job; a vector of the wrong size fails it, as in MLlib.
+* Saved stages name these classes and keep the centres as JSON: ``kmeans_dist.ml`` reads them,
+  pyspark.ml's ``KMeansModel.load`` does not (nor is a model pyspark.ml saved read here).
 
 Only DataFrame operations are used here (no ``sparkContext``), so the adapter itself is ready
 for Spark Connect.
@@ -71,6 +73,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from kmeans_dist.data import column
+from kmeans_dist.errors import UserError
 from kmeans_dist.estimator import InvalidRows
 from kmeans_dist.estimator import KMeans as _Engine
 from kmeans_dist.model import KMeansModel as _EngineModel
@@ -214,19 +217,19 @@ class _KMeansParams(
         for name, allowed in _CHOICES.items():
             value = self.getOrDefault(name)
             if value not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+                raise UserError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
         # maxIter >= 1, not pyspark.ml's >= 0: the engine always runs one iteration
         for name, low in [("k", 2), ("initSteps", 1), ("maxIter", 1), ("tol", 0),
                           ("maxBlockSizeInMB", 0)]:
             value = self.getOrDefault(name)
             if not value >= low:
-                raise ValueError(f"{name} must be >= {low}; got {value}")
+                raise UserError(f"{name} must be >= {low}; got {value}")
 
     def _check_prediction_col(self, dataset: DataFrame) -> None:
         """pyspark.ml refuses to overwrite a column with the predictions; so does this."""
         if self.getPredictionCol() in dataset.columns:
-            raise ValueError(f"predictionCol '{self.getPredictionCol()}' already exists in "
-                             f"the input")
+            raise UserError(f"predictionCol '{self.getPredictionCol()}' already exists in "
+                            f"the input")
 
 
 # ---------------------------------------------------------------------- features column
@@ -241,14 +244,14 @@ class _Expanded:
 def _as_array(df: DataFrame, col: str) -> Column:
     """``col`` as an array expression: vectors (dense or sparse) converted, arrays as they are."""
     if col not in df.columns:
-        raise ValueError(f"featuresCol '{col}' not found; columns are {sorted(df.columns)}")
+        raise UserError(f"featuresCol '{col}' not found; columns are {sorted(df.columns)}")
     dtype = df.schema[col].dataType
     if isinstance(dtype, VectorUDT):  # vector_to_array fails on null, so null stays null
         return F.when(column(col).isNotNull(), vector_to_array(column(col)))
     if isinstance(dtype, T.ArrayType) and isinstance(dtype.elementType, (T.DoubleType, T.FloatType)):
         return column(col)
-    raise ValueError(f"featuresCol '{col}' must be a vector, array<double> or array<float> "
-                     f"column; got {dtype.simpleString()}")
+    raise UserError(f"featuresCol '{col}' must be a vector, array<double> or array<float> "
+                    f"column; got {dtype.simpleString()}")
 
 
 def _num_features(df: DataFrame, col: str) -> int:
@@ -260,7 +263,7 @@ def _num_features(df: DataFrame, col: str) -> int:
         return int(size)
     first = df.where(column(col).isNotNull()).select(F.size(arr)).first()
     if first is None:
-        raise ValueError(f"input has no rows with a non-null featuresCol '{col}'")
+        raise UserError(f"input has no rows with a non-null featuresCol '{col}'")
     return int(first[0])
 
 
@@ -470,8 +473,10 @@ class KMeans(
         return [est._model(dataset, fitted[est.getK()]) for est in estimators]
 
     def _model(self, dataset: DataFrame, fitted: Any) -> "KMeansModel":
-        """The drop-in model of an engine fit, with pyspark.ml's training summary."""
-        model = self._copyValues(KMeansModel(fitted.centroids))
+        """The drop-in model of an engine fit, with pyspark.ml's training summary. It takes this
+        estimator's uid, as pyspark.ml's models do: Params are keyed by their parent's uid, so
+        only then do the estimator's Param objects (``model.getOrDefault(km.k)``) read it."""
+        model = self._copyValues(KMeansModel(fitted.centroids)._resetUid(self.uid))
         model._summary = KMeansSummary(
             predictions=model.transform(dataset), predictionCol=model.getPredictionCol(),
             featuresCol=self.getFeaturesCol(), k=self.getK(),
@@ -518,6 +523,11 @@ class KMeansModel(Model, _KMeansParams, MLWritable, MLReadable["KMeansModel"]):
     def clusterCenters(self) -> list[np.ndarray]:
         """The cluster centers, as a list of NumPy arrays."""
         return [c.copy() for c in self._centers]
+
+    def __repr__(self) -> str:
+        """pyspark.ml's (Scala's ``toString``): uid, k, distance measure, number of features."""
+        return (f"KMeansModel: uid={self.uid}, k={len(self._centers)}, "
+                f"distanceMeasure={self.getDistanceMeasure()}, numFeatures={self.numFeatures}")
 
     @property
     def numFeatures(self) -> int:

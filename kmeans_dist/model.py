@@ -12,6 +12,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import types as T
 
 from kmeans_dist import io, kernels
+from kmeans_dist.errors import UserError
 from kmeans_dist.threads import task_blas_threads
 
 FORMAT_VERSION = 1
@@ -63,7 +64,7 @@ class KMeansModel:
         #: None until measured (the segment job does)
         self.cluster_spread = None if cluster_spread is None else [float(s) for s in cluster_spread]
         if self.cluster_spread is not None and len(self.cluster_spread) != self.k:
-            raise ValueError(f"cluster_spread has {len(self.cluster_spread)} values for k={self.k}")
+            raise UserError(f"cluster_spread has {len(self.cluster_spread)} values for k={self.k}")
         #: the transport that ran the fit: its name; for resident tasks where they held the
         #: blocks (memory or files) and the memory budget; a fallback and its reason
         self.transport = dict(transport or {})
@@ -82,7 +83,7 @@ class KMeansModel:
         ``np.array(model.cluster_ids)[labels]`` are the stable ids ``transform`` emits."""
         x = np.ascontiguousarray(x, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != len(self.features):
-            raise ValueError(f"expected rows of {len(self.features)} features, got shape {x.shape}")
+            raise UserError(f"expected rows of {len(self.features)} features, got shape {x.shape}")
         if self.distance == "cosine":
             x = kernels.normalize_rows(x)
         return kernels.assign(x, kernels.squared_norms(x), self.centroids)[0]
@@ -102,7 +103,7 @@ class KMeansModel:
         columns = check_model_features(df, self.features, features)
         for name in (prediction_col, distance_col):
             if name is not None and name in df.columns:
-                raise ValueError(f"column '{name}' already exists in the input")
+                raise UserError(f"column '{name}' already exists in the input")
         # only the feature columns go to Python (a scalar Arrow UDF over a struct of them); the
         # other columns stay in the JVM, and plans built on the output (ClusteringEvaluator's)
         # run ~4x faster than over a mapInArrow of whole rows
@@ -165,9 +166,9 @@ class KMeansModel:
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "model") -> "KMeansModel":
         if not isinstance(d, dict) or "format_version" not in d:
-            raise ValueError(f"{source} is not a kmeans-dist model (no format_version)")
+            raise UserError(f"{source} is not a kmeans-dist model (no format_version)")
         if d["format_version"] != FORMAT_VERSION:
-            raise ValueError(
+            raise UserError(
                 f"{source} has format_version {d['format_version']!r}; this version reads "
                 f"{FORMAT_VERSION}"
             )
@@ -175,10 +176,10 @@ class KMeansModel:
             centroids = np.array(d["centroids"], dtype=np.float64)
             features = list(d["features"])
             if centroids.shape != (d["k"], len(features)):
-                raise ValueError(f"centroids have shape {centroids.shape}, expected "
-                                 f"({d['k']}, {len(features)})")
+                raise UserError(f"centroids have shape {centroids.shape}, expected "
+                                f"({d['k']}, {len(features)})")
             if d["distance"] not in DISTANCES:
-                raise ValueError(f"unknown distance {d['distance']!r}")
+                raise UserError(f"unknown distance {d['distance']!r}")
             return cls(
                 centroids, features, distance=d["distance"], inertia=d.get("inertia"),
                 n_iter=d.get("n_iter", 0), converged=d.get("converged", False),
@@ -189,7 +190,7 @@ class KMeansModel:
                 cluster_spread=d.get("cluster_spread"), transport=d.get("transport"),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"{source} is not a valid kmeans-dist model: {exc}") from None
+            raise UserError(f"{source} is not a valid kmeans-dist model: {exc}") from None
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -204,7 +205,7 @@ class KMeansModel:
         try:
             d = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"model file {path} is not JSON: {exc}") from None
+            raise UserError(f"model file {path} is not JSON: {exc}") from None
         return cls.from_dict(d, source=f"model file {path}")
 
 
@@ -252,8 +253,8 @@ def _checked_ids(ids: Sequence[int] | None, k: int) -> list[int]:
     ids = list(ids)
     if not all(isinstance(i, numbers.Integral) and not isinstance(i, bool) and i >= 0
                for i in ids):
-        raise ValueError(f"cluster_ids must be integers >= 0, got {ids}")
+        raise UserError(f"cluster_ids must be integers >= 0, got {ids}")
     ids = [int(i) for i in ids]
     if len(ids) != k or len(set(ids)) != k:
-        raise ValueError(f"cluster_ids must be {k} distinct integers, got {ids}")
+        raise UserError(f"cluster_ids must be {k} distinct integers, got {ids}")
     return ids

@@ -24,6 +24,7 @@ from pyspark.sql import functions as F
 
 from kmeans_dist import assign, cli, data, drift, io, plots, train
 from kmeans_dist.estimator import KMeans
+from kmeans_dist.errors import UserError
 from kmeans_dist.model import KMeansModel
 
 #: exit code when a cluster drifted more than --max-drift (every output is written)
@@ -59,31 +60,31 @@ def parser() -> argparse.ArgumentParser:
 def check_flags(args: argparse.Namespace) -> None:
     """The flag combinations that cannot work, refused before Spark starts."""
     if args.k is None and args.previous_model is None:
-        raise ValueError("--k is required without --previous-model")
+        raise UserError("--k is required without --previous-model")
     if args.max_drift is not None and not args.max_drift >= 0:
-        raise ValueError(f"--max-drift must be a number >= 0, got {args.max_drift}")
+        raise UserError(f"--max-drift must be a number >= 0, got {args.max_drift}")
     if args.previous_assignments and not (args.previous_model and args.id_col):
-        raise ValueError("--previous-assignments needs --previous-model and --id-col")
+        raise UserError("--previous-assignments needs --previous-model and --id-col")
 
 
 def check_key(df: DataFrame, key: str, source: str) -> None:
     """``key`` is a column of ``df`` with no repeated (non-null) value."""
     if key not in df.columns:
-        raise ValueError(f"id column '{key}' not found in {source}; "
-                         f"columns are {sorted(df.columns)}")
+        raise UserError(f"id column '{key}' not found in {source}; "
+                        f"columns are {sorted(df.columns)}")
     repeated = (df.where(data.column(key).isNotNull()).groupBy(data.column(key)).count()
                 .where(F.col("count") > 1).first())
     if repeated is not None:
-        raise ValueError(f"id column '{key}' is not unique in {source}: {repeated[0]!r} appears "
-                         f"{repeated['count']} times")
+        raise UserError(f"id column '{key}' is not unique in {source}: {repeated[0]!r} appears "
+                        f"{repeated['count']} times")
 
 
 def previous_assignments(path: str, key: str) -> DataFrame:
     """The previous run's assignments (Parquet), checked: a unique ``key`` and a ``cluster``."""
     before = io.read_table(path, "parquet")
     if "cluster" not in before.columns:
-        raise ValueError(f"previous assignments {path} have no 'cluster' column; "
-                         f"columns are {sorted(before.columns)}")
+        raise UserError(f"previous assignments {path} have no 'cluster' column; "
+                        f"columns are {sorted(before.columns)}")
     check_key(before, key, f"previous assignments {path}")
     return before
 

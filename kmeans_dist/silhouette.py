@@ -33,6 +33,7 @@ from pyspark.sql import types as T
 from kmeans_dist import kernels
 from kmeans_dist.config import default_parallelism
 from kmeans_dist.data import check_model_features, column
+from kmeans_dist.errors import UserError
 from kmeans_dist.threads import task_blas_threads
 
 log = logging.getLogger("kmeans_dist")
@@ -114,7 +115,7 @@ def _valid(names: list[str], cosine: bool) -> Column:
 
 def _check_int(name: str, value, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        raise UserError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
 
 

@@ -100,25 +100,28 @@ def keep_labels(b: Block, run_id: str, iteration: int, labels: np.ndarray) -> No
 # --------------------------------------------------------------------------- data summary
 @dataclass
 class Summary:
-    """One partition's rows, dropped rows and the moments used for scikit-learn's ``tol``."""
+    """One partition's rows, dropped rows, the moments used for scikit-learn's ``tol``, and a
+    digest of the rows (``digest_rows``) that tells a checkpoint's data from other data."""
 
     rows: int
     weight: float
     mean: np.ndarray
     m2: np.ndarray  # sum of squared deviations from ``mean`` per feature
     problems: dict
+    digest: int = 0  # sum mod 2**64 of the rows' hashes: any order, any partitioning
 
     def add(self, other: "Summary") -> "Summary":
         """Chan et al.'s parallel merge of means and squared deviations."""
         n = self.rows + other.rows
         problems = dict(self.problems)
         merge_problems(problems, other.problems)
+        digest = (self.digest + other.digest) % 2**64
         if n == 0:
-            return Summary(0, 0.0, self.mean, self.m2, problems)
+            return Summary(0, 0.0, self.mean, self.m2, problems, digest)
         delta = other.mean - self.mean
         mean = self.mean + delta * (other.rows / n)
         m2 = self.m2 + other.m2 + delta * delta * (self.rows * other.rows / n)
-        return Summary(n, self.weight + other.weight, mean, m2, problems)
+        return Summary(n, self.weight + other.weight, mean, m2, problems, digest)
 
 
 def summarize(blocks: Iterable[Block], d: int) -> Summary:
@@ -127,9 +130,42 @@ def summarize(blocks: Iterable[Block], d: int) -> Summary:
         mean = b.x.mean(axis=0) if b.rows else np.zeros(d)
         dev = b.x - mean
         weight = float(b.rows if b.w is None else b.w.sum())
-        part = Summary(b.rows, weight, mean, np.einsum("ij,ij->j", dev, dev), b.problems)
+        part = Summary(b.rows, weight, mean, np.einsum("ij,ij->j", dev, dev), b.problems,
+                       digest_rows(b.x, b.w))
         total = total.add(part)
     return total
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX = (np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
+_SHIFTS = (np.uint64(30), np.uint64(27), np.uint64(31))
+
+
+def _mix64(z: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser, elementwise: a bijection of uint64 where every input bit flips
+    about half the output bits (uint64 arithmetic wraps, which is the point)."""
+    z = (z ^ (z >> _SHIFTS[0])) * _MIX[0]
+    z = (z ^ (z >> _SHIFTS[1])) * _MIX[1]
+    return z ^ (z >> _SHIFTS[2])
+
+
+def digest_rows(x: np.ndarray, w: np.ndarray | None = None) -> int:
+    """The sum mod 2**64 of a 64-bit hash of each row's float64 bytes (then its weight).
+
+    Why: a checkpoint must be refused for other data, and the size and moments do not tell data
+    apart (rows (-1, 0), (1, 0), (0, -1), (0, 1) and (-1, 1), (1, -1), (0, 0), (0, 0) have the same
+    count, means and variances). A sum of per-row hashes is the same for the same rows in any order
+    and on any partitioning (blocks and partitions add up), costs a few integer operations per
+    value in the pass that already reads every row, and differs for other rows but with a chance of
+    about 2**-64. Not a cryptographic hash: it catches mistakes, not forgeries. -0.0 hashes as 0.0
+    (they are the same value to the fit).
+    """
+    h = np.full(x.shape[0], _GOLDEN)
+    columns = [x[:, j] for j in range(x.shape[1])] + ([] if w is None else [w])
+    for col in columns:
+        bits = np.ascontiguousarray(col + 0.0, dtype=np.float64).view(np.uint64)
+        h = _mix64((h ^ bits) + _GOLDEN)  # chained: the same values in other columns differ
+    return int(h.sum(dtype=np.uint64))
 
 
 # --------------------------------------------------------------------------- Lloyd

@@ -8,6 +8,7 @@ import time
 
 from kmeans_dist import cli, io, plots
 from kmeans_dist.data import column, describe_dropped
+from kmeans_dist.errors import UserError
 from kmeans_dist.estimator import KMeans
 from kmeans_dist.init import INITS
 from kmeans_dist.model import DISTANCES, KMeansModel
@@ -80,6 +81,8 @@ def run(args: argparse.Namespace) -> KMeansModel:
     if args.init_model:  # read through Spark's filesystem, so only now
         estimator = KMeans(args.k, **{**params, "init": KMeansModel.load(args.init_model)})
     df = io.read_table(args.input, args.format)
+    if args.label_col:  # a user error must be found before anything is written
+        check_label_col(df.columns, args.label_col)
     estimator.num_partitions = partitions
     model = estimator.fit(df, args.features)
     seconds = time.perf_counter() - started
@@ -118,10 +121,14 @@ def summary(model: KMeansModel, seconds: float, output: str,
     return "\n".join(lines)
 
 
+def check_label_col(columns: list[str], label_col: str) -> None:
+    if label_col not in columns:
+        raise UserError(f"label column '{label_col}' not found; columns are {columns}")
+
+
 def crosstab(labelled, label_col: str) -> str:
     """Rows per (cluster, label): how the clusters line up with a known labelling."""
-    if label_col not in labelled.columns:
-        raise ValueError(f"label column '{label_col}' not found; columns are {labelled.columns}")
+    check_label_col(labelled.columns, label_col)
     # one aggregation job, pivoted here (Spark's pivot runs a second job for the label values)
     counts = (labelled.groupBy("cluster", column(label_col).alias("_label")).count().collect())
     values = sorted({r["_label"] for r in counts}, key=lambda v: (v is not None, v))

@@ -9,12 +9,15 @@ missing or non-numeric model features, wrong --features count, existing output) 
 Errors raised before Spark starts run as real subprocesses (cheap: no JVM). Errors that need
 Spark run through the same ``__main__`` inside the test's SparkSession, except two that run as
 real subprocesses (started in the background first) to prove the real exit code. Where the
-Python API has the same case, it must raise the same message.
+Python API has the same case, it must raise the same message. Beside them, in the background
+too, one real job whose fit fails for a reason of ours (not the input's): exit 1, traceback.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +26,8 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from jobutil import (assert_nothing_written, assert_user_error, describe, run_job,
-                     run_job_in_process, write_csv)
+from jobutil import (ROOT, TIMEOUT, assert_nothing_written, assert_user_error, describe,
+                     job_env, last_line, run_job, run_job_in_process, write_csv)
 
 TRAIN, ASSIGN = "jobs/train.py", "jobs/assign.py"
 NAN_REASON = "null, NaN or infinite feature value"
@@ -151,6 +154,10 @@ IN_SPARK = {
                         ["1 input row has", "weight", "'w': None"]),
     "zero_row_cosine": Case(TRAIN, _train("zero_row", "--k", "2", "--distance", "cosine"),
                             ["1 input row has", "zero vector", "cosine", "'a': 0.0, 'b': 0.0"]),
+    # checked as soon as the input is read: before, it was checked after every output was written
+    "label_col_missing": Case(TRAIN, _train("good", "--k", "2", "--seed", "1", "--label-col",
+                                            "species"),
+                              ["label column 'species' not found", "'a', 'b'"]),
     "assign_input_missing": Case(ASSIGN, lambda f: ["--model", f["model"], "--input",
                                                     f["dir"] / "nope.csv"],
                                  ["input not found", "nope.csv"]),
@@ -177,14 +184,40 @@ def _argv(case: Case, f: dict, out: Path) -> list:
     return [*case.args(f), "--output", out]
 
 
+#: the train job with a failure injected deep inside the fit: numpy's own ValueError from the
+#: Lloyd loop, an error of ours (a bug), not of the user's input
+INJECTED = """
+import runpy, sys
+import numpy as np
+import kmeans_dist.engine as engine
+def broken_lloyd(*args, **kwargs):
+    return np.zeros(2).reshape(3)
+engine.lloyd_many = broken_lloyd
+sys.argv = ["jobs/train.py", *sys.argv[1:]]
+runpy.run_path("jobs/train.py", run_name="__main__")
+"""
+
+
+def run_injected(data: Path, out: Path) -> subprocess.CompletedProcess:
+    """The train job, in a process of its own, with ``INJECTED``'s failure."""
+    return subprocess.run([sys.executable, "-c", INJECTED, "--input", str(data), "--k", "2",
+                           "--seed", "1", "--output", str(out), "--master", "local[1]"],
+                          cwd=ROOT, env=job_env(), capture_output=True, text=True,
+                          timeout=TIMEOUT)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def background(files, tmp_path_factory):
-    """The SUBPROCESS runs, started together before anything else: name -> (future, output)."""
+    """The SUBPROCESS runs and the ``INJECTED`` one, started together before anything else:
+    name -> (future, output)."""
     outs = {name: case.output(files, tmp_path_factory.mktemp(name))
             for name, case in SUBPROCESS.items()}
-    with ThreadPoolExecutor(len(SUBPROCESS)) as pool:
-        yield {name: (pool.submit(run_job, case.job, *_argv(case, files, outs[name])), outs[name])
-               for name, case in SUBPROCESS.items()}
+    with ThreadPoolExecutor(len(SUBPROCESS) + 1) as pool:
+        runs = {name: (pool.submit(run_job, case.job, *_argv(case, files, outs[name])),
+                       outs[name]) for name, case in SUBPROCESS.items()}
+        out = tmp_path_factory.mktemp("injected") / "out"
+        runs["injected"] = (pool.submit(run_injected, files["good"], out), out)
+        yield runs
 
 
 # --------------------------------------------------------------------------- checks
@@ -199,10 +232,13 @@ def check_nothing_written(out: Path, files: dict) -> None:
 
 
 def check_api(case: Case, files: dict, line: str) -> None:
-    """The Python API raises ValueError / FileNotFoundError with the job's message."""
+    """The Python API raises the job's message as our UserError (the only error a job reports as
+    the user's, exit 2)."""
+    from kmeans_dist.errors import UserError
+
     if case.api is None:
         return
-    with pytest.raises((ValueError, FileNotFoundError)) as info:
+    with pytest.raises(UserError) as info:
         case.api(files)
     assert line == f"error: {info.value}", (line, str(info.value))
 
@@ -234,6 +270,17 @@ def test_rejected_in_a_real_process(spark, files, background, name):
     line = assert_user_error(proc, *SUBPROCESS[name].needles)
     check_nothing_written(out, files)
     check_api(SUBPROCESS[name], files, line)
+
+
+def test_a_real_job_failing_unexpectedly_exits_1_with_the_traceback(background):
+    future, out = background["injected"]
+    proc = future.result()
+    assert proc.returncode == 1, describe(proc)
+    assert "Traceback (most recent call last)" in proc.stderr, describe(proc)
+    assert "in broken_lloyd" in proc.stderr, describe(proc)  # the traceback reaches the failure
+    assert last_line(proc.stderr) == ("error: unexpected ValueError: cannot reshape array of "
+                                      "size 2 into shape (3,) (traceback above)"), describe(proc)
+    assert_nothing_written(out)
 
 
 # --------------------------------------------------------------------------- skip works

@@ -1,6 +1,7 @@
 """The train job spark-submitted (client mode) to a real standalone cluster (master + 2 workers on
 127.0.0.1) whose executors can import ``kmeans_dist`` only from the ``--py-files`` zip; its
-result must match a local-mode fit from the same start exactly.
+result must match a local-mode fit from the same start exactly, and it must have run on the
+default (resident) transport, not on a fallback.
 """
 
 from __future__ import annotations
@@ -102,7 +103,8 @@ def test_train_job_on_standalone_cluster_matches_local(
            "--deploy-mode", "client", "--py-files", str(zip_path),
            *[arg for key, value in conf.items() for arg in ("--conf", f"{key}={value}")],
            "jobs/train.py", "--input", str(data), "--k", str(K), "--init", str(init_csv),
-           "--output", str(out), "--features", ",".join(FEATURES)]
+           "--output", str(out), "--features", ",".join(FEATURES),
+           "--driver-max-mb", "0"]  # these rows would fit in the driver: test the cluster's path
     env = spark_env(PYSPARK_PYTHON=str(wrapper), PYSPARK_DRIVER_PYTHON=sys.executable)
     code = run_logged(cmd, log, env, ROOT, SUBMIT_TIMEOUT)
     assert code == 0, f"spark-submit exited with {code}\n{log_tail(log, 60)}"
@@ -123,10 +125,17 @@ def test_train_job_on_standalone_cluster_matches_local(
 
     # the same fit in local mode, in this process
     df = spark.read.option("header", True).option("inferSchema", True).csv(str(data))
-    model = KMeans(K, init=init).fit(df, FEATURES)
+    model = KMeans(K, init=init, driver_max_mb=0).fit(df, FEATURES)
     expected = model.transform(df).select("id", "cluster").toPandas().sort_values("id")
     fitted = json.loads((out / "model.json").read_text())
     assert fitted["k"] == K and fitted["features"] == FEATURES
+    # the default distributed transport ran on the cluster as itself: resident tasks, one per
+    # executor, holding their blocks in memory, no fallback to arrow-files and no reconnect
+    ran = fitted["transport"]
+    assert ran["name"] == "resident" and "fallback" not in ran and "requested" not in ran, ran
+    assert ran["storage"] == "memory" and ran["partitions"] == 2, ran
+    assert ran["reconnects"] == 0 and ran["held_bytes"] >= ROWS * len(FEATURES) * 8, ran
+    assert model.transport["name"] == "resident" and "fallback" not in model.transport
     assert fitted["n_iter"] == model.n_iter
     assert fitted["inertia"] == pytest.approx(model.inertia, rel=1e-9)
     np.testing.assert_allclose(np.array(fitted["centroids"]), model.centroids, rtol=0,

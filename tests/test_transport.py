@@ -342,8 +342,43 @@ def test_resident_over_tls_keeps_strangers_out(points, tmp_path, caplog):
             # TLS, a partition the run does not have
             assert _intrude(address, _hello(transport._token, 9) + _framed(evil),
                             _tls_without_pin)
+            # TLS and the run's token (a peer that knows it): parked behind the live task,
+            # nothing it sends is read (``_under_attack`` checks the pickle was never loaded)
+            claim = _tls_without_pin(socket.create_connection(address, timeout=30))
+            claim.sendall(_hello(transport._token, 1) + _framed(evil))
+            assert channel.recv_request(claim) == channel.STANDBY
         assert "failed its handshake (SSLError" in caplog.text
         assert "without the run's token" in caplog.text
+        assert "a second attempt for partition 1" in caplog.text and transport.parked_total == 1
+    assert channel.recv_request(claim) is None and _closed_by_peer(claim)  # let go at release
+    claim.close()
+
+
+def test_a_hung_peer_holds_up_neither_the_tasks_nor_the_fit(points, tmp_path, monkeypatch):
+    """Peers that connect and hang half way through their hello (one before any task connects,
+    one with the run's token while the tasks serve) delay no task's handshake and no request: each
+    connection is checked in a thread of its own, with a bounded wait."""
+    df, x, _ = points
+    hung = []
+    listen = resident._listen
+
+    def listen_then_hang(sc):
+        server, host, port = listen(sc)
+        peer = socket.create_connection((host, port), timeout=30)  # first in the accept queue
+        peer.sendall(_hello("0" * 32, 0)[:10])
+        hung.append(peer)
+        return server, host, port
+
+    monkeypatch.setattr(resident, "_listen", listen_then_hang)
+    try:
+        with _under_attack(df.coalesce(2), x, tmp_path) as (transport, address, _):
+            assert len(hung) == 1 and len(transport._conns) == 2  # both tasks got through
+            late = socket.create_connection(address, timeout=30)
+            late.sendall(_hello(transport._token, 0)[:20])  # the token's first half, no more
+            hung.append(late)
+    finally:
+        for peer in hung:
+            peer.close()
 
 
 def _tls_server(server_tls: tls.ServerTLS):

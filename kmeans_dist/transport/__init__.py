@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 
 from kmeans_dist.data import Packing
+from kmeans_dist.errors import UserError
 from kmeans_dist.transport.arrow import ArrowFilesTransport, ArrowTransport
 from kmeans_dist.transport.base import Transport, job_label
 from kmeans_dist.transport.driver import DriverTransport, Verdict, small_enough
@@ -41,10 +42,10 @@ RESIDENT_STORAGE = {"resident": "auto", "resident-memory": "memory", "resident-f
 
 
 def check(name: str, connect: bool) -> None:
-    """ValueError for a transport the session cannot run."""
+    """UserError for a transport the session cannot run."""
     if connect and name in NEEDS_RDD:
-        raise ValueError(f"transport '{name}' needs RDDs, which Spark Connect sessions do not "
-                         "have; use transport='arrow-files' (the default there) or 'arrow'")
+        raise UserError(f"transport '{name}' needs RDDs, which Spark Connect sessions do not "
+                        "have; use transport='arrow-files' (the default there) or 'arrow'")
 
 
 def choose(name: str, connect: bool, packing: Packing, d: int,

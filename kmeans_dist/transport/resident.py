@@ -47,6 +47,7 @@ from typing import Any, Iterator
 from pyspark.sql import DataFrame
 
 from kmeans_dist import kernels, tasks
+from kmeans_dist.errors import cleanup
 from kmeans_dist.data import Packer, Packing
 from kmeans_dist.transport import channel, tls
 from kmeans_dist.transport.arrow import ArrowFilesTransport
@@ -110,15 +111,13 @@ def _serve(host: str, port: int, token: str, pinned: str | None, packer: Packer,
             return
         held = Held(token, part, storage, budget,
                     row_bytes(len(packer.features), packer.weight_col is not None))
-        try:
+        with cleanup(held.release, f"releasing partition {part}'s blocks"):
             with beating(sock):
                 threading.Thread(target=kernels.warm_up, daemon=True).start()
                 # drained: Spark discards a worker that leaves input unread
                 for block in packer.blocks(batches):
                     held.add(block)
             _answer_requests(sock, part, held)
-        finally:
-            held.release()
     yield _row(part)
 
 
