@@ -5,6 +5,8 @@
     python bench/run.py --only 2Mx16-k16   # one workload (or --only scaling for the n series)
     python bench/run.py --only-connect --json bench/results.json
                                            # only the Spark Connect rows, merged into saved results
+    python bench/run.py --only-small --json bench/results.json
+                                           # only the small-fit table, merged into saved results
 
 Each workload runs in its own Python process (this script with --workload), in a fresh local[2]
 Spark session, so its timings share one session and one cached data set and its driver memory
@@ -61,12 +63,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--only-connect", action="store_true",
                     help="only the Spark Connect section (main workloads): merged into the "
                          "--json file (other results kept), then the report is rewritten")
+    ap.add_argument("--only-small", action="store_true",
+                    help="only the small-fit section (bench/small.py): merged into the --json "
+                         "file (other results kept), then the report is rewritten")
     ap.add_argument("--workload", help=argparse.SUPPRESS)  # internal: run one workload, write JSON
     ap.add_argument("--mode", choices=MODES, default="main", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.only_connect and not args.json:
-        ap.error("--only-connect needs --json: the results file to merge the rows into")
+    if (args.only_connect or args.only_small) and not args.json:
+        ap.error("--only-connect and --only-small need --json: the results file to merge into")
     if args.iters is None:
         args.iters = QUICK_ITERS if args.quick else FULL_ITERS
     if args.iters < 2:
@@ -183,6 +188,15 @@ def only_connect(args: argparse.Namespace) -> int:
     return 1 if report.connect_failures(section["results"]) else 0
 
 
+def only_small(args: argparse.Namespace) -> int:
+    """The small-fit section alone, put into the --json file's results, then the report."""
+    saved = load(args.json)
+    saved["small"] = small.section()
+    save(saved, args)
+    print(report.small_table(saved["small"]))
+    return 1 if any("error" in r for r in saved["small"]["results"]) else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.workload:
@@ -193,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.only_connect:
         return only_connect(args)
+    if args.only_small:
+        return only_small(args)
     started = time.perf_counter()
     host = probes.host_env()
     with tempfile.TemporaryDirectory(prefix="kmeans-bench-") as tmp:
