@@ -31,9 +31,8 @@ run: check-java install
 
 # five pytest processes side by side (most of the time is spent waiting on JVMs, timeouts and
 # frozen hosts, not computing): the classic suite; the real-cluster suites (standalone clusters,
-# a memory cgroup); liveness, on clusters and local (mostly waiting on timeouts); Spark Connect
-# (a process holds a classic or a Connect session, not both); killed jobs (mid-commit, a local S3
-# server; a driver killed mid-fit).
+# a memory cgroup), the liveness ones apart; Spark Connect (a process holds a classic or a
+# Connect session, not both); the output commits (jobs killed mid-commit, a local S3 server).
 # The other four print their output after the first.
 LOGS := $(VENV)/test-logs
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider
@@ -43,13 +42,13 @@ test: export JDK_JAVA_OPTIONS := -XX:TieredStopAtLevel=1 -XX:+UseSerialGC
 test: check-java install
 	@mkdir -p $(LOGS)
 	@$(PYTEST) -m cluster --ignore=tests/test_liveness_cluster.py > $(LOGS)/cluster.log 2>&1 & cl=$$!; \
-	$(PYTEST) tests/test_liveness_cluster.py tests/test_liveness.py > $(LOGS)/liveness.log 2>&1 & lv=$$!; \
+	$(PYTEST) tests/test_liveness_cluster.py > $(LOGS)/liveness.log 2>&1 & lv=$$!; \
 	$(PYTEST) tests/connect > $(LOGS)/connect.log 2>&1 & co=$$!; \
 	$(PYTEST) -m commit > $(LOGS)/commit.log 2>&1 & cm=$$!; \
-	$(PYTEST) -m "not cluster and not commit" --ignore=tests/test_liveness.py; main=$$?; \
+	$(PYTEST) -m "not cluster and not commit"; main=$$?; \
 	wait $$cl; cluster=$$?; wait $$lv; liveness=$$?; wait $$co; connect=$$?; wait $$cm; commits=$$?; \
 	echo "--- real clusters (pytest -m cluster) ---"; cat $(LOGS)/cluster.log; \
-	echo "--- liveness, real clusters and local (pytest tests/test_liveness_cluster.py tests/test_liveness.py) ---"; \
+	echo "--- real clusters, liveness (pytest tests/test_liveness_cluster.py) ---"; \
 	cat $(LOGS)/liveness.log; \
 	echo "--- Spark Connect (pytest tests/connect) ---"; cat $(LOGS)/connect.log; \
 	echo "--- output commits (pytest -m commit) ---"; cat $(LOGS)/commit.log; \

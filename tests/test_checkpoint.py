@@ -48,7 +48,6 @@ def wait_for_iteration(proc: subprocess.Popen, ckpt: str, at_least: int, log) ->
     raise AssertionError("no checkpoint written in time")
 
 
-@pytest.mark.commit  # a killed job, like the commit tests: their pytest process (see Makefile)
 def test_killed_driver_resumes_to_the_uninterrupted_model(spark, uniform, tmp_path):
     ckpt_dir, out = tmp_path / "ckpt", tmp_path / "out"
     cmd = [sys.executable, "jobs/train.py", "--input", str(uniform), *ARGS,
