@@ -41,6 +41,8 @@ PYTEST := $(PY) -m pytest -q -p no:cacheprovider
 test: export JDK_JAVA_OPTIONS := -XX:TieredStopAtLevel=1 -XX:+UseSerialGC
 test: check-java install
 	@mkdir -p $(LOGS)
+	@# numba's machine code compiled once into its cache, before five processes would each compile it
+	@$(PY) -c "from kmeans_dist import kernels; kernels.warm_up()"
 	@$(PYTEST) -m cluster --ignore=tests/test_liveness_cluster.py > $(LOGS)/cluster.log 2>&1 & cl=$$!; \
 	$(PYTEST) tests/test_liveness_cluster.py > $(LOGS)/liveness.log 2>&1 & lv=$$!; \
 	$(PYTEST) tests/connect > $(LOGS)/connect.log 2>&1 & co=$$!; \
