@@ -33,6 +33,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from kmeans_dist.blocks import Block
+from kmeans_dist.config import is_connect
 from kmeans_dist.data import Packing
 from kmeans_dist.transport.base import TaskFn, job_label
 from kmeans_dist.threads import HeldLimit
@@ -97,7 +98,7 @@ def driver_limit(spark, max_mb: float | None = None) -> tuple[int, str]:
         limit, source = min(DEFAULT_LIMIT, share), (
             f"the smaller of {mib(DEFAULT_LIMIT)} and {DRIVER_SHARE:g} x the driver's "
             f"{mib(share / DRIVER_SHARE)} available")
-    if limit and not _is_connect(spark):
+    if limit and not is_connect(spark):
         result = size_bytes(spark.sparkContext.getConf().get("spark.driver.maxResultSize", "1g"))
         if 0 < result // 2 < limit:
             limit, source = result // 2, f"half of spark.driver.maxResultSize {mib(result)}"
@@ -153,7 +154,7 @@ def _spark_estimate(packing: Packing) -> int | None:
     denser than float64 rows with their norms), so it is only trusted to say "too big"."""
     df = packing.rows
     try:
-        if _is_connect(df.sparkSession):
+        if is_connect(df.sparkSession):
             return _connect_estimate(df)
         size = int(str(df._jdf.queryExecution().optimizedPlan().stats().sizeInBytes()))
     except Exception as exc:  # noqa: BLE001 - an estimate is optional: count instead
@@ -189,10 +190,6 @@ def _warm_up_kernels() -> None:
         _warming = threading.Thread(target=kernels.warm_up, name="kmeans_dist-warm-up",
                                     daemon=True)
         _warming.start()
-
-
-def _is_connect(spark) -> bool:
-    return type(spark).__module__.startswith("pyspark.sql.connect")
 
 
 # --------------------------------------------------------------------------- the transport
