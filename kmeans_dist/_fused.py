@@ -89,3 +89,107 @@ def row_uniforms(bits, key, out):
                 z[i] = v
         for i in range(n):
             out[lo + i] = (np.float64(z[i] >> _S12) + 0.5) / 4503599627370496.0
+
+
+@numba.njit(cache=True, nogil=True)
+def settle(x, x_sq, centroids, labels, upper, lower, move, top, first, second, half, c_max,
+           gamma, rel, unit, new_upper, new_lower, lo, hi, rows):
+    """pruning._settle for rows lo .. hi, one row at a time: the bounds moved with the
+    centroids, the row skipped when they settle it, else its upper bound tightened to its exact
+    distance and tried again. Rows still unsettled are written to ``rows``; returns how many."""
+    d = x.shape[1]
+    n = 0
+    for i in range(lo, hi):
+        a = labels[i]
+        u = (upper[i] + move[a]) * (1.0 + 4.0 * unit)
+        drop = second if a == top else first
+        low = (lower[i] - drop) * (1.0 - 4.0 * unit)
+        if low < 0.0:
+            low = 0.0
+        sep = 2.0 * half[a] - u
+        sep -= 4.0 * unit * (2.0 * half[a] + u)
+        if sep > low:
+            low = sep
+        err = 4.0 * gamma * (x_sq[i] + c_max * c_max)
+        if not low * low * (1.0 - 4.0 * unit) > (u * u + 4.0 * err) * (1.0 + 4.0 * unit):
+            dist = 0.0
+            for j in range(d):
+                t = x[i, j] - centroids[a, j]
+                dist += t * t
+            u = np.sqrt(dist) * (1.0 + rel)
+            sep = 2.0 * half[a] - u
+            sep -= 4.0 * unit * (2.0 * half[a] + u)
+            if sep > low:
+                low = sep
+            if not low * low * (1.0 - 4.0 * unit) > (u * u + 4.0 * err) * (1.0 + 4.0 * unit):
+                rows[n] = i
+                n += 1
+        new_upper[i] = u
+        new_lower[i] = low
+    return n
+
+
+@numba.njit(cache=True, nogil=True)
+def bound_scores(scores, rows, x_sq, c_max, gamma, unit, labels, upper, lower, unsure):
+    """pruning._bound_scores for the rows ``rows`` whose scores these are: each row's label (the
+    first index of its smallest score, as brute force picks it) and bounds; the positions of
+    the rows whose best two scores are within 4 err of each other go to ``unsure``. Returns
+    how many."""
+    m, k = scores.shape
+    n = 0
+    for r in range(m):
+        b = 0
+        s1 = scores[r, 0]
+        for c in range(1, k):
+            s = scores[r, c]
+            if s < s1:
+                s1 = s
+                b = c
+        s2 = np.inf
+        for c in range(k):
+            s = scores[r, c] if c != b else np.inf
+            s2 = min(s2, s)
+        i = rows[r]
+        xs = x_sq[i]
+        err = 4.0 * gamma * (xs + c_max * c_max)
+        labels[i] = b
+        u = s1 + xs + 2.0 * err
+        upper[i] = np.sqrt(u if u > 0.0 else 0.0) * (1.0 + 4.0 * unit)
+        v = s2 + xs - 2.0 * err
+        lower[i] = np.sqrt(v if v > 0.0 else 0.0) * (1.0 - 4.0 * unit)
+        if s2 - s1 <= 4.0 * err:
+            unsure[n] = r
+            n += 1
+    return n
+
+
+@numba.njit(cache=True, nogil=True)
+def accumulate_labels(x, w, has_w, labels, centroids, prev, has_prev, lo, hi, sums, weights,
+                      counts, acc):
+    """Fold rows lo .. hi into the running partials from their labels, in row order, each row's
+    squared distance to its centroid computed directly (pruning._label_partials' numpy path
+    does the same operations in the same order)."""
+    d = x.shape[1]
+    inertia = acc[0]
+    moved = acc[1]
+    for i in range(lo, hi):
+        a = labels[i]
+        dist = 0.0
+        for j in range(d):
+            t = x[i, j] - centroids[a, j]
+            dist += t * t
+        counts[a] += 1
+        if has_w:
+            wi = w[i]
+            inertia += dist * wi
+            weights[a] += wi
+            for j in range(d):
+                sums[a, j] += x[i, j] * wi
+        else:
+            inertia += dist
+            for j in range(d):
+                sums[a, j] += x[i, j]
+        if has_prev and prev[i] != a:
+            moved += 1.0
+    acc[0] = inertia
+    acc[1] = moved

@@ -16,6 +16,7 @@ from typing import Callable, Iterator
 
 from pyspark.sql import SparkSession
 
+from kmeans_dist.engine import ALGORITHMS
 from kmeans_dist.errors import UserError
 
 #: exit code for bad input or parameters (nothing was written)
@@ -51,12 +52,16 @@ class OneLineParser(argparse.ArgumentParser):
         sys.exit(EXIT_USAGE)
 
 
-def add_driver_flag(p: argparse.ArgumentParser) -> None:
-    """--driver-max-mb, for the jobs that fit (see ``transport.driver``)."""
+def add_engine_flags(p: argparse.ArgumentParser) -> None:
+    """--driver-max-mb (see ``transport.driver``) and --algorithm (see ``pruning``), for the
+    jobs that fit."""
     p.add_argument("--driver-max-mb", type=float, metavar="MIB",
                    help="fit in the driver process when the packed rows take at most MIB "
                         "(default: the smaller of 128 and 1/8 of the driver's available "
                         "memory; 0: always on the executors)")
+    p.add_argument("--algorithm", default="auto", choices=ALGORITHMS,
+                   help="auto (default): skip the rows whose nearest centroid provably stays, "
+                        "same result as lloyd bit for bit; lloyd: every distance in every pass")
 
 
 def add_spark_args(p: argparse.ArgumentParser) -> None:

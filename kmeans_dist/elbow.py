@@ -118,7 +118,7 @@ def parser() -> argparse.ArgumentParser:
                    help="seeded starts per k, the lowest inertia wins (default 3: one k stuck in "
                         "a poor local minimum bends the curve and moves the knee)")
     p.add_argument("--max-iter", type=int, default=300)
-    cli.add_driver_flag(p)
+    cli.add_engine_flags(p)
     p.add_argument("--distance", default="euclidean", help=" | ".join(DISTANCES))
     p.add_argument("--silhouette-sample", type=int, default=10000,
                    help="rows in the silhouette's seeded sample (default 10000)")
@@ -144,7 +144,7 @@ def run(args: argparse.Namespace) -> dict:
         raise UserError(f"--silhouette-sample must be >= 2, got {args.silhouette_sample}")
     estimator = KMeans(ks[0], init=args.init, seed=args.seed, max_iter=args.max_iter,
                        n_init=args.n_init, distance=args.distance,
-                       driver_max_mb=args.driver_max_mb)
+                       driver_max_mb=args.driver_max_mb, algorithm=args.algorithm)
     _, partitions = cli.start_session(args, "kmeans-dist elbow")
     io.check_output_dir(args.output, args.overwrite)
     df = io.read_table(args.input, args.format)

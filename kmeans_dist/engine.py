@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from kmeans_dist import kernels, tasks
+from kmeans_dist import kernels, pruning, tasks
 from kmeans_dist.transport.base import Transport
 
 log = logging.getLogger("kmeans_dist")
@@ -31,6 +31,9 @@ STOP_CENTER_TOL = "center_tol"
 #: what happens to a cluster that lost all its rows: scikit-learn's relocation to the farthest
 #: rows, or Spark MLlib's "keep the old centre"
 EMPTY_POLICIES = ("farthest", "keep")
+#: "lloyd" computes every distance in every pass; "auto" skips the rows whose centroid provably
+#: stays (pruning.py), with the same labels, sums and centroids, bit for bit
+ALGORITHMS = ("auto", "lloyd")
 
 
 @dataclass
@@ -88,7 +91,8 @@ def relocate_empty(
         weights[cand.label] -= cand.weight
         counts[new_id] = 1
         counts[cand.label] -= 1
-    return kernels.Partials(sums, weights, counts, total.inertia, total.moved)
+    return kernels.Partials(sums, weights, counts, total.inertia, total.moved,
+                            total.computed)
 
 
 @dataclass
@@ -103,8 +107,9 @@ class _Run:
     stop: str | None = None
     history: list[dict] = field(default_factory=list)
 
-    def step(self, it: int, numba: bool | None) -> tasks.LloydStep:
-        return tasks.LloydStep(self.run_id, it, self.centroids, self.prev, numba)
+    def step(self, it: int, numba: bool | None, algorithm: str) -> tasks.LloydStep:
+        prune = algorithm == "auto" and pruning.pays(len(self.centroids))
+        return tasks.LloydStep(self.run_id, it, self.centroids, self.prev, numba, prune)
 
     def state(self) -> dict:
         """What a checkpoint keeps: enough to continue exactly where this run is."""
@@ -131,9 +136,9 @@ class Rules:
 
 
 def lloyd(transport: Transport, centroids: np.ndarray, *,
-          numba: bool | None = None, **rules) -> LloydResult:
+          numba: bool | None = None, algorithm: str = "auto", **rules) -> LloydResult:
     """Run Lloyd iterations from ``centroids`` until a stop rule holds (see ``lloyd_many``)."""
-    return lloyd_many(transport, [centroids], numba=numba, **rules)[0]
+    return lloyd_many(transport, [centroids], numba=numba, algorithm=algorithm, **rules)[0]
 
 
 def lloyd_many(
@@ -141,6 +146,7 @@ def lloyd_many(
     starts: list[np.ndarray],
     *,
     numba: bool | None = None,
+    algorithm: str = "auto",
     resume: list[dict] | None = None,
     on_iteration: Callable[[int, list[dict]], None] | None = None,
     label: str | None = None,
@@ -153,6 +159,11 @@ def lloyd_many(
     Rules (keywords): ``max_iter``; ``tol_abs``: stop when the summed squared centre shift is at
     most it (scikit-learn's tol); ``center_tol``: stop when no centre moved farther than it
     (Spark MLlib's tol); ``empty``: "farthest" or "keep"; ``cosine``.
+
+    ``algorithm`` (``ALGORITHMS``): "auto" prunes models of at least ``pruning.MIN_K`` centroids
+    from their second pass on; "lloyd" computes every distance. Both give the same labels in every
+    pass, so the same centroids and iterations; each history entry's ``computed`` is the fraction
+    of rows whose distances to every centroid were computed.
 
     ``on_iteration(iteration, states)`` is called after every iteration with each model's state;
     passing those states back as ``resume`` continues exactly as if never interrupted.
@@ -173,7 +184,7 @@ def lloyd_many(
         if not active:
             break
         t0 = time.perf_counter()
-        steps = [r.step(it, numba) for r in active]
+        steps = [r.step(it, numba, algorithm) for r in active]
         pass_label = f"kmeans_dist: iteration {it}/{rule.max_iter}, {label}"
         for r, step, total in zip(active, steps, _partials(transport, steps, pass_label)):
             _advance(transport, r, step, total, rule, t0, pass_label)
@@ -184,7 +195,7 @@ def lloyd_many(
     # a model whose last update moved its centroids: score the rows against where they ended up
     rescore = [r for r in runs if r.total is None or not np.array_equal(r.prev, r.centroids)]
     if rescore:
-        steps = [r.step(len(r.history) + 1, numba) for r in rescore]
+        steps = [r.step(len(r.history) + 1, numba, algorithm) for r in rescore]
         for r, total in zip(rescore, _partials(transport, steps,
                                                 f"kmeans_dist: final scoring, {label}")):
             r.total = total
@@ -206,10 +217,13 @@ def _advance(transport: Transport, r: _Run, step: tasks.LloydStep, total: kernel
     new = _finish(new, rule.cosine)
     shift = kernels.center_shift(r.centroids, new)
     seconds = time.perf_counter() - t0
+    computed = _computed(total)
     r.history.append({"iteration": step.iteration, "inertia": _inertia(total, rule.cosine),
-                      "moved": int(total.moved), "shift": shift, "seconds": seconds})
-    log.info("%siteration %d: inertia %.6g, moved %d, shift %.3g, %.2fs", r.name,
-             step.iteration, r.history[-1]["inertia"], total.moved, shift, seconds)
+                      "moved": int(total.moved), "shift": shift, "seconds": seconds,
+                      "computed": computed})
+    log.info("%siteration %d: inertia %.6g, moved %d, shift %.3g, distances %s, %.2fs",
+             r.name, step.iteration, r.history[-1]["inertia"], total.moved, shift,
+             "-" if computed is None else f"{100 * computed:.3g}%", seconds)
     r.prev, r.centroids, r.total = r.centroids, new, total
     if total.moved == 0 or shift == 0.0:
         # no row changed cluster, or the update left every centroid exactly where it was (a
@@ -220,6 +234,14 @@ def _advance(transport: Transport, r: _Run, step: tasks.LloydStep, total: kernel
         r.stop = STOP_TOL
     elif rule.center_tol > 0 and kernels.max_center_move_sq(r.prev, new) <= rule.center_tol**2:
         r.stop = STOP_CENTER_TOL
+
+
+def _computed(total: kernels.Partials) -> float | None:
+    """The fraction of rows whose distances to every centroid the pass computed."""
+    rows = int(total.counts.sum())
+    if total.computed is None or rows == 0:
+        return None
+    return total.computed / rows
 
 
 def _inertia(total: kernels.Partials, cosine: bool) -> float:

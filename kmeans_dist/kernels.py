@@ -91,7 +91,7 @@ def _chunk_scores(x: np.ndarray, neg2_ct: np.ndarray, c_sq: np.ndarray) -> np.nd
     return scores
 
 
-def _score_chunks(x: np.ndarray, centroids: np.ndarray,
+def score_chunks(x: np.ndarray, centroids: np.ndarray,
                   c_sq: np.ndarray) -> Iterator[tuple[int, int, np.ndarray]]:
     """(lo, hi, scores of rows lo..hi) over the rows of ``x``, in cache-sized chunks."""
     neg2_ct = _scaled(centroids)
@@ -110,7 +110,7 @@ def assign(
     m = x.shape[0]
     labels = np.empty(m, dtype=np.int32)
     dist = np.empty(m, dtype=np.float64)
-    for lo, hi, scores in _score_chunks(x, centroids, c_sq):
+    for lo, hi, scores in score_chunks(x, centroids, c_sq):
         lab = np.argmin(scores, axis=1)
         labels[lo:hi] = lab
         dist[lo:hi] = scores[np.arange(hi - lo), lab] + x_sq[lo:hi]
@@ -146,10 +146,13 @@ class Partials:
     counts: np.ndarray  # (k,) int64 number of rows assigned to each cluster
     inertia: float  # weighted sum of squared distances to the assigned centroid
     moved: int  # rows whose cluster differs from the previous iteration's
+    #: rows whose distance to every centroid was computed (all of them, unless pruned: see
+    #: pruning.py); None in partials that do not count them
+    computed: int | None = None
 
     @classmethod
     def zeros(cls, k: int, d: int) -> "Partials":
-        return cls(np.zeros((k, d)), np.zeros(k), np.zeros(k, dtype=np.int64), 0.0, 0)
+        return cls(np.zeros((k, d)), np.zeros(k), np.zeros(k, dtype=np.int64), 0.0, 0, 0)
 
     def add(self, other: "Partials") -> "Partials":
         """Sum of two partials; callers fold in a fixed order so results are reproducible."""
@@ -159,6 +162,8 @@ class Partials:
             self.counts + other.counts,
             self.inertia + other.inertia,
             self.moved + other.moved,
+            None if self.computed is None or other.computed is None
+            else self.computed + other.computed,
         )
 
 
@@ -184,12 +189,18 @@ def block_partials(
     ``prev_labels`` are the block's labels from the previous iteration (None on the first one,
     when every row counts as moved). ``w`` are row weights, or None for unit weights.
     """
-    k, d = centroids.shape
-    m = x.shape[0]
+    k = centroids.shape[0]
     c_sq = squared_norms(centroids)
     if use_numba(numba):
         return _fused_partials(x, x_sq, w, centroids, c_sq, prev_labels)
     labels, dist = assign(x, x_sq, centroids, c_sq)
+    return label_partials(x, w, labels, dist, k, prev_labels), labels
+
+
+def label_partials(x: np.ndarray, w: np.ndarray | None, labels: np.ndarray, dist: np.ndarray,
+                   k: int, prev_labels: np.ndarray | None) -> Partials:
+    """Partials from known labels and squared distances, accumulated row by row in row order."""
+    m, d = x.shape
     counts = np.bincount(labels, minlength=k).astype(np.int64)
     if w is None:
         weights = counts.astype(np.float64)
@@ -203,7 +214,7 @@ def block_partials(
         )
     sums = sums.reshape(k, d)
     moved = m if prev_labels is None else int(np.count_nonzero(labels != prev_labels))
-    return Partials(sums, weights, counts, inertia, moved), labels
+    return Partials(sums, weights, counts, inertia, moved, m)
 
 
 def _fused_partials(x, x_sq, w, centroids, c_sq, prev_labels):
@@ -221,7 +232,7 @@ def _fused_partials(x, x_sq, w, centroids, c_sq, prev_labels):
     prev = prev_labels if has_prev else np.empty(0, dtype=np.int32)
     accumulate = _fused().accumulate
     labelled = k > NUMPY_ARGMIN_K
-    for lo, hi, scores in _score_chunks(x, centroids, c_sq):
+    for lo, hi, scores in score_chunks(x, centroids, c_sq):
         if labelled:
             labels[lo:hi] = np.argmin(scores, axis=1)
         accumulate(scores, x, x_sq, w_arr, has_w, prev, has_prev, lo, labels, labelled, sums,
@@ -229,7 +240,7 @@ def _fused_partials(x, x_sq, w, centroids, c_sq, prev_labels):
     if not has_w:
         weights = counts.astype(np.float64)
     moved = int(acc[1]) if has_prev else m
-    return Partials(sums, weights, counts, float(acc[0]), moved), labels
+    return Partials(sums, weights, counts, float(acc[0]), moved, m), labels
 
 
 def farthest(

@@ -10,8 +10,9 @@ Differences from pyspark.ml:
 * ``initMode`` also accepts ``"k-means++"``; ``"random"`` and ``"k-means||"`` sample differently
   from MLlib, so the same seed gives different (equally valid) starting centres.
 * Extra Params: ``initialCenters`` (explicit k x d starting centres), ``stopRule``,
-  ``emptyClusters``, ``handleInvalid`` and ``driverMaxMb`` (small data is fitted in the driver
-  process; see their docs). With the defaults the iterations
+  ``emptyClusters``, ``handleInvalid``, ``driverMaxMb`` (small data is fitted in the driver
+  process) and ``algorithm`` (``"auto"`` skips the rows whose centre provably stays, with
+  ``"lloyd"``'s result bit for bit; see their docs). With the defaults the iterations
   are MLlib's.
 * ``solver``, ``maxBlockSizeInMB`` and ``intermediateStorageLevel`` are accepted (the first two
   validated) but have no effect: the engine always runs its own blocked kernel and caching.
@@ -96,6 +97,7 @@ _CHOICES = {
     "stopRule": ("mllib", "no_change"),
     "emptyClusters": ("keep", "farthest"),
     "handleInvalid": ("error", "skip"),
+    "algorithm": ("auto", "lloyd"),
 }
 
 
@@ -171,13 +173,20 @@ class _KMeansParams(
         "driver's available memory; 0: always on the executors.",
         typeConverter=TypeConverters.toFloat,
     )
+    algorithm: Param[str] = Param(
+        Params._dummy(), "algorithm",
+        'kmeans-dist: how each pass finds the nearest centers. "auto" (default): skip the rows '
+        "whose nearest center provably stays (distance bounds), the same result as "
+        '"lloyd" bit for bit. "lloyd": every distance in every pass.',
+        typeConverter=TypeConverters.toString,
+    )
 
     def __init__(self) -> None:
         super().__init__()
         self._setDefault(
             k=2, initMode="k-means||", initSteps=2, tol=1e-4, maxIter=20,
             distanceMeasure="euclidean", solver="auto", maxBlockSizeInMB=0.0,
-            stopRule="mllib", emptyClusters="keep", handleInvalid="error",
+            stopRule="mllib", emptyClusters="keep", handleInvalid="error", algorithm="auto",
         )
 
     def getK(self) -> int:
@@ -203,6 +212,10 @@ class _KMeansParams(
     def getEmptyClusters(self) -> str:
         """Gets the value of `emptyClusters`."""
         return self.getOrDefault(self.emptyClusters)
+
+    def getAlgorithm(self) -> str:
+        """Gets the value of `algorithm`."""
+        return self.getOrDefault(self.algorithm)
 
     def getDriverMaxMb(self) -> float | None:
         """Gets the value of `driverMaxMb` (None when not set)."""
@@ -318,6 +331,7 @@ class KMeans(
         emptyClusters: str = "keep",
         handleInvalid: str = "error",
         driverMaxMb: float | None = None,
+        algorithm: str = "auto",
     ) -> None:
         super().__init__()
         self._set(**self._input_kwargs)
@@ -343,6 +357,7 @@ class KMeans(
         emptyClusters: str = "keep",
         handleInvalid: str = "error",
         driverMaxMb: float | None = None,
+        algorithm: str = "auto",
     ) -> "KMeans":
         """Sets the given Params (keyword arguments only)."""
         return self._set(**self._input_kwargs)
@@ -358,6 +373,9 @@ class KMeans(
 
     def setDriverMaxMb(self, value: float) -> "KMeans":
         return self._set(driverMaxMb=value)
+
+    def setAlgorithm(self, value: str) -> "KMeans":
+        return self._set(algorithm=value)
 
     def setDistanceMeasure(self, value: str) -> "KMeans":
         return self._set(distanceMeasure=value)
@@ -423,7 +441,7 @@ class KMeans(
             center_tol=center_tol, empty_clusters=self.getEmptyClusters(),
             distance=self.getDistanceMeasure(), weight_col=self._weight_col(),
             init_steps=self.getInitSteps(), invalid=self.getHandleInvalid(),
-            driver_max_mb=self.getDriverMaxMb(),
+            driver_max_mb=self.getDriverMaxMb(), algorithm=self.getAlgorithm(),
         )
 
     def _shared_pass_key(self) -> tuple | None:

@@ -16,18 +16,20 @@ from typing import Iterable
 
 import numpy as np
 
-from kmeans_dist import kernels
+from kmeans_dist import kernels, pruning
 from kmeans_dist.blocks import Block, merge_problems
 
 
 # --------------------------------------------------------------------------- labels kept in the worker
 class LabelCache:
-    """Each block's labels from the last iteration, kept in the (reused) Python worker process.
+    """Each block's labels (and distance bounds) from the last iteration, kept in the (reused)
+    Python worker process.
 
     Only a speed-up: a task that finds no entry for the previous iteration (another worker ran the
     block, a retry, an evicted entry) recomputes those labels from the previous centroids, which
-    gives exactly the same labels. Bounded in bytes, least recently used first out. Keys start
-    with the run's id. Thread-safe: the driver transport runs partitions in threads.
+    gives exactly the same labels, and bounds from scratch. Bounded in bytes, least recently used
+    first out. Keys start with the run's id. Thread-safe: the driver transport runs partitions in
+    threads.
     """
 
     def __init__(self, max_bytes: int = 512 << 20) -> None:
@@ -36,7 +38,7 @@ class LabelCache:
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def get(self, key: tuple, iteration: int) -> np.ndarray | None:
+    def get(self, key: tuple, iteration: int):
         with self._lock:
             entry = self._entries.get(key)
             if entry is None or entry[0] != iteration:
@@ -44,7 +46,8 @@ class LabelCache:
             self._entries.move_to_end(key)
             return entry[1]
 
-    def put(self, key: tuple, iteration: int, labels: np.ndarray) -> None:
+    def put(self, key: tuple, iteration: int, labels) -> None:
+        """Keep ``labels`` (an array, or anything with ``nbytes``) as the entry of ``iteration``."""
         with self._lock:
             self._drop(key)
             self._entries[key] = (iteration, labels)
@@ -67,8 +70,8 @@ class LabelCache:
 LABELS = LabelCache()
 
 
-def _label_file(b: Block, run_id: str, iteration: int) -> str:
-    return f"{b.scratch}.labels-{run_id}-{iteration}.npy"
+def _label_file(b: Block, run_id: str, iteration: int, kind: str = "labels") -> str:
+    return f"{b.scratch}.{kind}-{run_id}-{iteration}.npy"
 
 
 def stored_labels(b: Block, run_id: str, iteration: int) -> np.ndarray | None:
@@ -87,14 +90,39 @@ def keep_labels(b: Block, run_id: str, iteration: int, labels: np.ndarray) -> No
     if b.scratch is None:
         LABELS.put((run_id, b.part, b.start), iteration, labels)
         return
-    path = _label_file(b, run_id, iteration)
+    _save_side(b, run_id, iteration, "labels", labels)
+
+
+def _save_side(b: Block, run_id: str, iteration: int, kind: str, values: np.ndarray) -> None:
+    """A side file of the block's (labels, bounds) for ``iteration``; the one of two iterations
+    back is removed."""
+    path = _label_file(b, run_id, iteration, kind)
     tmp = f"{path}.{os.getpid()}.tmp.npy"
-    np.save(tmp, labels)
+    np.save(tmp, values)
     os.replace(tmp, path)
     try:
-        os.remove(_label_file(b, run_id, iteration - 2))
+        os.remove(_label_file(b, run_id, iteration - 2, kind))
     except FileNotFoundError:
         pass
+
+
+def stored_bounds(b: Block, run_id: str, iteration: int) -> pruning.Bounds | None:
+    """The block's distance bounds after ``iteration`` if kept (see ``stored_labels``)."""
+    if b.scratch is None:
+        return LABELS.get((run_id, b.part, b.start, "bounds"), iteration)
+    try:
+        both = np.load(_label_file(b, run_id, iteration, "bounds"))
+    except (FileNotFoundError, ValueError):
+        return None
+    return pruning.Bounds(both[0], both[1])
+
+
+def keep_bounds(b: Block, run_id: str, iteration: int, bounds: pruning.Bounds) -> None:
+    """Keep this iteration's bounds for the next one, as ``keep_labels`` keeps labels."""
+    if b.scratch is None:
+        LABELS.put((run_id, b.part, b.start, "bounds"), iteration, bounds)
+        return
+    _save_side(b, run_id, iteration, "bounds", np.stack([bounds.upper, bounds.lower]))
 
 
 # --------------------------------------------------------------------------- data summary
@@ -176,6 +204,8 @@ class LloydStep:
     centroids: np.ndarray
     prev_centroids: np.ndarray | None
     numba: bool | None = None
+    #: skip the rows whose centroid provably stays (pruning.py): same labels, fewer distances
+    prune: bool = False
 
 
 def current_labels(b: Block, run_id: str, iteration: int, centroids: np.ndarray) -> np.ndarray:
@@ -188,19 +218,51 @@ def current_labels(b: Block, run_id: str, iteration: int, centroids: np.ndarray)
 
 def lloyd_many(blocks: Iterable[Block], steps: list[LloydStep]) -> list[kernels.Partials]:
     """One Lloyd assignment of several models over a partition, each block read once: per model,
-    partial sums, weights, counts, inertia and rows moved."""
+    partial sums, weights, counts, inertia, rows moved and rows whose distances were computed."""
     totals = [kernels.Partials.zeros(*s.centroids.shape) for s in steps]
+    motions: dict[int, pruning.Motion] = {}  # per pruned model, computed on its first block
     for b in blocks:
         for i, step in enumerate(steps):
-            prev = None
-            if step.prev_centroids is not None:
-                prev = current_labels(b, step.run_id, step.iteration - 1, step.prev_centroids)
-            part, labels = kernels.block_partials(
-                b.x, b.x_sq, b.w, step.centroids, prev, numba=step.numba
-            )
-            keep_labels(b, step.run_id, step.iteration, labels)
+            if step.prune:
+                part = _pruned_pass(b, step, motions, i)
+            else:
+                part = _brute_pass(b, step)
             totals[i] = totals[i].add(part)
     return totals
+
+
+def _previous_labels(b: Block, step: LloydStep) -> np.ndarray | None:
+    if step.prev_centroids is None:
+        return None
+    return current_labels(b, step.run_id, step.iteration - 1, step.prev_centroids)
+
+
+def _brute_pass(b: Block, step: LloydStep) -> kernels.Partials:
+    part, labels = kernels.block_partials(b.x, b.x_sq, b.w, step.centroids,
+                                          _previous_labels(b, step), numba=step.numba)
+    keep_labels(b, step.run_id, step.iteration, labels)
+    return part
+
+
+def _pruned_pass(b: Block, step: LloydStep, motions: dict, i: int) -> kernels.Partials:
+    """With the previous iteration's labels and bounds at hand, a pruned pass; without them (the
+    first iteration, a retried task, an evicted entry) a full pass that leaves bounds."""
+    bounds = labels = None
+    if step.prev_centroids is not None:
+        labels = stored_labels(b, step.run_id, step.iteration - 1)
+        bounds = stored_bounds(b, step.run_id, step.iteration - 1)
+    if labels is not None and bounds is not None and len(bounds.upper) == b.rows:
+        if i not in motions:
+            motions[i] = pruning.Motion.between(step.prev_centroids, step.centroids)
+        part, labels, bounds = pruning.pruned_partials(b.x, b.x_sq, b.w, motions[i], labels,
+                                                       bounds, numba=step.numba)
+    else:
+        part, labels, bounds = pruning.full_partials(b.x, b.x_sq, b.w, step.centroids,
+                                                     _previous_labels(b, step),
+                                                     numba=step.numba)
+    keep_labels(b, step.run_id, step.iteration, labels)
+    keep_bounds(b, step.run_id, step.iteration, bounds)
+    return part
 
 
 def lloyd(blocks: Iterable[Block], step: LloydStep) -> kernels.Partials:

@@ -49,7 +49,7 @@ def add_fit_limits(p: argparse.ArgumentParser) -> None:
     p.add_argument("--invalid", default="error",
                    help="rows with a null/NaN/infinite feature or a bad weight: error (default) "
                         "or skip (fit on the rest; counted in the model's 'dropped')")
-    cli.add_driver_flag(p)
+    cli.add_engine_flags(p)
 
 
 def report(model: KMeansModel, seconds: float, rows: int) -> dict:
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> KMeansModel:
     params = dict(init=args.init, seed=args.seed, max_iter=args.max_iter, tol=args.tol,
                   distance=args.distance, weight_col=args.weight_col, n_init=args.n_init,
                   checkpoint=args.checkpoint, resume=args.resume, invalid=args.invalid,
-                  driver_max_mb=args.driver_max_mb)
+                  driver_max_mb=args.driver_max_mb, algorithm=args.algorithm)
     estimator = KMeans(args.k, **params)  # parameters are checked here, before Spark starts
     _, partitions = cli.start_session(args, "kmeans-dist train")
     io.check_output_dir(args.output, args.overwrite)

@@ -78,9 +78,11 @@ def test_available_memory_is_what_meminfo_says_at_most():
     assert 0 < budget.available_memory() <= total
 
 
-def test_row_bytes_count_features_norm_weight_and_labels():
-    assert budget.row_bytes(16, weighted=False) == 16 * 8 + 8 + 4
-    assert budget.row_bytes(4, weighted=True, models=3) == 4 * 8 + 8 + 8 + 3 * 4
+def test_row_bytes_count_features_norm_weight_labels_and_bounds():
+    # float64 features and squared norm, float64 weight, then per model an int32 label and two
+    # float64 distance bounds
+    assert budget.row_bytes(16, weighted=False) == 16 * 8 + 8 + 4 + 16
+    assert budget.row_bytes(4, weighted=True, models=3) == 4 * 8 + 8 + 8 + 3 * (4 + 16)
 
 
 # --------------------------------------------------------------------------- holding
@@ -121,8 +123,9 @@ def test_blocks_within_the_budget_stay_in_memory(local_dirs):
     for b in blocks:
         held.add(b)
     assert held.storage == MEMORY and held.rows == 500
-    assert held.report() == {"rows": 500, "bytes": 500 * 44, "storage": MEMORY,
-                             "budget": 500 * 44}
+    row = 3 * 8 + 8 + 8 + 4 + 16  # features, norm, weight, label, two bounds
+    assert held.report() == {"rows": 500, "bytes": 500 * row, "storage": MEMORY,
+                             "budget": 500 * row}
     _same_blocks(list(held), blocks)
     assert _files(local_dirs) == []
 

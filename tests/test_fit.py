@@ -121,9 +121,11 @@ def assert_history_shape(model, n_rows):
     assert len(h) == model.n_iter
     assert [e["iteration"] for e in h] == list(range(1, model.n_iter + 1))
     for e in h:
-        assert set(e) == {"iteration", "inertia", "moved", "shift", "seconds"}
+        assert set(e) == {"iteration", "inertia", "moved", "shift", "seconds", "computed"}
         assert e["seconds"] >= 0 and e["shift"] >= 0 and 0 <= e["moved"] <= n_rows
+        assert 0 <= e["computed"] <= 1
     assert h[0]["moved"] == n_rows  # the first assignment counts every row as moved
+    assert h[0]["computed"] == 1.0  # and computes every distance
     inertias = [e["inertia"] for e in h]
     for a, b in zip(inertias, inertias[1:]):  # Lloyd (with relocation) never increases inertia
         assert b <= a * (1 + 1e-12) + 1e-12
@@ -222,6 +224,39 @@ def test_parity_with_sklearn(spark, name):
     assert_history_shape(case.model, case.X.shape[0])
     assert_converged_no_change(case.model, case.X)  # sklearn stopped by strict convergence too
     assert sk.n_iter_ < 300
+
+
+@pytest.mark.parametrize("name", list(DATASETS))
+def test_pruned_fit_is_the_lloyd_fit_bit_for_bit(spark, name):
+    """algorithm="auto" (the default, pruned from the second pass on) against "lloyd" (every
+    distance): the same centroids bit for bit, the same iterations and rows moved in each; only
+    the inertia's rounding differs (auto's is computed from direct distances)."""
+    case = parity_case(spark, name)
+    lloyd = KMeans(case.k, init=case.C0, algorithm="lloyd").fit(case.df, features=case.cols)
+    auto = case.model
+    assert auto.params["algorithm"] == "auto" and lloyd.params["algorithm"] == "lloyd"
+    assert np.array_equal(auto.centroids, lloyd.centroids)
+    assert auto.n_iter == lloyd.n_iter and auto.cluster_sizes == lloyd.cluster_sizes
+    assert [h["moved"] for h in auto.history] == [h["moved"] for h in lloyd.history]
+    assert auto.inertia == pytest.approx(lloyd.inertia, rel=1e-12)
+    assert all(h["computed"] == 1.0 for h in lloyd.history)
+    if auto.n_iter > 3:  # the bounds had passes to work in
+        assert min(h["computed"] for h in auto.history) < 0.5, auto.history
+
+
+def test_pruned_fit_with_weights_and_empty_clusters_is_the_lloyd_fit(spark):
+    X = load_iris().data
+    w = np.random.default_rng(5).uniform(0.5, 2.0, X.shape[0])
+    rows = init_rows(X, 3, 10)
+    far = np.full(X.shape[1], 60.0)
+    C0 = np.vstack([rows[0], far, rows[1], rows[2]])  # cluster 1 starts empty
+    df, cols = make_df(spark, X, w=w)
+    fits = {a: KMeans(4, init=C0, weight_col="w", algorithm=a).fit(df, features=cols)
+            for a in ("auto", "lloyd")}
+    assert np.array_equal(fits["auto"].centroids, fits["lloyd"].centroids)
+    assert [h["moved"] for h in fits["auto"].history] == \
+        [h["moved"] for h in fits["lloyd"].history]
+    assert_matches_sklearn(fits["auto"], sk_fit(X, C0, w=w), X, fits["auto"].predict(X))
 
 
 # --------------------------------------------------------------------------- 2. empty clusters
@@ -583,6 +618,7 @@ def test_load_errors(spark, tmp_path):
         ({"k": 3, "tol": -1e-4}, "tol"),
         ({"k": 3, "tol": float("nan")}, "tol"),
         ({"k": 3, "init": np.zeros((2, 4))}, "init"),
+        ({"k": 3, "algorithm": "elkan"}, "algorithm"),
     ],
 )
 def test_constructor_rejects_bad_parameters(kwargs, word):

@@ -25,7 +25,8 @@ from sklearn.cluster import KMeans as SKKMeans
 from kmeans_dist.ml import KMeans, KMeansModel
 
 RTOL = 1e-9
-EXTRAS = {"stopRule": "mllib", "emptyClusters": "keep", "handleInvalid": "error"}
+EXTRAS = {"stopRule": "mllib", "emptyClusters": "keep", "handleInvalid": "error",
+          "algorithm": "auto"}
 
 
 def blobs(centres: list[list[float]], n: int, std: float, seed: int) -> np.ndarray:
@@ -81,9 +82,10 @@ def fit(four):
 
     @functools.cache
     def run(col: str = "features", tol: float = 1e-4, distance: str = "euclidean",
-            stop: str = "mllib", empty: str = "keep") -> KMeansModel:
+            stop: str = "mllib", empty: str = "keep", algorithm: str = "auto") -> KMeansModel:
         km = KMeans(k=len(four.init), initialCenters=four.init.tolist(), maxIter=50, tol=tol,
-                    distanceMeasure=distance, stopRule=stop, emptyClusters=empty)
+                    distanceMeasure=distance, stopRule=stop, emptyClusters=empty,
+                    algorithm=algorithm)
         return km.setFeaturesCol(col).fit(four.df)
 
     return run
@@ -143,6 +145,15 @@ def test_farthest_and_no_change_are_scikit_learns_lloyd(four, fit):
     assert model.summary.numIter == sk.n_iter_
     assert model.summary.trainingCost == pytest.approx(sk.inertia_, rel=RTOL)
     assert min(model.summary.clusterSizes) > 0
+
+
+def test_algorithm_lloyd_gives_the_pruned_fit_bit_for_bit(four, fit):
+    """The Param reaches the engine: "lloyd" computes every distance in every pass, "auto" (the
+    default) prunes, and both give the same centres and iterations."""
+    auto, lloyd = fit(), fit(algorithm="lloyd")
+    assert np.array_equal(np.array(auto.clusterCenters()), np.array(lloyd.clusterCenters()))
+    assert auto.summary.numIter == lloyd.summary.numIter > 3
+    assert lloyd.getAlgorithm() == "lloyd" and auto.getAlgorithm() == "auto"
 
 
 def test_model_api_and_summary(spark, four, fit):
@@ -205,6 +216,7 @@ def test_params_defaults_getters_and_setters_match_pyspark(spark):
     ({"tol": -1.0}, "tol must be >= 0"), ({"initMode": "kmeans"}, "initMode must be one of"),
     ({"solver": "x"}, "solver must be one of"), ({"stopRule": "x"}, "stopRule must be one of"),
     ({"emptyClusters": "x"}, "emptyClusters must be one of"),
+    ({"algorithm": "elkan"}, "algorithm must be one of"),
     ({"initialCenters": [[0.0, 0.0, 0.0]]}, "init centroids have shape"),
     ({"predictionCol": "sparse"}, "predictionCol 'sparse' already exists"),
 ])

@@ -36,9 +36,10 @@ IRIS_FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 MODEL_KEYS = {"format_version", "k", "features", "distance", "centroids", "inertia", "n_iter",
               "converged", "cluster_sizes", "params"}
 REPORT_KEYS = {"history", "inertia", "n_iter", "converged", "cluster_sizes", "seconds"}
-HISTORY_KEYS = {"iteration", "inertia", "moved", "shift", "seconds"}
+HISTORY_KEYS = {"iteration", "inertia", "moved", "shift", "seconds", "computed"}
 ITERATION_LINE = re.compile(
-    r"iteration (\d+): inertia (\S+), moved (\d+), shift (\S+), (\S+) ?s\s*$", re.MULTILINE
+    r"iteration (\d+): inertia (\S+), moved (\d+), shift (\S+), distances (\S+)%, (\S+) ?s\s*$",
+    re.MULTILINE,
 )
 
 
@@ -111,7 +112,7 @@ def _spark_runs(data) -> dict[str, tuple[list[str], Path]]:
         "parquet_overwrite": [
             "--input", data["blobs"], "--format", "parquet", "--k", "3",
             "--features", ",".join(data["blobs_features"]), "--weight-col", "w",
-            "--init", data["blobs_init_csv"], "--overwrite",
+            "--init", data["blobs_init_csv"], "--overwrite", "--algorithm", "lloyd",
         ],
         "exists": ["--input", tiny, "--k", "2"],
         "missing_input": ["--input", d / "no_such_input.csv", "--k", "2"],
@@ -226,6 +227,9 @@ def test_csv_fit_matches_sklearn_and_writes_contract(runs, data):
         assert isinstance(entry["inertia"], float) and entry["inertia"] >= 0
         assert isinstance(entry["shift"], float) and entry["shift"] >= 0
         assert isinstance(entry["seconds"], (int, float)) and entry["seconds"] >= 0
+        assert 0 <= entry["computed"] <= 1
+    assert history[0]["computed"] == 1.0  # the first pass computes every distance
+    assert model["params"]["algorithm"] == "auto"  # the default
     assert history[-1]["moved"] == 0  # converged with tol=0: no row changed cluster
     assert all(e["moved"] > 0 for e in history[:-1])
 
@@ -233,6 +237,8 @@ def test_csv_fit_matches_sklearn_and_writes_contract(runs, data):
     logged = ITERATION_LINE.findall(proc.stderr)
     assert [int(m[0]) for m in logged] == list(range(1, model["n_iter"] + 1)), proc.stderr
     assert [int(m[2]) for m in logged] == [e["moved"] for e in history]
+    percent = [float(f"{100 * e['computed']:.3g}") for e in history]
+    assert [float(m[4]) for m in logged] == percent
     assert str(out) in proc.stdout  # the summary says where it wrote
 
     # --label-col: clusters cross-tabulated against the known species, counted here by numpy
@@ -279,6 +285,8 @@ def test_parquet_features_and_weights(runs, data, spark):
     model = read_json(out / "model.json")
     assert model["features"] == data["blobs_features"]  # as given, in that order
     assert model["params"]["weight_col"] == "w"
+    assert model["params"]["algorithm"] == "lloyd"  # --algorithm lloyd: every distance, always
+    assert all(e["computed"] == 1.0 for e in model["history"])
     assert np.array(model["centroids"]).shape == (3, 2)
     assert sum(model["cluster_sizes"]) == len(data["bx"])
 

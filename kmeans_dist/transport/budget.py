@@ -26,6 +26,8 @@ import math
 import re
 from dataclasses import dataclass
 
+from kmeans_dist import pruning
+
 MIB = 1 << 20
 #: Spark's floor for the executor's overhead memory (spark.executor.minMemoryOverhead)
 MIN_OVERHEAD = 384 * MIB
@@ -44,9 +46,15 @@ class Budget:
         return f"{mib(self.per_task)} per task ({self.source})"
 
 
+#: what a resident task keeps per row and model between passes: its label (int32) and its two
+#: distance bounds (``pruning.BYTES_PER_ROW``)
+STATE_BYTES = 4 + pruning.BYTES_PER_ROW
+
+
 def row_bytes(d: int, weighted: bool, models: int = 1) -> int:
-    """Bytes a resident task holds per row: features, squared norm, weight, labels."""
-    return 8 * d + 8 + (8 if weighted else 0) + 4 * models
+    """Bytes a resident task holds per row: features, squared norm, weight, then per model its
+    label and distance bounds."""
+    return 8 * d + 8 + (8 if weighted else 0) + STATE_BYTES * models
 
 
 def mib(n: float) -> str:

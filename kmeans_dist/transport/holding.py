@@ -18,6 +18,7 @@ from typing import Iterator
 
 from kmeans_dist import tasks
 from kmeans_dist.blocks import Block
+from kmeans_dist.transport.budget import STATE_BYTES
 from kmeans_dist.transport.local_files import _root, _store, mapped, touch
 
 #: where a task's blocks live
@@ -84,7 +85,7 @@ class Held:
 
     def label_room(self) -> int:
         """Bytes left in the budget for the in-memory label cache (blocks held in memory)."""
-        return max(0, self.budget - self.rows * (self.row_bytes - 4))
+        return max(0, self.budget - self.rows * (self.row_bytes - STATE_BYTES))
 
     def release(self) -> None:
         """Remove this partition's files (and their label files)."""

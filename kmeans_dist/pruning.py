@@ -1,0 +1,341 @@
+"""Exact pruned Lloyd passes: Hamerly's two distance bounds per row, with a rounding margin.
+
+Pure numpy (numba optional, bit-identical), no Spark. A pass with bounds gives every row the
+label brute force (``kernels.block_partials``) gives it, bit for bit, while computing the distances
+to every centroid only for the rows whose nearest centroid might have changed.
+
+Hamerly (2010) keeps, per row, an upper bound ``u`` on its distance to its centroid and a lower
+bound ``l`` on its distance to every other centroid. When centroids move by ``move[j]``, the
+triangle inequality gives ``u += move[a]`` and ``l -= max_{j != a} move[j]``; with ``s[a]`` half the
+distance from centroid a to its nearest other centroid, every other centroid is at least
+``max(l, 2 s[a] - u)`` away. If that is above ``u``, the row keeps its centroid.
+
+Exactness under rounding. Brute force picks the smallest *computed* score
+``fl(||c_j||^2 - 2 x.c_j)``, which can differ from the exact one by up to ``err`` (``score_error``:
+Higham's bound for a dot product, summed in any order, FMA or not). A row is skipped only when
+its exact squared distances differ by more than ``2 err`` (``_sure``), so brute force's rounding
+cannot reorder them either. Every bound is computed with its own rounding pushed outwards (upper
+bounds up, lower bounds down), so the bounds hold for the exact distances. A row that is not
+skipped gets its distances computed from a GEMM over the rows that need it; when its best two
+scores are within ``4 err`` of each other (a near-tie: the subset's GEMM may round differently
+from brute force's chunk), the whole brute-force chunk holding it is computed as brute force
+computes it, and the label is taken from there, so ties break exactly as they do without pruning.
+
+Partial sums are accumulated from the labels in row order, as brute force does, so sums, counts
+and weights are bit-identical. The inertia comes from each row's distance to its centroid computed
+directly ((x - c)^2 summed), in full and pruned passes alike, so it never depends on which passes
+found their bounds (a retried task, an evicted cache entry); it agrees with brute force's (from
+the GEMM's scores) to rounding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from kmeans_dist import kernels
+
+#: unit roundoff of float64
+UNIT = 2.0**-53
+#: below this many centroids a pass with bounds does not pay: brute force is a few flops a row
+MIN_K = 3
+
+
+@dataclass
+class Bounds:
+    """One block's bounds after a pass, valid for that pass's centroids and labels."""
+
+    upper: np.ndarray  # (m,) >= each row's exact distance to its centroid
+    lower: np.ndarray  # (m,) <= each row's exact distance to any other centroid
+
+    @property
+    def nbytes(self) -> int:
+        return self.upper.nbytes + self.lower.nbytes
+
+
+#: bytes of bounds per row and model, counted in the memory budget
+BYTES_PER_ROW = 16
+
+
+def pays(k: int) -> bool:
+    """Whether ``algorithm="auto"`` prunes a model with ``k`` centroids."""
+    return k >= MIN_K
+
+
+def _gamma(d: int) -> float:
+    """Higham's gamma_{d+2}: the relative error bound of a (d + 2)-term sum of products."""
+    return (d + 2) * UNIT / (1 - (d + 2) * UNIT)
+
+
+def _c_max(centroids: np.ndarray) -> float:
+    return float(np.sqrt(kernels.squared_norms(centroids).max()))
+
+
+def score_error(x_sq: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """(m,) bound on |computed - exact| of every score ``||c_j||^2 - 2 x.c_j`` of each row, and of
+    its ``x_sq``: gamma_{d+2} (||x|| + max ||c||)^2 <= 2 gamma_{d+2} (||x||^2 + max ||c||^2),
+    doubled for the roundings of this bound itself and of the norms it starts from."""
+    c_max = _c_max(centroids)
+    return 4.0 * _gamma(centroids.shape[1]) * (x_sq + c_max * c_max)
+
+
+def _relative(d: int) -> float:
+    """Relative error bound of a distance computed directly over d coordinates, with room."""
+    return 4.0 * (d + 8) * UNIT
+
+
+def _sure(lower: np.ndarray, upper: np.ndarray, err: np.ndarray) -> np.ndarray:
+    """Rows whose exact squared distances to other centroids exceed the one to their own by more
+    than 2 err (so computed scores cannot reorder them). Each side's own rounding is pushed to
+    the unfavourable side by 4 units."""
+    return lower * lower * (1 - 4 * UNIT) > (upper * upper + 4.0 * err) * (1 + 4 * UNIT)
+
+
+def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise squared Euclidean distance, summed column by column in order (as numba does)."""
+    diff = a - b
+    acc = diff[:, 0] * diff[:, 0]
+    for j in range(1, diff.shape[1]):
+        acc += diff[:, j] * diff[:, j]
+    return acc
+
+
+# --------------------------------------------------------------------------- scores to labels
+def _bound_scores(scores: np.ndarray, rows: np.ndarray, x_sq: np.ndarray, c_max: float,
+                  gamma: float, labels: np.ndarray, upper: np.ndarray, lower: np.ndarray,
+                  fused) -> np.ndarray:
+    """From the scores of ``rows`` (one row of scores each): their labels (the first index of the
+    smallest score, as brute force picks it) and bounds, written at ``rows``. Returns the
+    positions in ``rows`` of the near-ties: best two scores within 4 err of each other."""
+    if fused is not None:
+        unsure = np.empty(len(rows), dtype=np.intp)
+        n = fused.bound_scores(scores, rows, x_sq, c_max, gamma, UNIT, labels, upper, lower,
+                               unsure)
+        return unsure[:n]
+    m, k = scores.shape
+    lab = np.argmin(scores, axis=1)
+    best = scores[np.arange(m), lab]
+    if k == 1:
+        second = np.full(m, np.inf)
+    else:
+        second = np.partition(scores, 1, axis=1)[:, 1]
+    xs = x_sq[rows]
+    err = 4.0 * gamma * (xs + c_max * c_max)
+    labels[rows] = lab
+    upper[rows] = np.sqrt(np.maximum(best + xs + 2.0 * err, 0.0)) * (1.0 + 4.0 * UNIT)
+    lower[rows] = np.sqrt(np.maximum(second + xs - 2.0 * err, 0.0)) * (1.0 - 4.0 * UNIT)
+    return np.flatnonzero(second - best <= 4.0 * err)
+
+
+class _Accumulator:
+    """Partials folded from ``labels`` in row order, as brute force folds them; each row's squared
+    distance computed directly ((x - c)^2 summed column by column). numba folds chunk by chunk
+    while the chunk is in cache; numpy's bincount cannot carry running sums from one call to the
+    next, so the numpy path folds the whole block in one call at the end (the same bits)."""
+
+    def __init__(self, x, w, centroids, labels, prev, fused) -> None:
+        k, d = centroids.shape
+        self.x, self.w, self.centroids, self.labels, self.prev = x, w, centroids, labels, prev
+        self.fused = fused
+        self.sums, self.weights = np.zeros((k, d)), np.zeros(k)
+        self.counts = np.zeros(k, dtype=np.int64)
+        self.acc = np.zeros(2)  # inertia, moved
+        self.done = 0
+
+    def add(self, hi: int) -> None:
+        """Fold the rows up to ``hi`` (their labels are final)."""
+        if self.fused is not None:
+            w, prev = self.w, self.prev
+            has_w, has_prev = w is not None, prev is not None
+            self.fused.accumulate_labels(
+                self.x, w if has_w else np.empty(0), has_w, self.labels, self.centroids,
+                prev if has_prev else np.empty(0, dtype=np.int32), has_prev, self.done, hi,
+                self.sums, self.weights, self.counts, self.acc)
+        self.done = hi
+
+    def partials(self, computed: int) -> kernels.Partials:
+        x, c, labels = self.x, self.centroids, self.labels
+        self.add(x.shape[0])
+        if self.fused is None:
+            total = kernels.label_partials(x, self.w, labels, _distances(x, c[labels]),
+                                           c.shape[0], self.prev)
+        else:
+            weights = self.counts.astype(np.float64) if self.w is None else self.weights
+            moved = int(self.acc[1]) if self.prev is not None else x.shape[0]
+            total = kernels.Partials(self.sums, weights, self.counts, float(self.acc[0]), moved)
+        total.computed = computed
+        return total
+
+
+# --------------------------------------------------------------------------- full pass
+def full_partials(x: np.ndarray, x_sq: np.ndarray, w: np.ndarray | None, centroids: np.ndarray,
+                  prev_labels: np.ndarray | None = None, *, numba: bool | None = None
+                  ) -> tuple[kernels.Partials, np.ndarray, Bounds]:
+    """A pass that computes every distance, as brute force does (the same labels, from the same
+    scores), and leaves the bounds for the next pass. Its partials are accumulated as a pruned
+    pass's are, so a fit's result never depends on which passes found their bounds."""
+    m, d = x.shape
+    labels, upper, lower = np.empty(m, dtype=np.int32), np.empty(m), np.empty(m)
+    fused = kernels._fused() if kernels.use_numba(numba) else None
+    c_max, gamma = _c_max(centroids), _gamma(d)
+    acc = _Accumulator(x, w, centroids, labels, prev_labels, fused)
+    for lo, hi, scores in kernels.score_chunks(x, centroids, kernels.squared_norms(centroids)):
+        _bound_scores(scores, np.arange(lo, hi), x_sq, c_max, gamma, labels, upper, lower, fused)
+        acc.add(hi)
+    return acc.partials(m), labels, Bounds(upper, lower)
+
+
+# --------------------------------------------------------------------------- pruned pass
+@dataclass
+class Motion:
+    """What a pruned pass needs to know of the centroids, computed once per pass and partition."""
+
+    centroids: np.ndarray  # (k, d) this pass's
+    move: np.ndarray  # (k,) >= the distance each centroid moved since the previous pass
+    half: np.ndarray  # (k,) <= half the distance to the nearest other centroid
+
+    @classmethod
+    def between(cls, old: np.ndarray, centroids: np.ndarray) -> "Motion":
+        rel = _relative(centroids.shape[1])
+        diff = centroids - old
+        move = np.sqrt(np.einsum("ij,ij->i", diff, diff)) * (1 + rel)
+        return cls(centroids, move, _half_separation(centroids) * (1 - rel))
+
+
+def pruned_partials(x: np.ndarray, x_sq: np.ndarray, w: np.ndarray | None, motion: Motion,
+                    old_labels: np.ndarray, bounds: Bounds, *, numba: bool | None = None
+                    ) -> tuple[kernels.Partials, np.ndarray, Bounds]:
+    """The pass over ``motion.centroids`` from the previous pass's labels and bounds: the same
+    labels, sums, weights, counts and moved rows as brute force, bit for bit; ``computed``
+    counts the rows whose distances to every centroid were computed.
+
+    x: (m, d) rows, x_sq: (m,), w: (m,) or None, old_labels: (m,) the previous pass's labels.
+    """
+    centroids = motion.centroids
+    m, d = x.shape
+    fused = kernels._fused() if kernels.use_numba(numba) else None
+    c_max, gamma = _c_max(centroids), _gamma(d)
+    upper, lower = np.empty(m), np.empty(m)
+    labels = old_labels.copy()
+    acc = _Accumulator(x, w, centroids, labels, old_labels, fused)
+    scores = _Scorer(x, x_sq, centroids, c_max, gamma, labels, upper, lower, fused)
+    computed = 0
+    # a stretch of rows at a time, so that its rows are still in cache when they are folded
+    step = STRETCH_CHUNKS * scores.step
+    for lo in range(0, m, step):
+        hi = min(lo + step, m)
+        rows = _settle(x, x_sq, old_labels, bounds, motion, c_max, gamma, upper, lower, lo, hi,
+                       fused)
+        if rows.size > DENSE_ABOVE * (hi - lo):
+            # most rows unsettled: brute force's own chunks cost less than gathering them
+            rows = np.arange(lo, hi)
+            scores.every(lo, hi)
+        elif rows.size:
+            scores.recompute(rows)
+        computed += rows.size
+        acc.add(hi)
+    return acc.partials(computed), labels, Bounds(upper, lower)
+
+
+#: brute force's chunks per stretch of a pruned pass
+STRETCH_CHUNKS = 8
+#: above this fraction of unsettled rows a stretch is scored whole, as brute force scores it
+DENSE_ABOVE = 0.3
+
+
+def _settle(x, x_sq, old_labels, bounds, motion, c_max, gamma, upper, lower, lo, hi, fused):
+    """Rows lo .. hi: the bounds moved with the centroids (written to ``upper``, ``lower``); the
+    rows they do not settle get their upper bound tightened to their exact distance and are
+    tried again. Returns the rows still unsettled."""
+    centroids, move, half = motion.centroids, motion.move, motion.half
+    top, first, second = _top_two(move)
+    rel = _relative(centroids.shape[1])
+    if fused is not None:
+        rows = np.empty(hi - lo, dtype=np.intp)
+        n = fused.settle(x, x_sq, centroids, old_labels, bounds.upper, bounds.lower, move, top,
+                         first, second, half, c_max, gamma, rel, UNIT, upper, lower, lo, hi,
+                         rows)
+        return rows[:n]
+    lab = old_labels[lo:hi]
+    err = 4.0 * gamma * (x_sq[lo:hi] + c_max * c_max)
+    up = (bounds.upper[lo:hi] + move[lab]) * (1.0 + 4.0 * UNIT)
+    drop = np.where(lab == top, second, first)
+    low = np.maximum((bounds.lower[lo:hi] - drop) * (1.0 - 4.0 * UNIT), 0.0)
+    low = _with_separation(low, half[lab], up)
+    rows = np.flatnonzero(~_sure(low, up, err))
+    if rows.size:
+        tight = np.sqrt(_distances(x[lo + rows], centroids[lab[rows]])) * (1.0 + rel)
+        up[rows] = tight
+        low[rows] = _with_separation(low[rows], half[lab[rows]], tight)
+        rows = rows[~_sure(low[rows], tight, err[rows])]
+    upper[lo:hi], lower[lo:hi] = up, low
+    return lo + rows
+
+
+def _top_two(move: np.ndarray) -> tuple[int, float, float]:
+    """The centroid that moved most, its move and the second largest (0 for one centroid): a
+    row's other centroids moved at most the first, or the second if it is the top one's."""
+    if move.size == 1:
+        return 0, 0.0, 0.0
+    top = np.argsort(move, kind="stable")[-2:]
+    return int(top[1]), float(move[top[1]]), float(move[top[0]])
+
+
+def _pairwise(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(len(a), len(b)) Euclidean distances computed directly (any summation order: the callers'
+    slack covers it)."""
+    diff = a[:, None, :] - b[None, :, :]
+    return np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
+
+
+def _half_separation(centroids: np.ndarray) -> np.ndarray:
+    """(k,) half the distance from each centroid to its nearest other one (inf when k = 1)."""
+    dist = _pairwise(centroids, centroids)
+    np.fill_diagonal(dist, np.inf)
+    return 0.5 * dist.min(axis=1)
+
+
+def _with_separation(lower: np.ndarray, half: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """max(lower, 2 half - upper): every other centroid is at least 2 s - u away; the
+    subtraction's rounding pushed down."""
+    with np.errstate(invalid="ignore"):  # one centroid: inf - inf, no other centroid to bound
+        sep = 2.0 * half - upper
+        sep -= 4 * UNIT * (2.0 * half + upper)
+    return np.fmax(lower, sep)
+
+
+class _Scorer:
+    """Labels and bounds of chosen rows from their distances to every centroid."""
+
+    def __init__(self, x, x_sq, centroids, c_max, gamma, labels, upper, lower, fused) -> None:
+        self.x, self.x_sq, self.fused = x, x_sq, fused
+        self.neg2_ct = kernels._scaled(centroids)
+        self.c_sq = kernels.squared_norms(centroids)
+        self.step = kernels.chunk_rows(centroids.shape[0])
+        self.out = (c_max, gamma, labels, upper, lower)
+
+    def recompute(self, rows: np.ndarray) -> None:
+        """Rows ``rows`` (ascending), a cache-sized chunk of them at a time. A near-tie is settled
+        by brute force's own chunk (the same GEMM call on the same rows), so the label is the one
+        brute force gives."""
+        x, step = self.x, self.step
+        for at in range(0, rows.size, step):
+            some = rows[at:at + step]
+            unsure = self._bound(kernels._chunk_scores(x[some], self.neg2_ct, self.c_sq), some)
+            tied = some[unsure]
+            for lo in np.unique(tied // step) * step:
+                hi = min(lo + step, x.shape[0])
+                here = tied[(tied >= lo) & (tied < hi)]
+                chunk = kernels._chunk_scores(x[lo:hi], self.neg2_ct, self.c_sq)
+                self._bound(chunk[here - lo], here)
+
+    def every(self, lo: int, hi: int) -> None:
+        """Every row of lo .. hi (lo on a chunk boundary), scored in brute force's chunks."""
+        for at in range(lo, hi, self.step):
+            end = min(at + self.step, hi)
+            self._bound(kernels._chunk_scores(self.x[at:end], self.neg2_ct, self.c_sq),
+                        np.arange(at, end))
+
+    def _bound(self, scores: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        return _bound_scores(scores, rows, self.x_sq, *self.out, self.fused)

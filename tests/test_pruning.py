@@ -1,0 +1,190 @@
+"""Pruned Lloyd passes (kmeans_dist/pruning.py) against brute force, pass by pass. No Spark.
+
+The reference is ``kernels.block_partials`` (brute force: every distance, tested against
+explicit numpy distances in test_kernels.py). A Lloyd run is driven from the same start with
+both; in every pass the labels, sums, weights, counts and moved rows must be identical bit for
+bit, so both runs see the same centroids in every pass. The inertia of a pruned run is computed
+from direct distances, brute force's from the GEMM's scores (||x||^2 + ||c||^2 - 2 x.c, which
+cancels badly far from the origin): it is checked against the exact inertia (extended
+precision) to 1e-12 relative (d-term sums over ~1e4 rows: a few hundred units of rounding), and
+the numpy and numba paths agree bit for bit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kmeans_dist import kernels, pruning
+
+
+def _blobs(m, d, centres, spread, seed):
+    rng = np.random.default_rng(seed)
+    c = rng.normal(size=(centres, d)) * 3
+    return np.ascontiguousarray(c[rng.integers(0, centres, m)] + rng.normal(size=(m, d)) * spread)
+
+
+def _grid(m, d, seed):
+    """Small integers: many rows at exactly equal distances from two centroids (exact ties)."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 4, size=(m, d)).astype(np.float64)
+
+
+def _far(m, d, seed):
+    """Blobs 1e6 from the origin: the GEMM's rounding error is large against the gaps between
+    distances, so the margin must keep most rows from being pruned on rounding's word."""
+    return _blobs(m, d, 8, 0.5, seed) + 1e6
+
+
+def _duplicates(m, d, seed):
+    """Every row four times, plus one centroid repeated in the start (an exact tie for every
+    row of its cluster: brute force takes the first index)."""
+    return np.repeat(_blobs(m // 4, d, 6, 1.0, seed), 4, axis=0)
+
+
+def _swapping(m, d, seed):
+    """Two overlapping clouds: rows cross between clusters for many passes."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(m, d))
+    x[: m // 2, 0] += 0.3
+    return x
+
+
+CASES = {
+    # name: (rows, k, weights?, repeat a start centroid?)
+    "overlapping blobs": (lambda: _blobs(6000, 8, 24, 1.0, 1), 12, False, False),
+    "well separated": (lambda: _blobs(3000, 4, 5, 0.2, 2), 5, False, False),
+    "weighted": (lambda: _blobs(4000, 6, 10, 1.0, 3), 8, True, False),
+    "exact ties": (lambda: _grid(3000, 3, 4), 7, False, False),
+    "far from the origin": (lambda: _far(3000, 5, 5), 8, False, False),
+    "duplicate rows and centroids": (lambda: _duplicates(4000, 3, 6), 6, False, True),
+    "rows that keep swapping": (lambda: _swapping(4000, 2, 7), 3, False, False),
+    "unit rows (cosine)": (lambda: kernels.normalize_rows(_blobs(3000, 5, 6, 0.8, 8)), 6, False,
+                           False),
+    "one centroid": (lambda: _blobs(1000, 3, 3, 1.0, 9), 1, False, False),
+    "two centroids": (lambda: _blobs(2000, 3, 3, 1.0, 10), 2, False, False),
+}
+
+
+def _start(x, k, repeat, seed=0):
+    rng = np.random.default_rng(seed)
+    c = x[rng.choice(len(x), k, replace=False)].copy()
+    if repeat:
+        c[1] = c[0]
+    return c
+
+
+def _exact_inertia(x, w, c, labels):
+    diff = x.astype(np.longdouble) - c[labels].astype(np.longdouble)
+    dist = (diff * diff).sum(axis=1)
+    return float(dist.sum() if w is None else (dist * w).sum())
+
+
+def _lloyd_both(x, w, c, numba, max_iter=60):
+    """Brute-force and pruned passes side by side; asserts equality in every pass. Returns the
+    per-pass computed counts and inertias of the pruned run."""
+    x_sq = kernels.squared_norms(x)
+    prev = old = bounds = None
+    computed, inertias = [], []
+    for it in range(max_iter):
+        ref, labels = kernels.block_partials(x, x_sq, w, c, prev, numba=numba)
+        if bounds is None:
+            got, got_labels, bounds = pruning.full_partials(x, x_sq, w, c, prev, numba=numba)
+        else:
+            got, got_labels, bounds = pruning.pruned_partials(
+                x, x_sq, w, pruning.Motion.between(old, c), prev, bounds, numba=numba)
+        np.testing.assert_array_equal(got_labels, labels, err_msg=f"pass {it}")
+        assert np.array_equal(got.sums, ref.sums), it
+        assert np.array_equal(got.weights, ref.weights), it
+        assert np.array_equal(got.counts, ref.counts) and got.moved == ref.moved, it
+        assert got.inertia == pytest.approx(_exact_inertia(x, w, c, labels), rel=1e-12)
+        computed.append(got.computed)
+        inertias.append(got.inertia)
+        new, _ = kernels.update_centroids(ref, c)
+        prev, old, c = labels, c, new
+        if ref.moved == 0:
+            break
+    return computed, inertias
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_pruned_passes_keep_brute_forces_labels_and_sums(name):
+    make, k, weighted, repeat = CASES[name]
+    x = make()
+    w = np.random.default_rng(11).uniform(0.1, 3.0, len(x)) if weighted else None
+    c = _start(x, k, repeat)
+    computed, inertias = _lloyd_both(x, w, c, numba=True)
+    numpy_computed, numpy_inertias = _lloyd_both(x, w, c, numba=False)
+    assert inertias == numpy_inertias  # numpy and numba paths: the same bits
+    assert computed[0] == len(x)  # the first pass computes everything
+    assert len(computed) >= (2 if k == 1 else 3), "a case must run a few passes to test anything"
+    if name in ("overlapping blobs", "well separated", "weighted", "one centroid"):
+        # where the bounds can work, they do: the last passes computed few rows
+        assert computed[-1] < 0.2 * len(x), computed
+
+
+def test_bounds_hold_for_the_exact_distances():
+    """After every pass, upper >= each row's distance to its centroid and lower <= its distance
+    to every other centroid, both computed in extended precision."""
+    x = _blobs(2000, 4, 10, 1.0, 12)
+    x_sq = kernels.squared_norms(x)
+    c = _start(x, 9, False)
+    prev = old = bounds = None
+    xl = x.astype(np.longdouble)
+    for it in range(15):
+        if bounds is None:
+            part, labels, bounds = pruning.full_partials(x, x_sq, None, c, prev)
+        else:
+            part, labels, bounds = pruning.pruned_partials(
+                x, x_sq, None, pruning.Motion.between(old, c), prev, bounds)
+        exact = np.sqrt(((xl[:, None, :] - c.astype(np.longdouble)[None]) ** 2).sum(-1))
+        own = exact[np.arange(len(x)), labels]
+        exact[np.arange(len(x)), labels] = np.inf
+        assert np.all(bounds.upper >= own), it
+        assert np.all(bounds.lower <= exact.min(axis=1)), it
+        new, _ = kernels.update_centroids(part, c)
+        prev, old, c = labels, c, new
+
+
+def test_a_pass_that_lost_its_bounds_rebuilds_them_with_the_same_result():
+    """A retried task or an evicted entry has no bounds: a full pass gives the same partials,
+    inertia included, as the pruned pass it replaces."""
+    x = _blobs(3000, 4, 12, 1.0, 13)
+    x_sq = kernels.squared_norms(x)
+    c = _start(x, 8, False)
+    part, labels, bounds = pruning.full_partials(x, x_sq, None, c, None)
+    for _ in range(6):  # into the passes where most rows are pruned
+        new, _ = kernels.update_centroids(part, c)
+        part, labels, bounds = pruning.pruned_partials(
+            x, x_sq, None, pruning.Motion.between(c, new), labels, bounds)
+        c = new
+    new, _ = kernels.update_centroids(part, c)
+    pruned, l1, _ = pruning.pruned_partials(x, x_sq, None, pruning.Motion.between(c, new),
+                                            labels, bounds)
+    full, l2, _ = pruning.full_partials(x, x_sq, None, new, labels)
+    np.testing.assert_array_equal(l1, l2)
+    assert np.array_equal(pruned.sums, full.sums) and pruned.inertia == full.inertia
+    assert pruned.moved == full.moved and full.computed == len(x) > pruned.computed
+
+
+def test_near_ties_take_brute_forces_own_chunk():
+    """Two centroids a rounding error apart: the subset's GEMM may round differently from brute
+    force's chunk, so such rows must get their label from brute force's own chunk scores."""
+    x = _blobs(5000, 6, 4, 1.0, 14)
+    x_sq = kernels.squared_norms(x)
+    c = _start(x, 5, False)
+    _, labels, bounds = pruning.full_partials(x, x_sq, None, c, None)
+    near = c.copy()
+    near[1] = near[0] * (1 + 2.0**-50)  # centroid 1 moves onto centroid 0, to rounding
+    got, got_labels, _ = pruning.pruned_partials(x, x_sq, None, pruning.Motion.between(c, near),
+                                                 labels, bounds)
+    ref, ref_labels = kernels.block_partials(x, x_sq, None, near, labels)
+    np.testing.assert_array_equal(got_labels, ref_labels)
+    assert np.array_equal(got.sums, ref.sums)
+
+
+def test_bounds_take_a_quarter_of_the_block_bytes_at_d16():
+    assert pruning.BYTES_PER_ROW <= 0.25 * (8 * 16 + 8)
+    x = _blobs(1000, 16, 4, 1.0, 15)
+    _, _, bounds = pruning.full_partials(x, kernels.squared_norms(x), None, _start(x, 4, False))
+    assert bounds.nbytes == pruning.BYTES_PER_ROW * len(x)
