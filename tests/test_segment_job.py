@@ -215,21 +215,32 @@ def test_shrinking_k_fits_fresh_and_retires_the_unmatched_id(first, grown, batch
 def test_warm_start_from_a_converged_model_stops_after_one_update(first, batches, spark):
     """From its own converged centroids the first update moves no centroid (shift exactly 0):
     a fixed point, so the fit stops after that one iteration with the same model. (The first
-    pass has no earlier labels to compare with, so its ``moved`` counts every row.) scikit-learn
-    from the same start ends at the same centroids."""
+    pass has no earlier labels to compare with, so its ``moved`` counts every row.)
+
+    scikit-learn from the same start ends at the same centroids and labels, but counts two
+    iterations: it updates mean-centred copies of the rows and centres, where rounding moves
+    the first update's centres (so its shift is not 0), and stops at the second pass, which
+    changes no label (its max_iter=1 fit has the full fit's labels)."""
     from sklearn.cluster import KMeans as SKMeans
 
     from kmeans_dist import KMeans
 
     df = spark.read.csv(str(batches["day1"]["csv"]), header=True, inferSchema=True)
     prev = first["model"]
+    x = batches["day1"]["x"]
     model = KMeans(4, init=prev, seed=1).fit(df, ["x", "y"])
     sk = SKMeans(4, init=prev.centroids, n_init=1, max_iter=300, tol=0.0,
-                 algorithm="lloyd").fit(batches["day1"]["x"])
+                 algorithm="lloyd").fit(x)
+    sk_one = SKMeans(4, init=prev.centroids, n_init=1, max_iter=1, tol=0.0,
+                     algorithm="lloyd").fit(x)
     assert model.n_iter == 1 and model.stop == "no_change"
     assert model.history[0]["shift"] == 0.0
+    assert sk.n_iter_ == 2 and np.array_equal(sk_one.labels_, sk.labels_)
     np.testing.assert_array_equal(model.centroids, prev.centroids)
+    # the same centroids to rounding (scikit-learn's are the centred means plus the mean)
     np.testing.assert_allclose(model.centroids, sk.cluster_centers_, rtol=1e-12, atol=1e-12)
+    labels, _ = brute_labels(model, x)
+    assert labels.tolist() == np.array(model.cluster_ids)[sk.labels_].tolist()
     assert model.cluster_ids == prev.cluster_ids and model.converged
 
 
