@@ -80,9 +80,12 @@ def data(tmp_path_factory):
         "x1": bx[:, 0], "x2": bx[:, 1], "x3": bx[:, 2], "w": w,
         "tag": [f"t{i % 4}" for i in range(len(bx))],
     })
-    # a Parquet file whose name says .csv: only --format parquet makes it readable
+    # a Parquet dataset (three files, read in more than one partition) whose name says .csv:
+    # only --format parquet makes it readable
     blobs = d / "points.csv"
-    pq.write_table(table, blobs)
+    blobs.mkdir()
+    for part, lo in enumerate(range(0, len(bx), 80)):
+        pq.write_table(table.slice(lo, 80), blobs / f"part-{part}.parquet")
 
     tiny = write_csv(d / "tiny.csv", ["a", "b"], [[1, 2], [3, 4], [5, 6.5], [7, 8], [9, 10]])
     holes = d / "holes.csv"
@@ -111,7 +114,7 @@ def _spark_runs(data) -> dict[str, tuple[list[str], Path]]:
         "parquet_overwrite": [
             "--input", data["blobs"], "--format", "parquet", "--k", "3",
             "--features", ",".join(data["blobs_features"]), "--weight-col", "w",
-            "--init", data["blobs_init_csv"], "--overwrite",
+            "--init", data["blobs_init_csv"], "--overwrite", "--partitions", "1",
         ],
         "exists": ["--input", tiny, "--k", "2"],
         "missing_input": ["--input", d / "no_such_input.csv", "--k", "2"],
@@ -228,6 +231,13 @@ def test_csv_fit_matches_sklearn_and_writes_contract(runs, data):
         assert isinstance(entry["seconds"], (int, float)) and entry["seconds"] >= 0
     assert history[-1]["moved"] == 0  # converged with tol=0: no row changed cluster
     assert all(e["moved"] > 0 for e in history[:-1])
+    # the stop rule that ended it, the same history and no dropped rows in both files; no
+    # spreads from the train job (only the segment job writes them)
+    assert report["stop"] == model["stop"] == "no_change"
+    assert model["history"] == history and report["dropped"] == model["dropped"] == {}
+    assert model["cluster_spread"] is None
+    # on a filesystem with an atomic rename, _SUCCESS is an empty marker
+    assert (out / "_SUCCESS").read_bytes() == b""
 
     # one log line per iteration, numbered 1..n_iter, matching the history
     logged = ITERATION_LINE.findall(proc.stderr)
@@ -291,6 +301,10 @@ def test_parquet_features_and_weights(runs, data, spark):
     assignments = spark.read.parquet(str(out / "assignments"))
     assert assignments.columns == ["id", "x1", "x2", "x3", "w", "tag", "cluster"]
     assert assignments.count() == len(data["bx"])
+
+    # --partitions 1: the input's partitions were fitted as one
+    assert spark.read.parquet(str(data["blobs"])).rdd.getNumPartitions() > 1
+    assert model["transport"]["name"] == "driver" and model["transport"]["partitions"] == 1
 
 
 # --------------------------------------------------------------------------- 4. existing output
