@@ -71,7 +71,9 @@ def add_spark_args(p: argparse.ArgumentParser) -> None:
 
 
 def start_session(args: argparse.Namespace, app_name: str) -> tuple[SparkSession, int]:
-    """The session the flags and conf file ask for, and the partition count to use; logs both."""
+    """The session the flags and conf file ask for, and the partition count to use; logs both.
+    ``args.partitions`` becomes the count that was asked for (the flag, else the file's; None
+    when neither set one)."""
     from kmeans_dist.config import (default_parallelism, get_session, is_connect, load_conf,
                                    remote_url)
 
@@ -80,6 +82,7 @@ def start_session(args: argparse.Namespace, app_name: str) -> tuple[SparkSession
     partitions = args.partitions if args.partitions is not None else conf["partitions"]
     if partitions is not None and partitions < 1:
         raise UserError(f"--partitions must be >= 1, got {partitions}")
+    args.partitions = partitions
     remote = getattr(args, "remote", None)
     spark = get_session(args.master or (None if remote else conf["master"]), app_name=app_name,
                         conf=conf["spark"], remote=remote)
