@@ -312,3 +312,20 @@ def test_bad_input_is_one_line_and_writes_nothing(first, batches, tmp_path, case
     proc = run_segment("--input", str(inp), "--output", str(out), *args)
     assert_user_error(proc, *needles)
     assert_nothing_written(out)
+
+
+def test_transitions_leave_out_rows_with_a_null_key(spark):
+    """The join behind drift.json's transitions: rows with a null key (or no cluster) are not
+    counted, on either side; the expected pairs are worked out by hand."""
+    from pyspark.sql import types as T
+
+    from kmeans_dist.segment import transition_counts
+
+    schema = T.StructType([T.StructField("customer", T.StringType()),
+                           T.StructField("cluster", T.IntegerType())])
+    before = spark.createDataFrame([("a", 0), ("b", 1), (None, 0), (None, 1), ("c", None)],
+                                   schema)
+    after = spark.createDataFrame([("a", 1), ("b", 1), (None, 0), ("d", 0)], schema)
+    got = transition_counts(before, after, "customer")
+    # a: 0 -> 1, b: 1 -> 1, d: only now; the null keys and c's unlabelled row nowhere
+    assert sorted(got, key=str) == sorted([(0, 1, 1), (1, 1, 1), (None, 0, 1)], key=str)
