@@ -41,6 +41,8 @@ def run(args: argparse.Namespace) -> DataFrame:
     io.check_output_dir(args.output, args.overwrite)
     model = KMeansModel.load(args.model)
     df = io.read_table(args.input, args.format)
+    if args.partitions is not None:  # at most that many tasks and Parquet parts (no shuffle)
+        df = df.coalesce(args.partitions)
     labelled = assign(model, df, args.features)
     with io.staged_dir(args.output, args.overwrite) as tmp:
         labelled.write.mode("overwrite").parquet(tmp)

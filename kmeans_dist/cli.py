@@ -76,18 +76,21 @@ def add_spark_args(p: argparse.ArgumentParser) -> None:
 
 
 def start_session(args: argparse.Namespace, app_name: str) -> tuple[SparkSession, int]:
-    """The session the flags and conf file ask for, and the partition count to use; logs both."""
-    from kmeans_dist.config import (default_parallelism, get_session, is_connect, load_conf,
-                                   remote_url)
+    """The session the flags and conf file ask for, and the partition count to use; logs both.
+    ``args.partitions`` becomes the count that was asked for (the flag, else the file's; None
+    when neither set one)."""
+    from kmeans_dist.config import (default_parallelism, get_session, is_connect, job_master,
+                                   load_conf, remote_url, under_spark_submit)
 
     conf = load_conf(args.conf_file) if args.conf_file else {"master": None, "partitions": None,
                                                              "spark": {}}
     partitions = args.partitions if args.partitions is not None else conf["partitions"]
     if partitions is not None and partitions < 1:
         raise UserError(f"--partitions must be >= 1, got {partitions}")
+    args.partitions = partitions
     remote = getattr(args, "remote", None)
-    spark = get_session(args.master or (None if remote else conf["master"]), app_name=app_name,
-                        conf=conf["spark"], remote=remote)
+    master = job_master(args.master, conf["master"], remote_url(remote), under_spark_submit())
+    spark = get_session(master, app_name=app_name, conf=conf["spark"], remote=remote)
     # a Connect URL may carry a token after ';': never log it
     where = (f"Spark Connect {(remote_url(remote) or '?').split(';')[0]}" if is_connect(spark)
              else f"master {spark.sparkContext.master}")

@@ -69,6 +69,18 @@ def under_spark_submit() -> bool:
     return "PYSPARK_GATEWAY_PORT" in os.environ
 
 
+def job_master(flag: str | None, conf_master: str | None, remote: str | None,
+               submitted: bool) -> str | None:
+    """The master a job asks for: ``--master``; else, run with ``python``, the conf file's
+    ``master``, else ``local[*]``; None (the master is not set here) under spark-submit, whose
+    own ``--master`` then holds, and for a Spark Connect server."""
+    if flag:
+        return flag
+    if remote or submitted:
+        return None
+    return conf_master or "local[*]"
+
+
 def settings_to_apply(conf: dict[str, str], existing: list[tuple[str, str]],
                       local: bool) -> dict[str, str]:
     """Our defaults, then the conf file's settings, minus every key already set elsewhere."""

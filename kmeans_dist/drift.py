@@ -43,9 +43,14 @@ class Clusters:
 
     @classmethod
     def of(cls, model) -> "Clusters":
-        """From a ``KMeansModel`` (its ``cluster_ids``, ``cluster_sizes``, ``cluster_spread``)."""
-        return cls(list(model.cluster_ids), np.asarray(model.centroids),
-                   list(model.cluster_sizes), model.cluster_spread)
+        """From a ``KMeansModel`` (its ``cluster_ids``, ``cluster_sizes``, ``cluster_spread``);
+        a cosine model's centroids L2-normalised (a fit returns them so, a model written
+        elsewhere need not have them)."""
+        centroids = np.asarray(model.centroids, dtype=np.float64)
+        if model.distance == "cosine":
+            centroids = centroids / np.linalg.norm(centroids, axis=1, keepdims=True)
+        return cls(list(model.cluster_ids), centroids, list(model.cluster_sizes),
+                   model.cluster_spread)
 
     def row(self, cluster_id: int) -> int | None:
         return self.ids.index(cluster_id) if cluster_id in self.ids else None

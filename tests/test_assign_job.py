@@ -34,15 +34,25 @@ def batch(tmp_path_factory):
     rows = [[str(i), *map(float, r), f"t{i % 3}"] for i, r in enumerate(x)]
     rows[7][2] = ""  # f1 missing in row 7
     path = write_csv(d / "batch.csv", ["id", *FEATURES, "tag"], rows)
-    renamed = write_csv(d / "renamed.csv", ["id", "a", "b", "c"],
-                        [[str(i), *map(float, r)] for i, r in enumerate(x)])
+    # the same rows under other column names (a dot, a backtick), as a directory of three CSV
+    # files (read in more than one partition) with no extension: only --format csv reads it
+    renamed = d / "renamed"
+    renamed.mkdir()
+    for part, lo in enumerate(range(0, len(x), 150)):
+        write_csv(renamed / f"part-{part}.csv", ["id", "a.b", "x`y", "c"],
+                  [[str(i), *map(float, r)] for i, r in enumerate(x[lo:lo + 150], start=lo)])
     centroids = np.array([[0.0, 0.0, 0.0], [6.0, 6.0, 6.0], [12.0, 12.0, 12.0]])
     euclid = d / "model.json"
     KMeansModel(centroids, FEATURES).save(str(euclid))
+    # renumbered after an earlier model (as the segment job and --init-model leave it)
+    renumbered = d / "renumbered.json"
+    KMeansModel(centroids, FEATURES, cluster_ids=[7, 3, 11], retired_ids=[0]).save(
+        str(renumbered))
     cos_centroids = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.6, 0.0, 0.8]])
     cosine = d / "cosine.json"
     KMeansModel(cos_centroids, FEATURES, distance="cosine").save(str(cosine))
     return {"dir": d, "csv": path, "renamed": renamed, "x": x, "model": euclid,
+            "renumbered": renumbered,
             "centroids": centroids, "cosine": cosine, "cos_centroids": cos_centroids}
 
 
@@ -100,18 +110,30 @@ def test_assign_matches_brute_force(spark, batch, tmp_path, kind):
 
 
 def test_features_flag_maps_renamed_columns(spark, batch, tmp_path):
+    """--features maps columns named with a dot and a backtick onto the model's; the model's
+    clusters were renumbered, so ``cluster`` holds their stable ids (7, 3, 11), not 0..2. The
+    same run: --format csv (the input has no extension), --partitions 1 (the input's partitions
+    labelled in one: one Parquet part) and --overwrite (a file the run did not write goes)."""
     out = tmp_path / "renamed"
+    out.mkdir()
+    (out / "foreign.txt").write_text("not the job's\n")
+    assert spark.read.csv(str(batch["renamed"]), header=True).rdd.getNumPartitions() > 1
     # paths as Hadoop URIs (file:// here; hdfs:// and s3a:// take the same code path)
-    proc = run_assign("--model", f"file://{batch['model']}", "--input",
+    proc = run_assign("--model", f"file://{batch['renumbered']}", "--input",
                       f"file://{batch['renamed']}", "--output", f"file://{out}",
-                      "--features", "a,b,c")
+                      "--features", "a.b,x`y,c", "--format", "csv", "--partitions", "1",
+                      "--overwrite")
     assert proc.returncode == 0, describe(proc)
-    assert "_SUCCESS" in listing(out)
+    parts = [n for n in listing(out) if n.startswith("part-")]
+    assert listing(out) == ["_SUCCESS", *parts] and len(parts) == 1
     got = {r["id"]: (r["cluster"], r["distance"])
            for r in spark.read.parquet(str(out)).collect()}
     labels, dist = brute_force(batch["x"], batch["centroids"], cosine=False)
-    assert [got[i][0] for i in range(len(labels))] == labels.tolist()
+    ids = np.array([7, 3, 11])[labels]
+    assert [got[i][0] for i in range(len(labels))] == ids.tolist()
     np.testing.assert_allclose([got[i][1] for i in range(len(dist))], dist, rtol=1e-12)
+    sizes = ", ".join(f"{c}: {int(np.sum(ids == c))}" for c in (3, 7, 11))
+    assert f"cluster sizes: {sizes}" in proc.stdout
 
 
 def _write_json(path: Path, value) -> Path:

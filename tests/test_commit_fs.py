@@ -3,6 +3,8 @@ session's JVM: what tests/test_commit.py relies on when it kills jobs at commit 
 
 from __future__ import annotations
 
+import datetime
+import json
 import os
 
 from kmeans_dist import commit, io
@@ -57,19 +59,56 @@ def test_an_output_moved_aside_is_read_and_put_back(spark, tmp_path):
 
 def test_a_manifest_commit_through_hadoop_lists_spark_parts_and_cleans_older_runs(
         spark, tmp_path, monkeypatch):
+    """Two runs with --overwrite; before the second, a file no run wrote is put in the
+    directory: once the second run's manifest is written, only it and its run are left. The
+    manifest's fields, and the README's recipe for reading it with spark.read.parquet."""
     monkeypatch.setenv(commit.MANIFEST_SCHEMES_ENV, "file")  # local paths as an object store
     out = str(tmp_path / "out")
     runs = []
     for rows in (3, 5):
+        if rows == 5:
+            (tmp_path / "out" / "foreign.txt").write_text("another tool's file\n")
+        started = datetime.datetime.now(datetime.timezone.utc)
         with io.staged_dir(out, overwrite=True) as where:
             KMeansModel([[float(rows)]], ["a"]).save(f"{where}/model.json")
             if rows == 5:  # one Spark write: the first job of a session is slow
                 spark.range(rows).coalesce(1).write.parquet(f"{where}/assignments")
+        ended = datetime.datetime.now(datetime.timezone.utc)
         runs.append(commit.read_manifest(io._fs(), out)["run"])
-    files = commit.read_manifest(io._fs(), out)["files"]
+    manifest = json.loads((tmp_path / "out" / commit.SUCCESS).read_text())
+    assert manifest["format"] == "kmeans-dist-manifest" and manifest["version"] == 1
+    assert started <= datetime.datetime.fromisoformat(manifest["committed"]) <= ended
+    assert manifest["run"] == runs[1]
+    files = manifest["files"]
     assert files[-1] == f"{runs[1]}/model.json" and len(files) == 2  # no _SUCCESS, no .crc
     assert files[0].startswith(f"{runs[1]}/assignments/part-")
     assert KMeansModel.load(f"{out}/model.json").centroids.tolist() == [[5.0]]
     assert io.read_output(f"{out}/assignments").count() == 5
     assert sorted(n for n in os.listdir(out) if not n.startswith(".")) == [commit.SUCCESS,
                                                                           runs[1]]
+    # the README's recipe, as written (DIR and manifest as above)
+    DIR = out  # noqa: N806 - the README's name
+    recipe = spark.read.parquet(*[f"{DIR}/{f}" for f in manifest["files"]
+                                  if "/assignments/" in f])
+    assert sorted(r["id"] for r in recipe.collect()) == [0, 1, 2, 3, 4]
+
+
+def test_a_directory_with_neither_runs_nor_manifest_is_read_as_it_is(spark, tmp_path,
+                                                                    monkeypatch):
+    """On manifest storage, a DIR another tool (or an earlier version) wrote: plain files, an
+    empty _SUCCESS, no run and no manifest."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    monkeypatch.setenv(commit.MANIFEST_SCHEMES_ENV, "file")
+    out = tmp_path / "plain"
+    (out / "assignments").mkdir(parents=True)
+    (out / commit.SUCCESS).write_text("")
+    (out / "model.json").write_text(KMeansModel([[2.0]], ["a"]).to_json())
+    pq.write_table(pa.table({"a": [1.0, 2.0, 3.0]}), out / "assignments" / "part-0.parquet")
+    fs = io._fs()
+    assert commit.uses_manifest(fs.scheme(str(out))) and commit.read_manifest(fs, str(out)) is None
+    assert commit.resolve(fs, f"{out}/assignments") == [f"{out}/assignments"]
+    assert KMeansModel.load(f"{out}/model.json").centroids.tolist() == [[2.0]]
+    assert sorted(r["a"] for r in io.read_output(f"{out}/assignments").collect()) == [1.0, 2.0,
+                                                                                      3.0]

@@ -85,3 +85,20 @@ def test_settings_never_override_spark_submit_conf():
     assert "spark.driver.memory" not in applied  # no laptop settings on a cluster
     assert settings_to_apply({}, [], local=True)["spark.driver.memory"] == LOCAL_DEFAULTS[
         "spark.driver.memory"]
+
+
+def test_job_master_defaults_to_local_and_the_flag_wins_over_the_file():
+    """What ``python jobs/*.py`` asks Spark for (``cli.start_session`` passes it on): --master,
+    else the conf file's master, else local[*]; under spark-submit its own --master (nothing set
+    here, even with a profile naming one); nothing for a Spark Connect server."""
+    from kmeans_dist.config import job_master, load_conf
+
+    local = load_conf("conf/local.yaml")["master"]
+    assert job_master(None, None, None, submitted=False) == "local[*]"
+    assert job_master(None, "local[3]", None, submitted=False) == "local[3]"
+    assert job_master("local[1]", "local[3]", None, submitted=False) == "local[1]"
+    assert job_master("local[1]", local, None, submitted=False) == "local[1]"
+    assert job_master(None, local, None, submitted=True) is None
+    assert job_master("spark://h:7077", local, None, submitted=True) == "spark://h:7077"
+    assert job_master(None, local, "sc://localhost:15002", submitted=False) is None
+

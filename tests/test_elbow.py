@@ -46,23 +46,52 @@ def inputs(tmp_path_factory) -> dict:
     return files
 
 
-def run_elbow(spark, csv, out, *flags: str) -> dict:
-    """The job in the test's session (k 1..8, 300-row silhouette sample); returns elbow.json."""
-    proc = run_job_in_process("jobs/elbow.py", "--input", csv, "--k-min", "1", "--k-max", "8",
-                              "--seed", "3", "--silhouette-sample", "300", "--output", out,
-                              *flags)
+def run_elbow(spark, csv, out, *flags: str, ks: tuple[int, int] = (1, 8)):
+    """The job in the test's session (k 1..8 unless ``ks``, 300-row silhouette sample); returns
+    elbow.json and the job's process."""
+    proc = run_job_in_process("jobs/elbow.py", "--input", csv, "--k-min", str(ks[0]),
+                              "--k-max", str(ks[1]), "--seed", "3", "--silhouette-sample", "300",
+                              "--output", out, *flags)
     assert proc.returncode == 0, describe(proc)
     assert listing(out) == ["_SUCCESS", "elbow.json", "elbow.png"]
     check_png(out / "elbow.png")
     result = json.loads((out / "elbow.json").read_text())
-    assert "suggested k:" in proc.stdout and f"{out}/elbow.json" in proc.stdout
-    return result
+    assert f"{out}/elbow.json" in proc.stdout
+    check_table(proc.stdout, result)
+    # every k fitted in the same passes: one fit of all the models
+    done = [ln for ln in proc.stderr.splitlines() if "fit done:" in ln]
+    starts = len(result["entries"]) * result["n_init"]
+    assert len(done) == 1 and f"fit done: k={list(range(ks[0], ks[1] + 1))}" in done[0]
+    assert done[0].endswith(f"{starts} model(s) in {done[0].split()[-1]}"), done
+    return result, proc
+
+
+def check_table(stdout: str, result: dict) -> None:
+    """The printed table holds elbow.json's entries (values to their printed digits), the
+    suggested k starred, then the verdict."""
+    lines = stdout.splitlines()
+    top = next(i for i, ln in enumerate(lines) if ln.startswith("elbow on "))
+    assert lines[top] == (f"elbow on {result['rows']} rows x {len(result['features'])} "
+                          f"features, k={result['k_min']}..{result['k_max']}")
+    assert lines[top + 1].split() == ["k", "inertia", "silhouette", "n_iter", "seconds"]
+    rows = lines[top + 2:top + 2 + len(result["entries"])]
+    for line, e in zip(rows, result["entries"]):
+        star = line.startswith("*")
+        k, inertia, sil, n_iter, seconds = line.lstrip("*").split()
+        assert star == (e["k"] == result["suggested_k"]), line
+        assert int(k) == e["k"] and int(n_iter) == e["n_iter"]
+        assert float(inertia) == pytest.approx(e["inertia"], rel=5e-6)  # 6 digits printed
+        assert float(seconds) == pytest.approx(e["seconds"], abs=0.005)
+        assert (sil == "-") if e["silhouette"] is None else \
+            float(sil) == pytest.approx(e["silhouette"], abs=5e-5)
+    verdict = lines[top + 2 + len(result["entries"])]
+    assert verdict.startswith(f"suggested k: {result['suggested_k'] or 'none'} (")
 
 
 @pytest.mark.parametrize("shape", SHAPES)
 def test_elbow_job_finds_the_number_of_centres(spark, inputs, shape, tmp_path):
     centres, _ = SHAPES[shape]
-    result = run_elbow(spark, inputs[shape], tmp_path / "out")
+    result, _ = run_elbow(spark, inputs[shape], tmp_path / "out")
     assert result["suggested_k"] == centres, result
     assert result["reason"] is None and result["knee_ratio"] >= KNEE_MIN_RATIO
     entries = result["entries"]
@@ -80,10 +109,44 @@ def test_elbow_job_finds_the_number_of_centres(spark, inputs, shape, tmp_path):
 
 
 def test_elbow_job_on_noise_says_there_is_no_clear_knee(spark, inputs, tmp_path):
-    result = run_elbow(spark, inputs["noise"], tmp_path / "out", "--n-init", "2")
+    """Also: each k's model is the best of its --n-init starts, whose seeds are the seed and
+    its restart seeds (``start_seed``): each fitted alone here, the lowest inertia is the job's."""
+    from kmeans_dist import KMeans
+    from kmeans_dist.estimator import start_seed
+
+    result, _ = run_elbow(spark, inputs["noise"], tmp_path / "out", "--n-init", "2")
     assert result["suggested_k"] is None
     assert result["reason"].startswith("no clear knee") and result["knee_ratio"] < KNEE_MIN_RATIO
     assert len(result["entries"]) == 8
+
+    df = spark.read.csv(str(inputs["noise"]), header=True, inferSchema=True)
+    alone = [KMeans(1, seed=start_seed(3, i)).fit_many(df, range(1, 9)) for i in (0, 1)]
+    for e in result["entries"]:
+        assert e["inertia"] == min(models[e["k"]].inertia for models in alone)
+    assert any(alone[0][k].inertia != alone[1][k].inertia for k in range(2, 9))  # a real choice
+
+
+def test_elbow_job_flags(spark, tmp_path):
+    """--format (a CSV without an extension), --features (names with a dot and a backtick, a
+    subset in another order), --distance cosine, --max-iter 1, --driver-max-mb 0 (fitted on the
+    executors) and --overwrite (a file no run wrote goes). The k=1 inertia by numpy: one
+    spherical update puts the centre on the normalised sum of the unit rows, whatever the start."""
+    x = blobs(3, 3, seed=5, n=300)
+    path = write_csv(tmp_path / "rows.data", ["x.0", "x`1", "x2"], x)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "foreign.txt").write_text("not the job's\n")
+    result, proc = run_elbow(spark, path, out, "--format", "csv", "--features", "x`1,x.0",
+                             "--distance", "cosine", "--max-iter", "1", "--driver-max-mb", "0",
+                             "--n-init", "1", "--overwrite", ks=(1, 3))
+    assert result["features"] == ["x`1", "x.0"] and result["distance"] == "cosine"
+    assert [e["n_iter"] for e in result["entries"]] == [1, 1, 1]
+    assert "transport resident: the driver path is off" in proc.stderr
+    unit = x[:, [1, 0]] / np.linalg.norm(x[:, [1, 0]], axis=1, keepdims=True)
+    centre = unit.sum(axis=0) / np.linalg.norm(unit.sum(axis=0))
+    # summed in another order: equal to rounding
+    assert result["entries"][0]["inertia"] == pytest.approx(float(np.sum(1.0 - unit @ centre)),
+                                                            rel=1e-12)
 
 
 @pytest.mark.parametrize("flags, needles", [

@@ -150,3 +150,23 @@ def test_candidate_reduction_finds_one_centre_per_blob():
         assert sorted(np.argmin(dist, axis=1).tolist()) == list(range(16)), seed
         np.testing.assert_allclose(np.sort(got, axis=0), np.sort(means, axis=0),
                                    rtol=1e-9, atol=1e-9, err_msg=f"seed {seed}")
+
+
+def test_an_unseeded_fit_records_its_seed_and_features_leave_out_the_weight(spark, rows):
+    """Without a seed the fit draws one and records it in the model (and model.json): a fit
+    given that seed is the same fit. Without features, every numeric column but the weight
+    column is a feature (here ``id`` too, so the weight is the only one left out)."""
+    from kmeans_dist import KMeansModel
+
+    x = rows
+    w = np.random.default_rng(8).uniform(0.5, 2.0, len(x))
+    df = spark.createDataFrame([(int(i), *map(float, r), float(wi), f"r{i}")
+                                for i, (r, wi) in enumerate(zip(x, w))],
+                               ["id", *FEATURES, "w", "name"])
+    drawn = KMeans(K, init="k-means++", weight_col="w").fit(df)
+    assert drawn.features == ["id", *FEATURES]
+    seed = drawn.params["seed"]
+    assert isinstance(seed, int) and seed >= 0
+    assert KMeansModel.from_dict(drawn.to_dict()).params["seed"] == seed
+    again = KMeans(K, init="k-means++", weight_col="w", seed=seed).fit(df)
+    assert np.array_equal(again.centroids, drawn.centroids) and again.inertia == drawn.inertia

@@ -44,7 +44,7 @@ def batches(tmp_path_factory):
     moved = CENTRES.copy()
     moved[2] += [3.0, 0.0]  # one centre moved by about two of its spreads
     keys = np.arange(len(day1))
-    return {
+    found = {
         "dir": d,
         "day1": _batch(d / "day1.csv", 1, keys, day1),
         "day2": _batch(d / "day2.csv", 2, keys2, which2),
@@ -52,6 +52,9 @@ def batches(tmp_path_factory):
         "five": _batch(d / "five.csv", 4, np.arange(5 * PER_CENTRE),
                        np.repeat(np.arange(5), PER_CENTRE)),
     }
+    with open(d / "moved.csv", "a") as f:
+        f.write("99999,,1.0\n")  # one row without an x: --invalid skip leaves it out of the fit
+    return found
 
 
 def _run_ok(*args) -> None:
@@ -90,18 +93,32 @@ def ids_by_centre(model, batch: dict, spark, out: Path) -> dict[int, int]:
 
 @pytest.fixture(scope="module")
 def first(batches, spark):
-    """Day 1, fresh fit, k=4 (the id column is kept out of the features)."""
-    out = batches["dir"] / "day1_out"
-    _run_ok("--input", batches["day1"]["csv"], "--output", out, "--k", 4, "--seed", 7,
-            "--id-col", "customer")
+    """Day 1, fresh fit, k=4 (the id column is kept out of the features). Day 1's rows are read
+    from a directory of four CSV files without an extension (so through --format csv), in more
+    than one partition, and fitted in one: the --conf profile's ``partitions``."""
+    d = batches["dir"]
+    out, parts, profile = d / "day1_out", d / "day1_parts", d / "one_partition.yaml"
+    header, *body = Path(batches["day1"]["csv"]).read_text().splitlines()
+    parts.mkdir()
+    for i in range(4):
+        (parts / f"part-{i}.csv").write_text("\n".join([header, *body[i * 400:(i + 1) * 400]])
+                                             + "\n")
+    profile.write_text("partitions: 1\n")
+    proc = run_segment(*map(str, ["--input", parts, "--format", "csv", "--conf", profile,
+                                  "--output", out, "--k", 4, "--seed", 7, "--id-col", "customer"]))
+    assert proc.returncode == 0, describe(proc)
     model, report = _load(out)
-    return {"out": out, "model": model, "drift": report,
-            "ids": ids_by_centre(model, batches["day1"], spark, out)}
+    return {"out": out, "model": model, "drift": report, "proc": proc, "parts": parts,
+            "profile": profile, "ids": ids_by_centre(model, batches["day1"], spark, out)}
 
 
-def test_first_run_writes_sizes_spreads_and_no_previous(first, batches):
+def test_first_run_writes_sizes_spreads_and_no_previous(first, batches, spark):
     model, report = first["model"], first["drift"]
     assert listing(first["out"]) == OUTPUTS
+    # --conf's partitions: the input's partitions fitted as one, and the job says so
+    assert spark.read.csv(str(first["parts"]), header=True).rdd.getNumPartitions() > 1
+    assert model.transport["partitions"] == 1
+    assert f"config: {first['profile']}; master local[2]; partitions 1" in first["proc"].stderr
     assert model.features == ["x", "y"] and sorted(first["ids"].values()) == [0, 1, 2, 3]
     assert report["previous"] is None and report["psi"] is None and report["exceeded"] == []
     assert {c["id"]: c["rows_after"] for c in report["clusters"]} == {i: 400 for i in range(4)}
@@ -125,9 +142,18 @@ def test_stable_ids_survive_an_init_in_permuted_order(first, batches, spark, tmp
     permuted.write_text(json.dumps(saved))
     out = tmp_path / "day2_out"
     _run_ok("--input", batches["day2"]["csv"], "--output", out, "--previous-model", permuted,
-            "--id-col", "customer", "--previous-assignments", first["out"] / "assignments")
+            "--id-col", "customer", "--previous-assignments", first["out"] / "assignments",
+            "--max-iter", 1)
     model, report = _load(out)
     assert model.cluster_ids == [first["model"].cluster_ids[i] for i in perm] != [0, 1, 2, 3]
+    # --max-iter 1: one Lloyd update from the permuted centroids, by numpy (to rounding: the
+    # means are summed in another order)
+    start = np.array(saved["centroids"])
+    x2 = batches["day2"]["x"]
+    nearest = ((x2[:, None, :] - start[None, :, :]) ** 2).sum(axis=2).argmin(axis=1)
+    one_step = np.array([x2[nearest == r].mean(axis=0) for r in range(4)])
+    np.testing.assert_allclose(model.centroids, one_step, rtol=1e-12, atol=1e-12)
+    assert (model.n_iter, model.stop, model.converged) == (1, "max_iter", False)
     assert ids_by_centre(model, batches["day2"], spark, out) == first["ids"]
     assert report["new_ids"] == [] and report["retired_ids"] == []
 
@@ -152,10 +178,13 @@ def test_moved_centre_drifts_most_and_max_drift_exits_3(first, batches):
     out = batches["dir"] / "moved_out"
     proc = run_segment("--input", str(batches["moved"]["csv"]), "--output", str(out),
                        "--previous-model", str(first["out"] / "model.json"),
-                       "--max-drift", "1.0")
+                       "--max-drift", "1.0", "--invalid", "skip")
     assert proc.returncode == 3, describe(proc)
     assert listing(out) == OUTPUTS  # everything written before exiting
     model, report = _load(out)
+    # --invalid skip: the row without an x is left out of the fit and counted
+    assert model.dropped == {"null, NaN or infinite feature value": 1}
+    assert report["current"] == {"k": 4, "rows": 1600}
     moved_id = first["ids"][2]
     by_id = {c["id"]: c for c in report["clusters"]}
     assert report["exceeded"] == [moved_id] and report["max_relative_shift"]["id"] == moved_id
@@ -203,33 +232,60 @@ def test_growing_k_keeps_the_four_ids_and_adds_4(first, grown):
 
 def test_shrinking_k_fits_fresh_and_retires_the_unmatched_id(first, grown, batches, spark,
                                                              tmp_path):
+    """Also: no --seed (the fresh fit draws one and records it: a fit given it is the same
+    fit), --driver-max-mb 0 (fitted on the executors) and --overwrite of a directory holding a
+    file no run wrote."""
+    from kmeans_dist import KMeans
+
     out = tmp_path / "shrunk_out"
-    _run_ok("--input", batches["day2"]["csv"], "--output", out, "--k", 4, "--seed", 5,
-            "--previous-model", grown["out"] / "model.json")
+    out.mkdir()
+    (out / "foreign.txt").write_text("not the job's\n")
+    _run_ok("--input", batches["day2"]["csv"], "--output", out, "--k", 4,
+            "--previous-model", grown["out"] / "model.json", "--driver-max-mb", 0,
+            "--overwrite")
     model, report = _load(out)
+    assert listing(out) == OUTPUTS
     assert ids_by_centre(model, batches["day2"], spark, out) == first["ids"]
     assert report["retired_ids"] == [4] and report["new_ids"] == []
     assert model.retired_ids == [4] and model.params["init"] == "model"
+    assert model.transport["name"] == "resident"
+    seed = model.params["seed"]
+    assert isinstance(seed, int)
+    df = spark.read.csv(str(batches["day2"]["csv"]), header=True, inferSchema=True)
+    again = KMeans(4, seed=seed).fit(df, ["x", "y"])
+    assert again.transport["name"] == "driver"
+    assert np.array_equal(again.centroids, model.centroids)
 
 
 def test_warm_start_from_a_converged_model_stops_after_one_update(first, batches, spark):
     """From its own converged centroids the first update moves no centroid (shift exactly 0):
     a fixed point, so the fit stops after that one iteration with the same model. (The first
-    pass has no earlier labels to compare with, so its ``moved`` counts every row.) scikit-learn
-    from the same start ends at the same centroids."""
+    pass has no earlier labels to compare with, so its ``moved`` counts every row.)
+
+    scikit-learn from the same start ends at the same centroids and labels, but counts two
+    iterations: it updates mean-centred copies of the rows and centres, where rounding moves
+    the first update's centres (so its shift is not 0), and stops at the second pass, which
+    changes no label (its max_iter=1 fit has the full fit's labels)."""
     from sklearn.cluster import KMeans as SKMeans
 
     from kmeans_dist import KMeans
 
     df = spark.read.csv(str(batches["day1"]["csv"]), header=True, inferSchema=True)
     prev = first["model"]
+    x = batches["day1"]["x"]
     model = KMeans(4, init=prev, seed=1).fit(df, ["x", "y"])
     sk = SKMeans(4, init=prev.centroids, n_init=1, max_iter=300, tol=0.0,
-                 algorithm="lloyd").fit(batches["day1"]["x"])
+                 algorithm="lloyd").fit(x)
+    sk_one = SKMeans(4, init=prev.centroids, n_init=1, max_iter=1, tol=0.0,
+                     algorithm="lloyd").fit(x)
     assert model.n_iter == 1 and model.stop == "no_change"
     assert model.history[0]["shift"] == 0.0
+    assert sk.n_iter_ == 2 and np.array_equal(sk_one.labels_, sk.labels_)
     np.testing.assert_array_equal(model.centroids, prev.centroids)
+    # the same centroids to rounding (scikit-learn's are the centred means plus the mean)
     np.testing.assert_allclose(model.centroids, sk.cluster_centers_, rtol=1e-12, atol=1e-12)
+    labels, _ = brute_labels(model, x)
+    assert labels.tolist() == np.array(model.cluster_ids)[sk.labels_].tolist()
     assert model.cluster_ids == prev.cluster_ids and model.converged
 
 
@@ -301,3 +357,20 @@ def test_bad_input_is_one_line_and_writes_nothing(first, batches, tmp_path, case
     proc = run_segment("--input", str(inp), "--output", str(out), *args)
     assert_user_error(proc, *needles)
     assert_nothing_written(out)
+
+
+def test_transitions_leave_out_rows_with_a_null_key(spark):
+    """The join behind drift.json's transitions: rows with a null key (or no cluster) are not
+    counted, on either side; the expected pairs are worked out by hand."""
+    from pyspark.sql import types as T
+
+    from kmeans_dist.segment import transition_counts
+
+    schema = T.StructType([T.StructField("customer", T.StringType()),
+                           T.StructField("cluster", T.IntegerType())])
+    before = spark.createDataFrame([("a", 0), ("b", 1), (None, 0), (None, 1), ("c", None)],
+                                   schema)
+    after = spark.createDataFrame([("a", 1), ("b", 1), (None, 0), ("d", 0)], schema)
+    got = transition_counts(before, after, "customer")
+    # a: 0 -> 1, b: 1 -> 1, d: only now; the null keys and c's unlabelled row nowhere
+    assert sorted(got, key=str) == sorted([(0, 1, 1), (1, 1, 1), (None, 0, 1)], key=str)

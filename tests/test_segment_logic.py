@@ -106,7 +106,9 @@ def test_report_per_cluster_fields_and_alarm():
     assert result["new_ids"] == [3] and result["retired_ids"] == [2]
     assert result["psi"] == pytest.approx(drift.psi([0.5, 0.3, 0.2, 0.0], [0.4, 0.4, 0.0, 0.2]))
     assert result["max_relative_shift"] == {"id": 0, "relative_shift": 5.0}
-    assert result["exceeded"] == [0]
+    assert result["exceeded"] == [0] and result["max_drift"] == 1.0
+    assert result["previous"] == {"model": "m.json", "k": 3, "rows": 100}
+    assert result["current"] == {"k": 3, "rows": 100}
     line = drift.alarm_line(result)
     assert "cluster 0" in line and "5 spreads" in line and "\n" not in line
     quiet = drift.report(previous, current, previous_source="m.json", max_drift=6.0)
@@ -129,6 +131,27 @@ def test_first_run_report_has_sizes_only():
     assert [(c["rows_after"], c["share_after"], c["spread_after"], c["shift"])
             for c in result["clusters"]] == [(3, 0.75, 0.5, None), (1, 0.25, 0.25, None)]
     assert drift.alarm_line(result) is None
+    # nothing to compare with: every comparing field is null, the run's own figures are there
+    assert result["current"] == {"k": 2, "rows": 4} and result["max_drift"] == 0.0
+    assert (result["new_ids"], result["retired_ids"], result["max_relative_shift"],
+            result["transitions"]) == (None, None, None, None)
+    for c in result["clusters"]:
+        assert (c["status"], c["rows_before"], c["share_before"], c["spread_before"],
+                c["relative_shift"]) == (None, None, None, None, None)
+
+
+def test_cosine_drift_is_between_l2_normalised_centroids():
+    """Centroids of cosine models that are not unit length (a model written elsewhere): the
+    shift is the distance between their directions, by numpy."""
+    previous = KMeansModel([[2.0, 0.0], [0.0, 3.0]], ["a", "b"], distance="cosine",
+                           cluster_sizes=[5, 5])
+    current = KMeansModel([[1.0, 1.0], [0.0, 0.5]], ["a", "b"], distance="cosine",
+                          cluster_sizes=[6, 4])
+    result = drift.report(drift.Clusters.of(previous), drift.Clusters.of(current))
+    by_id = {c["id"]: c for c in result["clusters"]}
+    unit = np.array([1.0, 1.0]) / np.sqrt(2.0)
+    assert by_id[0]["shift"] == pytest.approx(np.linalg.norm(unit - [1.0, 0.0]), rel=1e-15)
+    assert by_id[1]["shift"] == 0.0  # the same direction, another length
 
 
 def test_transitions_from_join_counts():
@@ -151,6 +174,9 @@ def test_transitions_from_join_counts():
     assert got["only_previous"] == 10 and got["only_current"] == 10
     assert got["only_previous_by_id"] == [sum(before[k] == i for k in range(10))
                                           for i in (0, 1, 3)]
+    assert got["only_current_by_id"] == [sum(after[k] == i for k in range(60, 70))
+                                         for i in (0, 1, 3, 4)]
+    assert got["id_col"] == "key"
 
 
 def test_model_json_cluster_ids_round_trip_and_default():

@@ -13,14 +13,17 @@ import json
 import math
 import os
 import re
+import shlex
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from jobutil import (assert_nothing_written, assert_user_error, describe, listing,
-                     write_csv)
+from jobutil import (ROOT, TIMEOUT, assert_nothing_written, assert_user_error, describe,
+                     job_env, listing, write_csv)
 from jobutil import run_job as _run_job
 from jobutil import run_job_in_process as _run_job_in_process
 
@@ -81,9 +84,12 @@ def data(tmp_path_factory):
         "x1": bx[:, 0], "x2": bx[:, 1], "x3": bx[:, 2], "w": w,
         "tag": [f"t{i % 4}" for i in range(len(bx))],
     })
-    # a Parquet file whose name says .csv: only --format parquet makes it readable
+    # a Parquet dataset (three files, read in more than one partition) whose name says .csv:
+    # only --format parquet makes it readable
     blobs = d / "points.csv"
-    pq.write_table(table, blobs)
+    blobs.mkdir()
+    for part, lo in enumerate(range(0, len(bx), 80)):
+        pq.write_table(table.slice(lo, 80), blobs / f"part-{part}.parquet")
 
     tiny = write_csv(d / "tiny.csv", ["a", "b"], [[1, 2], [3, 4], [5, 6.5], [7, 8], [9, 10]])
     holes = d / "holes.csv"
@@ -112,7 +118,8 @@ def _spark_runs(data) -> dict[str, tuple[list[str], Path]]:
         "parquet_overwrite": [
             "--input", data["blobs"], "--format", "parquet", "--k", "3",
             "--features", ",".join(data["blobs_features"]), "--weight-col", "w",
-            "--init", data["blobs_init_csv"], "--overwrite", "--algorithm", "lloyd",
+            "--init", data["blobs_init_csv"], "--overwrite", "--partitions", "1",
+            "--algorithm", "lloyd",
         ],
         "exists": ["--input", tiny, "--k", "2"],
         "missing_input": ["--input", d / "no_such_input.csv", "--k", "2"],
@@ -147,6 +154,12 @@ def runs(data, request):
     with ThreadPoolExecutor(PARALLEL_RUNS) as pool:
         futures = {name: pool.submit(run_job, *specs[name][0])
                    for name in order if name not in in_process}
+        make_out = data["dir"] / "out_make_run"
+        futures["make_run"] = pool.submit(
+            subprocess.run, make_run_command(make_out), cwd=ROOT, env=job_env(),
+            capture_output=True, text=True, timeout=TIMEOUT)
+        specs["make_run"] = ([], make_out)
+        order.append("make_run")
         results = {}
         if in_process:
             request.getfixturevalue("spark")
@@ -154,6 +167,17 @@ def runs(data, request):
                 results[name] = run_job_in_process(*specs[name][0])
         results.update({name: f.result() for name, f in futures.items()})
     return {name: (results[name], specs[name][1]) for name in order}
+
+
+def make_run_command(out: Path) -> list[str]:
+    """The Makefile's ``run`` recipe as written, with this Python as $(PY) and ``out`` as
+    $(OUT)."""
+    lines = (ROOT / "Makefile").read_text().splitlines()
+    recipe = lines[next(i for i, ln in enumerate(lines) if ln.startswith("run:")) + 1]
+    assert recipe.startswith("\t$(PY) jobs/train.py "), recipe
+    command = recipe.strip().replace("$(PY)", sys.executable).replace("$(OUT)", str(out))
+    assert "$(" not in command, command
+    return shlex.split(command)
 
 
 def ok_run(runs, name):
@@ -232,6 +256,13 @@ def test_csv_fit_matches_sklearn_and_writes_contract(runs, data):
     assert model["params"]["algorithm"] == "auto"  # the default
     assert history[-1]["moved"] == 0  # converged with tol=0: no row changed cluster
     assert all(e["moved"] > 0 for e in history[:-1])
+    # the stop rule that ended it, the same history and no dropped rows in both files; no
+    # spreads from the train job (only the segment job writes them)
+    assert report["stop"] == model["stop"] == "no_change"
+    assert model["history"] == history and report["dropped"] == model["dropped"] == {}
+    assert model["cluster_spread"] is None
+    # on a filesystem with an atomic rename, _SUCCESS is an empty marker
+    assert (out / "_SUCCESS").read_bytes() == b""
 
     # one log line per iteration, numbered 1..n_iter, matching the history
     logged = ITERATION_LINE.findall(proc.stderr)
@@ -300,6 +331,10 @@ def test_parquet_features_and_weights(runs, data, spark):
     assert assignments.columns == ["id", "x1", "x2", "x3", "w", "tag", "cluster"]
     assert assignments.count() == len(data["bx"])
 
+    # --partitions 1: the input's partitions were fitted as one
+    assert spark.read.parquet(str(data["blobs"])).rdd.getNumPartitions() > 1
+    assert model["transport"]["name"] == "driver" and model["transport"]["partitions"] == 1
+
 
 # --------------------------------------------------------------------------- 4. existing output
 
@@ -363,3 +398,57 @@ def test_bad_input(runs, data, name, needles):
         assert "null" in line or "NaN" in line, line
         assert "'b'" in line or '"b"' in line, f"the bad column is not named: {line}"
     assert_nothing_written(out)
+
+
+# --------------------------------------------------------------------------- 6. make run
+
+
+def readme_make_run_printout() -> list[str]:
+    """The printout the README shows for ``make run`` (the fenced block after its sentence)."""
+    text = (ROOT / "README.md").read_text()
+    after = text[text.index("`make run` prints one line per iteration"):]
+    block = after[after.index("```\n") + 4:]
+    return block[:block.index("```")].rstrip("\n").splitlines()
+
+
+def test_make_run_prints_what_the_readme_shows(runs):
+    """The Makefile's ``run`` line (iris, k=3, seed 42, conf/local.yaml): one log line per
+    iteration, then the README's printout (but the seconds and the output path). That fit is
+    scikit-learn's best of ten starts (the known 78.85 optimum, centroids to rounding), and the
+    species table is counted from scikit-learn's labels."""
+    from sklearn.cluster import KMeans as SkKMeans
+
+    proc, out = ok_run(runs, "make_run")
+    assert listing(out) == ["_SUCCESS", "assignments", "model.json", "plots", "report.json"]
+    assert "config: conf/local.yaml; master local[*]; " in proc.stderr
+
+    def normal(lines):
+        return [re.sub(r"; [0-9.]+s$", "; <seconds>", ln).replace("out/iris", "<out>")
+                for ln in lines]
+
+    printed = proc.stdout.replace(str(out), "out/iris").rstrip("\n").splitlines()
+    shown = readme_make_run_printout()
+    assert normal(printed) == normal(shown)
+    n_iter = int(re.search(r"after (\d+) iterations", shown[1]).group(1))
+    logged = ITERATION_LINE.findall(proc.stderr)
+    assert [int(m[0]) for m in logged] == list(range(1, n_iter + 1)), proc.stderr
+
+    rows = (ROOT / "data" / "iris.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    x = np.array([[float(v) for v in r.split(",")[:4]] for r in rows[1:]])
+    species = np.array([r.split(",")[header.index("species")] for r in rows[1:]])
+    sk = SkKMeans(3, n_init=10, random_state=0, algorithm="lloyd", tol=0).fit(x)
+    model = read_json(out / "model.json")
+    centroids = np.array(model["centroids"])
+    # our cluster row of each of scikit-learn's clusters: the nearest centroid
+    ours = [int(np.argmin(((centroids - c) ** 2).sum(axis=1))) for c in sk.cluster_centers_]
+    assert sorted(ours) == [0, 1, 2]
+    np.testing.assert_allclose(centroids[ours], sk.cluster_centers_, rtol=1e-9, atol=0)
+    assert model["inertia"] == pytest.approx(sk.inertia_, rel=1e-9)
+    labels = np.array(ours)[sk.labels_]
+    table = [ln.split() for ln in printed[printed.index("clusters against species:") + 1:]]
+    assert table[0] == ["cluster", "setosa", "versicolor", "virginica"]
+    for row in table[1:]:
+        c = int(row[0])
+        assert [int(v) for v in row[1:]] == [int(np.sum((labels == c) & (species == sp)))
+                                            for sp in table[0][1:]]

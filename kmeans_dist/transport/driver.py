@@ -258,9 +258,9 @@ class DriverTransport:
             HeldLimit.let_go()
 
     def record(self) -> dict:
-        """What the model records: the name, the rule's figures, the threads."""
-        out: dict[str, Any] = {"name": "driver", "threads": self.threads,
-                               "held_bytes": getattr(self, "held", None)}
+        """What the model records: the name, the partitions, the rule's figures, the threads."""
+        out: dict[str, Any] = {"name": "driver", "partitions": self.num_partitions,
+                               "threads": self.threads, "held_bytes": getattr(self, "held", None)}
         if self.verdict is not None:
             out.update(rows=self.verdict.rows, packed_bytes=self.verdict.packed,
                        limit=self.verdict.limit, limit_source=self.verdict.source)
