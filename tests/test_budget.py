@@ -188,3 +188,25 @@ def test_worker_rss_is_this_process_resident_memory():
 def test_unknown_storage_is_refused():
     with pytest.raises(ValueError, match="unknown block storage 'tape'"):
         Held("t", 0, "tape", 0, 44)
+
+
+@pytest.mark.parametrize("d, rows", [
+    (1, 524_288), (3, 174_762), (16, 32_768), (100, 5_242), (512, 1_024),  # 4 MiB // (8 d)
+    (1_000, 1_024),  # at least 1,024 rows (8 MB at d = 1,000)
+])
+def test_a_default_block_is_4_mib_of_features(d, rows):
+    """``block_rows`` unset: 4 MiB of float64 features per block (the README's default), at least
+    1,024 rows."""
+    from kmeans_dist import data
+
+    assert data.default_block_rows(d) == rows
+    if rows > 1_024:
+        assert 4 * MIB - 8 * d < rows * 8 * d <= 4 * MIB
+
+
+def test_a_fit_packs_default_blocks(spark):
+    """What a fit packs with when ``block_rows`` is unset: the default above (3 features)."""
+    from kmeans_dist import data
+
+    df = spark.createDataFrame([(0.0, 1.0, 2.0)], ["a", "b", "c"])
+    assert data.packing(df, df.columns).packer.block_rows == 4 * MIB // 24 == 174_762
