@@ -27,7 +27,8 @@ Differences from pyspark.ml:
 * ``transform`` gives a null prediction for a row with a null or non-finite feature instead of
   failing the job; a vector of the wrong size fails it, as in MLlib.
 * Saved stages name these classes and keep the centres as JSON: ``kmeans_dist.ml`` reads them,
-  pyspark.ml's ``KMeansModel.load`` does not (nor is a model pyspark.ml saved read here).
+  pyspark.ml's ``KMeansModel.load`` does not (nor is a stage pyspark.ml saved read here: the
+  readers refuse it with an error naming both classes).
 
 Only DataFrame operations are used here (no ``sparkContext``), so the adapter itself is ready
 for Spark Connect.
@@ -423,6 +424,12 @@ class KMeans(
         """Rows with a null/NaN/infinite feature (or bad weight): "error" or "skip" them."""
         return self._set(handleInvalid=value)
 
+    @classmethod
+    def read(cls) -> MLReader["KMeans"]:
+        """pyspark.ml's reader of Params, refusing what another class saved (see
+        ``_check_saved_class``)."""
+        return _EstimatorReader(cls)
+
     def _seed(self) -> int:
         """The seed as the engine takes it: seed=None means the default (as in pyspark.ml, a
         hash of the class name), and a negative seed is mapped into [0, 2**63)."""
@@ -590,6 +597,31 @@ class KMeansModel(Model, _KMeansParams, MLWritable, MLReadable["KMeansModel"]):
         return _ModelReader(cls)
 
 
+def _check_saved_class(metadata: dict, cls: type, path: str) -> None:
+    """UserError unless ``path`` holds a ``cls`` (what this module saves), e.g. a stage
+    pyspark.ml saved: it keeps its centres in another form, and its class is not this one."""
+    expected = f"{cls.__module__}.{cls.__name__}"
+    found = metadata.get("class")
+    if found == expected:
+        return
+    refit = ("; to start from its centres, fit kmeans_dist.ml.KMeans with "
+             "initialCenters=<its clusterCenters()>" if cls is KMeansModel else "")
+    raise UserError(f"{path} holds a saved {found}, not a {expected}: kmeans_dist.ml reads only "
+                    f"the stages it saved itself{refit}")
+
+
+class _EstimatorReader(DefaultParamsReader):
+    """pyspark.ml's reader of an estimator's Params, for this class only."""
+
+    def load(self, path: str) -> "KMeans":
+        metadata = DefaultParamsReader.loadMetadata(path, self.sparkSession)
+        _check_saved_class(metadata, self.cls, path)
+        instance = self.cls()
+        instance._resetUid(metadata["uid"])
+        DefaultParamsReader.getAndSetParams(instance, metadata)
+        return instance
+
+
 class _ModelWriter(MLWriter):
     """Params as pyspark.ml metadata, the centres as one JSON line in ``path/data``."""
 
@@ -613,6 +645,7 @@ class _ModelReader(MLReader[KMeansModel]):
 
     def load(self, path: str) -> KMeansModel:
         metadata = DefaultParamsReader.loadMetadata(path, self.sparkSession)
+        _check_saved_class(metadata, self.cls, path)
         data = json.loads(self.sparkSession.read.text(os.path.join(path, "data")).first()[0])
         model = self.cls(data["clusterCenters"])
         model._resetUid(metadata["uid"])

@@ -9,20 +9,27 @@ run time (threadpoolctl, scikit-learn's way) holds everywhere. No Spark import a
 
 from __future__ import annotations
 
+import sys
 import threading
 from contextlib import contextmanager
 from typing import Iterator
 
 _controller = None
+#: ``len(sys.modules)`` when ``_controller`` looked for the pools
+_modules_seen = 0
 
 
 def _thread_pools():
-    """The process's BLAS/OpenMP pools, found once per Python worker."""
-    global _controller
-    if _controller is None:
+    """The process's BLAS/OpenMP pools, looked for again whenever modules were imported since
+    the last look: an import can load another BLAS (scipy brings its own OpenBLAS beside
+    numpy's), which a controller made before it would leave unlimited. A Python worker imports
+    nothing new between passes, so it looks once per fit or so, not once per task."""
+    global _controller, _modules_seen
+    if _controller is None or len(sys.modules) != _modules_seen:
         from threadpoolctl import ThreadpoolController
 
         _controller = ThreadpoolController()
+        _modules_seen = len(sys.modules)
     return _controller
 
 

@@ -191,3 +191,86 @@ def test_worker_rss_is_this_process_resident_memory():
 def test_unknown_storage_is_refused():
     with pytest.raises(ValueError, match="unknown block storage 'tape'"):
         Held("t", 0, "tape", 0, 44)
+
+
+@pytest.mark.parametrize("d, rows", [
+    (1, 524_288), (3, 174_762), (16, 32_768), (100, 5_242), (512, 1_024),  # 4 MiB // (8 d)
+    (1_000, 1_024),  # at least 1,024 rows (8 MB at d = 1,000)
+])
+def test_a_default_block_is_4_mib_of_features(d, rows):
+    """``block_rows`` unset: 4 MiB of float64 features per block (the README's default), at least
+    1,024 rows."""
+    from kmeans_dist import data
+
+    assert data.default_block_rows(d) == rows
+    if rows > 1_024:
+        assert 4 * MIB - 8 * d < rows * 8 * d <= 4 * MIB
+
+
+def test_a_fit_packs_default_blocks(spark):
+    """What a fit packs with when ``block_rows`` is unset: the default above (3 features)."""
+    from kmeans_dist import data
+
+    df = spark.createDataFrame([(0.0, 1.0, 2.0)], ["a", "b", "c"])
+    assert data.packing(df, df.columns).packer.block_rows == 4 * MIB // 24 == 174_762
+
+
+def test_arrow_files_packing_holds_a_block_and_a_batch_and_flushes_each_file(monkeypatch,
+                                                                             tmp_path):
+    """The arrow-files transport's packing task (``arrow._Store``, the fallback's) over a
+    partition of 40 Arrow batches = 20 blocks: each block goes to its files as soon as it is
+    full, each file is flushed to disk (fdatasync) before the next is created, and the task's
+    memory never holds more than the block being filled, the last one written, and the Arrow
+    batch at hand (with its float64 copy), far below the partition. Memory is measured with
+    tracemalloc, which sees numpy's buffers, and the batches' buffers are numpy's (zero-copy)."""
+    import re
+    import tracemalloc
+    from types import SimpleNamespace
+
+    import pyarrow as pa
+    import pyspark
+
+    from kmeans_dist.data import Packer
+    from kmeans_dist.transport import arrow
+
+    monkeypatch.setenv("SPARK_LOCAL_DIRS", str(tmp_path))
+    monkeypatch.setattr(pyspark.TaskContext, "get", lambda: SimpleNamespace(partitionId=lambda: 0))
+    d, block_rows, batch_rows, batches = 8, 2000, 1000, 40
+    names = [f"f{j}" for j in range(d)]
+    block_bytes, batch_bytes = block_rows * (d + 1) * 8, batch_rows * d * 8
+
+    def source(n=batches):
+        for i in range(n):
+            x = np.random.default_rng(i).normal(size=(d, batch_rows))
+            yield pa.RecordBatch.from_arrays([pa.array(x[j]) for j in range(d)], names)
+
+    # once before measuring: the first run's imports and caches are no part of the partition's
+    list(arrow._Store(Packer(names, None, block_rows, False), "warm-up")(source(4)))
+    synced = []
+    files = tmp_path / "kmeans_dist" / "t0ken"
+    real_sync = os.fdatasync
+
+    def sync(fd):
+        synced.append((os.readlink(f"/proc/self/fd/{fd}"), len(list(files.iterdir()))))
+        real_sync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", sync)
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        handles = list(arrow._Store(Packer(names, None, block_rows, False), "t0ken")(source()))
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert sum(h.num_rows for h in handles) == batches * batch_rows // block_rows == 20
+    partition = batches * batch_rows * (d + 1) * 8
+    # two blocks, and the batch at hand plus the next one being made, each with its copy; 64 KiB
+    # for the interpreter's own objects (handles, file objects, paths)
+    assert peak <= 2 * block_bytes + 4 * batch_bytes + (64 << 10), (peak, partition)
+    assert peak < partition / 4
+    # every file (x and norms of 20 blocks) synced, each before the next one existed
+    assert len(synced) == 40 == len(list(files.iterdir()))
+    for i, (path, present) in enumerate(synced):
+        assert re.fullmatch(r".*/p0-\d+\.(x|xsq)\.npy\.[0-9a-f]{32}\.tmp\.npy", path), path
+        assert present == i + 1  # the files written before, and this one

@@ -1,14 +1,19 @@
 """The driver transport: small data fitted in the driver process, bit-identical to the
 distributed transports; ``transport="auto"`` takes it only under the driver limit."""
 
+import json
 import logging
+import os
+import re
 import sys
+import time
 
 import numpy as np
 import pytest
 from pyspark import cloudpickle
 from sklearn.cluster import KMeans as SkKMeans
 
+from jobutil import scala_list
 from kmeans_dist import KMeans, data, kernels, tasks
 from kmeans_dist.transport import RDDTransport, choose
 from kmeans_dist.transport.driver import (DEFAULT_LIMIT, DRIVER_SHARE, DriverTransport,
@@ -148,6 +153,50 @@ def test_auto_takes_the_driver_for_small_data_and_says_why(spark, blobs, caplog)
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("transport")]
     assert said and "300 rows" in said[0] and "within the driver limit" in said[0], said
     assert not tasks.LABELS._entries
+
+
+#: the physical operators through which Spark runs Python (UDFs, pandas/Arrow functions): a plan
+#: without any of them runs in the JVM only, and starts no Python worker
+PYTHON_OPERATORS = re.compile(r"Python|InPandas|InArrow|FlatMapGroupsIn|FlatMapCoGroupsIn")
+
+
+def _sql_executions(spark) -> list:
+    return scala_list(spark._jsparkSession.sharedState().statusStore().executionsList())
+
+
+def test_small_data_comes_in_one_jvm_only_collect_and_runs_one_thread_per_core(spark, tmp_path):
+    """A small input Spark can estimate (a range): the whole fit is one Spark job, whose plan
+    has no Python operator (the collect runs in the JVM only, no Python worker starts); the
+    passes then run in the driver on one thread per core this process may use, and model.json
+    records the figures the README lists."""
+    from pyspark.sql import functions as F
+
+    df = spark.range(0, 3000, numPartitions=2).select(
+        F.col("id").cast("double").alias("a"), (F.col("id") * 7 % 13).cast("double").alias("b"))
+    jobs = spark.sparkContext._jsc.sc().dagScheduler().numTotalJobs()
+    executions = len(_sql_executions(spark))
+    model = KMeans(3, seed=1).fit(df, ["a", "b"])
+    assert spark.sparkContext._jsc.sc().dagScheduler().numTotalJobs() == jobs + 1
+    deadline = time.monotonic() + 30
+    while len(new := _sql_executions(spark)[executions:]) < 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [e.description() for e in new] == ["kmeans_dist: bringing small data to the driver"]
+    plan = new[0].physicalPlanDescription()
+    assert "Range" in plan and not PYTHON_OPERATORS.search(plan), plan
+    # the pattern does see Python where it runs: a mapInArrow, the model's scalar UDF
+    for python in (data.packing(df, ["a", "b"]).frame, model.transform(df)):
+        assert PYTHON_OPERATORS.search(python._jdf.queryExecution().executedPlan().toString())
+
+    model.save(str(tmp_path / "model.json"))
+    record = json.loads((tmp_path / "model.json").read_text())["transport"]
+    assert sorted(record) == ["held_bytes", "limit", "limit_source", "name", "packed_bytes",
+                              "rows", "threads"]
+    assert record["name"] == "driver" and record["rows"] == 3000
+    assert record["packed_bytes"] == record["held_bytes"] == 3000 * (8 * 2 + 8)
+    assert record["threads"] == len(os.sched_getaffinity(0))  # "one thread per core"
+    assert re.fullmatch(r"the smaller of 128 MiB and 0\.125 x the driver's [\d,]+ MiB available",
+                        record["limit_source"]), record
+    assert record["limit"] == driver_limit(spark)[0]
 
 
 def test_auto_keeps_larger_data_on_the_executors(spark, blobs):

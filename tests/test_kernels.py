@@ -5,6 +5,8 @@ No Spark here: every function is checked on small in-memory blocks.
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -794,3 +796,25 @@ def test_row_uniforms_never_zero_at_smallest_hash():
     u = kernels.row_uniforms(seed, stream, np.zeros((1, 1)))  # bits 0
     assert 0.0 < u[0] < 1.0
     assert u[0] == 0.5 / 2.0**52
+
+
+def test_blas_pools_loaded_after_the_first_limit_are_limited_too(monkeypatch):
+    """``threads._thread_pools`` looks for the BLAS pools again once modules were imported since
+    its last look (an import such as scipy's can load a second OpenBLAS, which a controller made
+    before it never limits); with nothing imported it keeps the one it has."""
+    from kmeans_dist import threads
+
+    made = []
+
+    class Controller:
+        def __init__(self):
+            made.append(self)
+
+    monkeypatch.setattr("threadpoolctl.ThreadpoolController", Controller)
+    monkeypatch.setattr(threads, "_controller", None)
+    first = threads._thread_pools()
+    assert threads._thread_pools() is first and len(made) == 1
+    monkeypatch.setitem(sys.modules, "kmeans_dist_test_new_extension", object())
+    second = threads._thread_pools()
+    assert second is not first and len(made) == 2
+    assert threads._thread_pools() is second

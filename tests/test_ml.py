@@ -172,9 +172,12 @@ def test_model_api_and_summary(spark, four, fit):
     renamed = model.copy().setPredictionCol("c").transform(four.df)
     np.testing.assert_array_equal(predictions(renamed, "c"), labels)
     assert renamed.columns == four.df.columns + ["c"]
-    with_null = spark.createDataFrame([(None,), (Vectors.dense(four.x[7]),)],
-                                      T.StructType([T.StructField("features", VectorUDT())]))
-    assert predictions(model.transform(with_null)).tolist() == [None, labels[7]]
+    # a null vector, and vectors with a NaN or an infinite value: a null prediction each
+    nan, inf = float("nan"), float("inf")
+    invalid = spark.createDataFrame(
+        [(None,), (Vectors.dense([nan, 1.0, 2.0]),), (Vectors.dense([1.0, -inf, 2.0]),),
+         (Vectors.dense(four.x[7]),)], T.StructType([T.StructField("features", VectorUDT())]))
+    assert predictions(model.transform(invalid)).tolist() == [None, None, None, labels[7]]
 
 
 @pytest.mark.parametrize("col", ["sparse", "floats"])
@@ -188,6 +191,43 @@ def test_sparse_and_array_features_give_the_dense_model(four, fit, col):
     for c in ("sparse", "doubles", "floats"):
         np.testing.assert_array_equal(predictions(other.copy().setFeaturesCol(c)
                                                   .transform(four.df)), expected)
+
+
+def test_solver_and_max_block_size_change_nothing(four, fit):
+    """``solver`` and ``maxBlockSizeInMB`` are accepted and have no effect: other values give
+    the same model, bit for bit."""
+    default = fit()
+    other = KMeans(k=len(four.init), initialCenters=four.init.tolist(), maxIter=50, tol=1e-4,
+                   solver="row", maxBlockSizeInMB=0.001).fit(four.df)
+    assert (other.getSolver(), other.getMaxBlockSizeInMB()) == ("row", 0.001)
+    np.testing.assert_array_equal(np.array(other.clusterCenters()),
+                                  np.array(default.clusterCenters()))
+    assert other.summary.numIter == default.summary.numIter
+    assert other.summary.trainingCost == default.summary.trainingCost
+    np.testing.assert_array_equal(predictions(other.summary.predictions),
+                                  predictions(default.summary.predictions))
+
+
+def test_init_mode_k_means_plus_plus_is_exact_k_means_plus_plus(three, monkeypatch):
+    """initMode="k-means++" runs the exact k-means++ init (one pass over the data per centre,
+    nothing of k-means||), and on three separated blobs ends at their means."""
+    from kmeans_dist import init as inits
+
+    passes = []
+    sample = inits._sample
+
+    def counted(transport, step, label):
+        passes.append(label)
+        return sample(transport, step, label)
+
+    monkeypatch.setattr(inits, "_sample", counted)
+    monkeypatch.setattr(inits, "kmeans_parallel", None)  # would fail if called
+    model = KMeans(k=3, seed=2, initMode="k-means++").fit(three)
+    assert passes == [f"k-means++ centre {i}/3" for i in (1, 2, 3)]
+    x = np.array([r[0].toArray() for r in three.select("features").collect()])
+    means = sorted(map(tuple, (x[i * 40:(i + 1) * 40].mean(axis=0) for i in range(3))))
+    np.testing.assert_allclose(sorted(map(tuple, model.clusterCenters())), means,
+                               rtol=RTOL, atol=1e-12)
 
 
 # --------------------------------------------------------------------------- Params

@@ -115,8 +115,11 @@ def test_model_params_are_keyed_by_the_estimators_uid(six, fitted, spark_fitted)
                                                                        "c"]
 
 
-#: Params whose doc differs on purpose: the extra init mode, and the two accepted without effect
-OWN_DOCS = {"initMode", "solver", "maxBlockSizeInMB"}
+#: Params whose doc differs on purpose: pyspark.ml's, then the extra init mode or, for the two
+#: accepted without effect, that they have none (as the README says)
+OWN_DOCS = {"initMode": ' (kmeans-dist: also "k-means++", exact k-means++).',
+            "solver": " Accepted for compatibility; has no effect in kmeans-dist.",
+            "maxBlockSizeInMB": " Accepted for compatibility; has no effect in kmeans-dist."}
 
 
 def test_params_explained_as_pyspark_ml_explains_them(fitted, spark_fitted):
@@ -125,7 +128,9 @@ def test_params_explained_as_pyspark_ml_explains_them(fitted, spark_fitted):
     assert {p.name for p in theirs.params} <= {p.name for p in km.params}
     for p in theirs.params:
         if p.name in OWN_DOCS:
-            assert km.getParam(p.name).doc.startswith(p.doc.rstrip(".")), p.name
+            assert km.getParam(p.name).doc == p.doc + OWN_DOCS[p.name], p.name
+            assert km.explainParam(p.name) == theirs.explainParam(p.name).replace(
+                p.doc, p.doc + OWN_DOCS[p.name]), p.name
         else:
             assert km.explainParam(p.name) == theirs.explainParam(p.name), p.name
     assert km.explainParams().count("\n") == len(km.params) - 1
@@ -147,3 +152,26 @@ def test_summary_fields_are_pyspark_mls(fitted, spark_fitted):
     assert model.summary.predictions.columns == theirs.summary.predictions.columns
     assert model.summary.cluster.columns == theirs.summary.cluster.columns
     assert isinstance(theirs, SparkKMeansModel)  # the reference really is pyspark.ml's
+
+
+def test_saved_models_are_read_only_by_the_library_that_saved_them(fitted, spark_fitted, tmp_path):
+    """Our saved model is refused by pyspark.ml's loader, and theirs (model or estimator) by ours,
+    each with an error naming both classes (not a parse error half way through)."""
+    km, model = fitted
+    theirs, their_model = spark_fitted
+    model.save(str(tmp_path / "ours"))
+    with pytest.raises(Exception, match="Expected class name org.apache.spark.ml.clustering."
+                                        "KMeansModel but found class name kmeans_dist.ml.KMeansModel"):
+        SparkKMeansModel.load(str(tmp_path / "ours"))
+    their_model.save(str(tmp_path / "their_model"))
+    with pytest.raises(ValueError, match=r"holds a saved org\.apache\.spark\.ml\.clustering\."
+                                         r"KMeansModel, not a kmeans_dist\.ml\.KMeansModel: "
+                                         r".*initialCenters"):
+        KMeansModel.load(str(tmp_path / "their_model"))
+    theirs.save(str(tmp_path / "their_estimator"))
+    with pytest.raises(ValueError, match=r"holds a saved org\.apache\.spark\.ml\.clustering\."
+                                         r"KMeans, not a kmeans_dist\.ml\.KMeans: "):
+        KMeans.load(str(tmp_path / "their_estimator"))
+    # and a model directory is no estimator
+    with pytest.raises(ValueError, match=r"KMeansModel, not a kmeans_dist\.ml\.KMeans: "):
+        KMeans.load(str(tmp_path / "ours"))

@@ -170,3 +170,76 @@ def test_an_unseeded_fit_records_its_seed_and_features_leave_out_the_weight(spar
     assert KMeansModel.from_dict(drawn.to_dict()).params["seed"] == seed
     again = KMeans(K, init="k-means++", weight_col="w", seed=seed).fit(df)
     assert np.array_equal(again.centroids, drawn.centroids) and again.inertia == drawn.inertia
+
+
+# --------------------------------------------------------------------------- no Spark
+class InMemory:
+    """A transport over blocks packed in this process (``Packer.blocks``, as a task packs
+    them), recording each pass's label: the inits' passes without a Spark job."""
+
+    def __init__(self, parts: list[np.ndarray], weights: list[np.ndarray] | None = None) -> None:
+        import pyarrow as pa
+
+        names = [f"f{j}" for j in range(parts[0].shape[1])]
+        packer = kd_data.Packer(names, None if weights is None else "w", 64, False)
+        self.parts = []
+        for p, x in enumerate(parts):
+            columns = [pa.array(x[:, j]) for j in range(x.shape[1])]
+            if weights is not None:
+                columns.append(pa.array(weights[p]))
+            batch = pa.RecordBatch.from_arrays(columns, names + (["w"] if weights is not None
+                                                                 else []))
+            self.parts.append(list(packer.blocks(iter([batch]), p)))
+        self.num_partitions = len(self.parts)
+        self.labels: list[str] = []
+
+    def run(self, fn, value, label=None) -> list:
+        self.labels.append(label)
+        return [fn(iter(blocks), value) for blocks in self.parts]
+
+    def release(self) -> None:
+        pass
+
+
+def test_init_steps_is_the_number_of_k_means_parallel_rounds(monkeypatch):
+    """``init_steps`` rounds of oversampling (no more where every round found candidates), each
+    adding candidates: more rounds, more candidates for the reduction to choose from."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(900, 2)) * [1.0, 3.0]
+    parts = np.array_split(x, 3)
+    reduced = []
+    local = kd_init.local_kmeans
+    monkeypatch.setattr(kd_init, "local_kmeans", lambda points, weights, k, seed: (
+        reduced.append(len(points)), local(points, weights, k, seed))[1])
+    for steps in (1, 2, 5):
+        transport = InMemory(parts)
+        start = KMeans(K, seed=SEED, init_steps=steps)._initial_centroids(
+            transport, None, K, SEED, len(x))
+        assert start.shape == (K, 2)
+        rounds = [label for label in transport.labels if " round " in label]
+        assert rounds == [f"kmeans_dist: init k-means|| round {r}, k={K}"
+                          for r in range(1, steps + 1)], transport.labels
+    # the first centre, then about 2k more per round
+    assert 1 < reduced[0] < reduced[1] < reduced[2], reduced
+
+
+def test_duplicates_count_once_and_weights_count_as_copies():
+    """A row repeated c times is drawn exactly as one copy of it is (identical rows share their
+    random draw); a weight of c makes it as likely as c copies would be: the probability of
+    being drawn first is weight / total weight. Over 1,000 seeds (fixed: the test is
+    deterministic) the frequencies are the probabilities to within 4 binomial standard errors."""
+    rng = np.random.default_rng(8)
+    distinct = np.round(rng.normal(size=(10, 2)), 3)
+    repeated = np.vstack([distinct, np.repeat(distinct[:1], 8, axis=0)])  # row 0: 9 copies
+    once = InMemory(np.array_split(distinct, 2))
+    copies = InMemory(np.array_split(rng.permutation(repeated), 3))
+    weights = np.array([9.0] + [1.0] * 9)
+    weighted = InMemory(np.array_split(distinct, 2), np.array_split(weights, 2))
+    seeds = range(1000)
+    first = {name: [kd_init.random_rows(t, 1, seed, 18)[0].tobytes() for seed in seeds]
+             for name, t in (("once", once), ("copies", copies), ("weighted", weighted))}
+    assert first["copies"] == first["once"]  # the same row for every seed
+    row0 = distinct[0].tobytes()
+    for name, p in (("once", 1 / 10), ("weighted", 9 / 18)):
+        freq = first[name].count(row0) / len(seeds)
+        assert abs(freq - p) < 4 * np.sqrt(p * (1 - p) / len(seeds)), (name, freq, p)

@@ -143,3 +143,34 @@ def test_bad_arguments(blobs):
     renamed = KMeansModel(models["euclidean"].centroids, ["a", "b", "z"])
     with pytest.raises(ValueError, match="missing from the input: z"):
         renamed.silhouette(df)
+
+
+class _Sampled(Exception):
+    """Raised by the sample spy: what was asked is all these tests need."""
+
+
+def test_default_samples_are_10000_rows_for_the_silhouette_and_5000_for_the_scatter(
+        spark, monkeypatch, tmp_path):
+    """The README's defaults: ``model.silhouette`` (and the elbow job's ``--silhouette-sample``)
+    score a seeded 10,000-row sample, the train job's scatter plot a seeded 5,000-row sample
+    (seed 0 both)."""
+    from kmeans_dist import elbow, plots
+
+    asked = []
+
+    def spy(df, features, size, seed=0, cosine=False):
+        asked.append((size, seed))
+        raise _Sampled
+
+    monkeypatch.setattr(silhouette, "sample", spy)
+    df = spark.createDataFrame([(0.0, 0.0, 0.0)], FEATURES)
+    model = KMeansModel(np.array([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]), FEATURES)
+    with pytest.raises(_Sampled):
+        model.silhouette(df)
+    monkeypatch.setattr(plots, "convergence", lambda *a: None)
+    monkeypatch.setattr(plots, "sizes", lambda *a: None)
+    with pytest.raises(_Sampled):
+        plots.fit_pictures(model, df, str(tmp_path))  # what the train job calls
+    assert asked == [(10_000, 0), (5_000, 0)]
+    args = elbow.parser().parse_args(["--input", "x.csv", "--output", "out"])
+    assert args.silhouette_sample == 10_000

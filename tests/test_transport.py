@@ -51,6 +51,24 @@ def _descriptions(spark) -> dict[int, str]:
     return {j.jobId(): str(j.description().get()) for j in jobs if j.description().isDefined()}
 
 
+def _jobs_started(spark) -> int:
+    """How many Spark jobs the session has started so far (the DAG scheduler's job counter,
+    advanced when a job is submitted: unlike the status store, never behind)."""
+    return spark.sparkContext._jsc.sc().dagScheduler().numTotalJobs()
+
+
+def _described(spark, jobs: range) -> dict[int, str]:
+    """The descriptions of ``jobs`` once the status store has seen every one of them."""
+    deadline = time.monotonic() + 30
+    while True:
+        seen = {j: d for j, d in _descriptions(spark).items() if j in jobs}
+        known = {j.jobId() for j in scala_list(
+            spark.sparkContext._jsc.sc().statusStore().jobsList(None))}
+        if set(jobs) <= known or time.monotonic() > deadline:
+            return seen
+        time.sleep(0.1)
+
+
 def test_transports_and_kernels_agree_bit_for_bit(spark, points):
     """Every transport and both kernels give the same fit; the transports that run one Spark
     job per pass describe each for the Spark UI."""
@@ -82,6 +100,22 @@ def test_transports_and_kernels_agree_bit_for_bit(spark, points):
         assert m.inertia == ref.inertia and m.n_iter == ref.n_iter
         assert m.cluster_sizes == ref.cluster_sizes
         assert [h["moved"] for h in m.history] == [h["moved"] for h in ref.history]
+
+
+def test_per_pass_jobs_are_described_for_several_models_and_the_final_scoring(spark, points):
+    """fit_many over k=2,3,4 on a transport with one Spark job per pass: its jobs say which models
+    they serve (the init's, every iteration's, and the final scoring's, which a fit stopped by
+    max_iter needs: its last update moved the centroids off the rows they were scored on)."""
+    df, _, _ = points
+    first = _jobs_started(spark)
+    models = KMeans(2, init="random", seed=4, max_iter=1, transport="rdd",
+                    weight_col="w").fit_many(df, [2, 3, 4], ["a", "b", "c"])
+    assert all(m.n_iter == 1 and m.stop == "max_iter" for m in models.values())
+    described = set(_described(spark, range(first, _jobs_started(spark))).values())
+    assert {"kmeans_dist: caching the input, k=2,3,4", "kmeans_dist: init random, k=2",
+            "kmeans_dist: init random, k=4", "kmeans_dist: iteration 1/1, k=2,3,4",
+            "kmeans_dist: final scoring, k=2,3,4"} <= described, described
+    assert spark.sparkContext.getLocalProperty("spark.job.description") is None
 
 
 def _files_on_rdd(frame, packed):
@@ -193,16 +227,22 @@ def test_resident_without_enough_slots_falls_back_to_jobs(points, monkeypatch, s
         monkeypatch.setattr(resident, "obtainable_slots", lambda sc: None)
     transport = _resident(df, connect_timeout=3)
     try:
-        assert transport.fallback is not None
+        # the README's "falls back to arrow-files": that transport, and the model says so
+        assert isinstance(transport.fallback, ArrowFilesTransport)
+        record = transport.record()
         got = _lloyd_steps(transport, x)
     finally:
         transport.release()
+    assert record["name"] == "arrow-files" and record["requested"] == "resident", record
+    assert record["fallback"] == ("3 partitions but 2 task slots" if slots_known else
+                                  "1 of 3 resident tasks did not connect within 3s (fewer free "
+                                  "task slots than partitions)"), record
     assert _same(got, _rdd_steps(df, x))
 
 
-def test_resident_ignores_a_peer_without_the_token(points):
-    import socket
-
+def test_resident_ignores_a_peer_without_the_token(spark, points):
+    """A stranger is closed and the tasks serve on; their requests start no Spark job, and
+    their connections run with the README's bounds and TCP keepalive."""
     df, x, _ = points
     transport = _resident(df.coalesce(2))
     try:
@@ -211,8 +251,16 @@ def test_resident_ignores_a_peer_without_the_token(points):
         with socket.create_connection((host, port)) as intruder:
             intruder.sendall(b"x" * 40)  # a hello with the wrong token: closed, nothing unpickled
             assert intruder.recv(1) == b""
-        got = _lloyd_steps(transport, x)
+        jobs = _jobs_started(spark)
+        got = _lloyd_steps(transport, x)  # three passes
+        assert _jobs_started(spark) == jobs  # "no Spark job per iteration"
         assert transport.fallback is None and transport.reconnects == 0
+        # the defaults (README: 60 s to start and connect, 20 s without a frame, a lost task's
+        # retry waited for spark.network.timeout (120 s, unset here) + 30 s)
+        assert (transport.connect_timeout, transport.loss_timeout,
+                transport.reconnect_timeout) == (60.0, 20.0, 150.0)
+        for conn in transport._conns.values():
+            assert _keepalive_options(conn) == KEEPALIVE
     finally:
         transport.release()
     assert _same(got, _rdd_steps(df.coalesce(2), x))
@@ -549,11 +597,99 @@ def test_resident_over_its_memory_budget_holds_blocks_in_files(points, caplog):
         ref.release()
 
 
-def test_default_fit_records_resident_blocks_in_memory_within_the_local_budget(points):
-    """The default for data over the driver limit (0 here: these rows are under the default)."""
+def test_default_fit_records_resident_blocks_in_memory_within_the_local_budget(spark, points):
+    """The default for data over the driver limit (0 here: these rows are under the default):
+    the whole fit, first pass and every iteration, is one Spark job, described for the UI."""
     df, x, _ = points
+    first = _jobs_started(spark)
     m = _fit(df.coalesce(2), x, driver_max_mb=0)
+    jobs = range(first, _jobs_started(spark))
+    assert m.n_iter > 2 and len(jobs) == 1, (m.n_iter, jobs)
+    assert list(_described(spark, jobs).values()) == [
+        "kmeans_dist: 2 resident tasks serve every pass of the fit (iterations: driver log)"]
     assert m.transport["name"] == "resident" and m.transport["storage"] == "memory"
     assert m.transport["budget"].startswith("local mode: 0.5 x ")
     assert 0 < m.transport["held_bytes"] <= m.transport["budget_per_task"] * 2
     assert m.transport["held_bytes"] == len(x) * (3 * 8 + 8 + 8 + 4 + 16)
+
+
+# --------------------------------------------------------------------------- the side channel's bounds
+#: the README's text, its line breaks as spaces
+README = " ".join((Path(__file__).resolve().parent.parent / "README.md").read_text().split())
+#: TCP keepalive on both ends of a resident connection: probes after 60 s idle, every 10 s, 6
+#: unanswered ones and the connection is dead (the README's "about 2 minutes"); no Nagle delay
+KEEPALIVE = {"SO_KEEPALIVE": 1, "TCP_KEEPIDLE": 60, "TCP_KEEPINTVL": 10, "TCP_KEEPCNT": 6,
+             "TCP_NODELAY": 1}
+
+
+def _keepalive_options(sock: socket.socket) -> dict[str, int]:
+    on = lambda level, name: int(sock.getsockopt(level, getattr(socket, name)) != 0)  # noqa: E731
+    return {"SO_KEEPALIVE": on(socket.SOL_SOCKET, "SO_KEEPALIVE"),
+            **{name: sock.getsockopt(socket.IPPROTO_TCP, getattr(socket, name))
+               for name in ("TCP_KEEPIDLE", "TCP_KEEPINTVL", "TCP_KEEPCNT")},
+            "TCP_NODELAY": on(socket.IPPROTO_TCP, "TCP_NODELAY")}
+
+
+def test_the_bounds_are_the_readmes():
+    """The waits the README's table states are the code's defaults, and the README states them
+    (a change to either fails here)."""
+    assert channel.HEARTBEAT == 2.0 and "a heartbeat every 2 s" in README
+    assert channel.LOSS_TIMEOUT == 20.0 and "reads with a 20 s timeout" in README
+    assert channel.CONNECT_TIMEOUT == 10.0 and "(10 s connect timeout)" in README
+    assert resident.CONNECT_TIMEOUT == 60.0 and "must connect within 60 s of the first" in README
+    assert "the 60 s clock runs only while no task of the job runs" in README
+    assert resident.RECONNECT_TIMEOUT == 60.0
+    assert "up to `spark.network.timeout` + 30 s, at least 60 s" in README
+    assert "probes after 60 s idle, every 10 s, 6 unanswered" in README
+    # the defaults are what the channel uses: a heartbeat thread's interval ...
+    a, b = socket.socketpair()
+    with a, b:
+        with channel.beating(a):
+            pass
+        assert channel._heartbeats[a].every == 2.0
+
+
+def test_a_task_connects_within_10_s_with_keepalive(monkeypatch):
+    """The task's connect to the driver is bounded by the 10 s connect timeout, and its socket
+    then waits for requests with no read timeout but TCP keepalive (a vanished host is noticed
+    by the kernel's probes)."""
+    timeouts = []
+    real = socket.create_connection
+
+    def spy(address, timeout=None, *args, **kw):
+        timeouts.append(timeout)
+        return real(address, timeout, *args, **kw)
+
+    monkeypatch.setattr(channel.socket, "create_connection", spy)
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        with channel.connect(*server.getsockname()[:2], None, _hello("a" * 32, 0)) as task:
+            assert timeouts == [10.0]
+            assert task.gettimeout() is None
+            assert _keepalive_options(task) == KEEPALIVE
+
+
+class _Conf:
+    """Just enough of a SparkContext for ``_reconnect_bound``: a JVM SparkConf of its own."""
+
+    def __init__(self, spark, network_timeout: str | None) -> None:
+        conf = spark._jvm.org.apache.spark.SparkConf(False)
+        if network_timeout is not None:
+            conf.set("spark.network.timeout", network_timeout)
+        self._jsc = self
+        self._conf = conf
+
+    def sc(self):
+        return self
+
+    def conf(self):
+        return self._conf
+
+
+@pytest.mark.parametrize("network_timeout, bound", [
+    (None, 150.0),  # Spark's default 120 s, + 30 s
+    ("300s", 330.0), ("2min", 150.0), ("45", 75.0),  # Spark's units; a bare number is seconds
+    ("31s", 61.0), ("30s", 60.0), ("10s", 60.0),  # at least 60 s
+])
+def test_a_lost_tasks_retry_is_waited_for_the_network_timeout_plus_30_s(spark, network_timeout,
+                                                                         bound):
+    assert resident._reconnect_bound(_Conf(spark, network_timeout)) == bound

@@ -6,19 +6,25 @@ Connect server."""
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 
 import numpy as np
 import pandas as pd
 import pytest
+from pyspark import cloudpickle
 from sklearn.cluster import KMeans as SKKMeans
+from sklearn.metrics import silhouette_score
 
 from connectutil import classic_mode
 from jobutil import ROOT, TIMEOUT, describe, job_env, listing, scala_list, write_csv
 from kmeans_dist import KMeans, KMeansModel
 
 RTOL = 1e-9
+# the task functions below run on the server's Python workers, which cannot import this module
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 def blobs(n: int = 2000, seed: int = 0) -> np.ndarray:
@@ -59,6 +65,10 @@ def test_fit_on_connect_is_the_classic_fit_and_scikit_learns_lloyd(server, data)
         assert other.transport["name"] == name
         assert np.array_equal(other.centroids, model.centroids), name
         assert [h["moved"] for h in other.history] == [h["moved"] for h in model.history]
+    # the fits' executor-local files (blocks, labels) were written under the executors' local
+    # directory (the first fit of this server made kmeans_dist/ there) and removed at their end
+    fits_dir = os.path.join(executor_local_dir(df.sparkSession), "kmeans_dist")
+    assert os.path.isdir(fits_dir) and os.listdir(fits_dir) == []
     labelled = model.transform(df, distance_col="dist").orderBy("id").toPandas()
     host = server[0]
     with classic_mode():
@@ -79,6 +89,75 @@ def test_fit_on_connect_is_the_classic_fit_and_scikit_learns_lloyd(server, data)
     assert np.array_equal(labelled["cluster"].to_numpy(), ref.labels_)
     nearest = np.linalg.norm(x - ref.cluster_centers_[ref.labels_], axis=1)
     np.testing.assert_allclose(labelled["dist"].to_numpy(), nearest, rtol=1e-9)
+
+
+def _local_dirs(batches):
+    import pyarrow as pa
+
+    for _ in batches:
+        pass
+    yield pa.RecordBatch.from_pydict({"dirs": [os.environ["SPARK_LOCAL_DIRS"]]})
+
+
+def executor_local_dir(spark) -> str:
+    """The directory the server's Python workers are given as their local directory (the first
+    of ``SPARK_LOCAL_DIRS``), where the DataFrame transports keep their files."""
+    return spark.range(1).mapInArrow(_local_dirs, "dirs string").first().dirs.split(",")[0]
+
+
+def _blas_seen() -> dict:
+    """What a Python worker of the server sees: its BLAS threads, its task's CPUs, and the
+    thread variables of its environment."""
+    from pyspark import TaskContext
+    from threadpoolctl import threadpool_info
+
+    return {"blas": [int(p["num_threads"]) for p in threadpool_info() if p["user_api"] == "blas"],
+            "cpus": TaskContext.get().cpus(),
+            "env": {v: os.environ.get(v) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")}}
+
+
+def _blas_in_task(blocks, _):
+    """A task function, as the fit's passes run them."""
+    list(blocks)
+    return _blas_seen()
+
+
+def _blas_outside(batches):
+    """A plain mapInArrow function: the same workers, outside the fit's tasks."""
+    import pyarrow as pa
+
+    for _ in batches:
+        pass
+    yield pa.RecordBatch.from_pydict({"seen": [json.dumps(_blas_seen())]})
+
+
+def test_blas_runs_one_thread_per_task_cpu_whatever_the_workers_environment_says(data):
+    """The server's Python workers do not get the server's spark.executorEnv thread settings
+    (the fixture sets OMP_NUM_THREADS=1 there), so their BLAS would use every core of the
+    machine; inside the fit's tasks it runs one thread per task CPU (1). The arrow-files
+    transport's files live under the executors' local directory while it holds them."""
+    from kmeans_dist import data as kd_data
+    from kmeans_dist.transport import ArrowFilesTransport
+
+    _, df = data
+    outside = [json.loads(r.seen) for r in df.mapInArrow(_blas_outside, "seen string").collect()]
+    assert all(o["env"] == {"OMP_NUM_THREADS": None, "OPENBLAS_NUM_THREADS": None}
+               for o in outside), outside
+    # left to that environment, BLAS runs more threads than a task has CPUs (one per core: 2
+    # here); inside the fit's tasks every BLAS the worker has loaded runs 1, scipy's OpenBLAS
+    # (loaded beside numpy's by an earlier import) included
+    assert all(max(o["blas"]) > o["cpus"] for o in outside), outside
+    transport = ArrowFilesTransport(kd_data.packing(df, ["a", "b", "c"]), 3)
+    try:
+        inside = transport.run(_blas_in_task, None)
+        held = os.path.join(executor_local_dir(df.sparkSession), "kmeans_dist",
+                            transport.token)
+        assert os.path.isdir(held) and os.listdir(held)
+    finally:
+        transport.release()
+    assert not os.path.exists(held)
+    assert inside and all(t["blas"] and set(t["blas"]) == {t["cpus"]} == {1} for t in inside), \
+        inside
 
 
 def test_iterations_carry_job_tags(server, data):
@@ -146,10 +225,13 @@ def test_large_data_on_connect_stays_on_the_executors(spark):
     assert verdict.small and verdict.rows == 1000 and verdict.packed == 1000 * 40
 
 
-def test_classic_only_transport_is_named(data):
+@pytest.mark.parametrize("name", ["resident", "resident-memory", "resident-files", "files",
+                                  "rdd"])
+def test_classic_only_transport_is_named(data, name):
     _, df = data
-    with pytest.raises(ValueError, match="transport 'resident' needs RDDs, which Spark Connect"):
-        KMeans(3, transport="resident").fit(df, ["a", "b", "c"])
+    with pytest.raises(ValueError, match=f"^transport '{re.escape(name)}' needs RDDs, which Spark "
+                                         "Connect sessions do not have; use transport='arrow-files'"):
+        KMeans(3, transport=name).fit(df, ["a", "b", "c"])
 
 
 def test_drop_in_estimator_beside_pyspark_ml_on_connect(spark, data, tmp_path):
@@ -166,10 +248,19 @@ def test_drop_in_estimator_beside_pyspark_ml_on_connect(spark, data, tmp_path):
     order = lambda cs: np.array(sorted(map(tuple, cs)))  # noqa: E731 - ids differ by init
     np.testing.assert_allclose(order(ours.stages[-1].clusterCenters()),
                                order(theirs.stages[-1].clusterCenters()), rtol=1e-6)
-    predicted = ours.transform(df).orderBy("id").toPandas()["prediction"].to_numpy()
+    # the server's model cache holds pyspark.ml's model; once it is cleared, our summary (a
+    # Python object, no server-side model behind it) still answers
+    assert spark.client._get_ml_cache_info()
+    spark.client._cleanup_ml_cache()
+    assert spark.client._get_ml_cache_info() == []
+    summary = ours.stages[-1].summary
     centres = np.array(ours.stages[-1].clusterCenters())
-    brute = np.argmin(((x[:, None, :] - centres[None]) ** 2).sum(axis=2), axis=1)
-    assert np.array_equal(predicted, brute)
+    nearest = np.argmin(((x[:, None, :] - centres[None]) ** 2).sum(axis=2), axis=1)
+    assert summary.k == 3 and summary.clusterSizes == np.bincount(nearest).tolist()
+    assert summary.trainingCost == pytest.approx(((x - centres[nearest]) ** 2).sum(), rel=1e-9)
+    assert summary.cluster.count() == len(x)
+    predicted = ours.transform(df).orderBy("id").toPandas()["prediction"].to_numpy()
+    assert np.array_equal(predicted, nearest)
     ours.write().overwrite().save(str(tmp_path / "pipeline"))
     again = PipelineModel.load(str(tmp_path / "pipeline"))
     reloaded = again.transform(df).orderBy("id").toPandas()["prediction"].to_numpy()
@@ -207,3 +298,26 @@ def test_segment_job_remote_keeps_ids_and_counts_transitions(spark, server, tmp_
     assert by_centre[0] == by_centre[1]
     drift = json.loads((out / "drift.json").read_text())
     assert drift["transitions"]["changed"] == int(np.sum(ids[0] != ids[1])) == 20
+
+
+def test_elbow_job_with_remote_flag(server, tmp_path):
+    """jobs/elbow.py --remote on three separated blobs: k=3 suggested; k=1's inertia is the total
+    sum of squares, k=3's inertia and silhouette (the sample holds every row) scikit-learn's for
+    its best of 10 starts."""
+    rng = np.random.default_rng(4)
+    centres = np.array([[0.0, 0.0], [9.0, 0.0], [0.0, 9.0]])
+    x = centres[rng.integers(0, 3, 300)] + rng.normal(size=(300, 2))
+    src = write_csv(tmp_path / "in.csv", ["a", "b"], x)
+    out = tmp_path / "elbow"
+    proc = run_remote("jobs/elbow.py", "--input", src, "--k-min", "1", "--k-max", "4",
+                      "--seed", "2", "--output", out, "--remote", server[1])
+    assert proc.returncode == 0, describe(proc)
+    assert listing(out) == ["_SUCCESS", "elbow.json", "elbow.png"]
+    result = json.loads((out / "elbow.json").read_text())
+    assert result["suggested_k"] == 3 and [e["k"] for e in result["entries"]] == [1, 2, 3, 4]
+    one, three = result["entries"][0], result["entries"][2]
+    assert one["inertia"] == pytest.approx(((x - x.mean(axis=0)) ** 2).sum(), rel=1e-9)
+    assert one["silhouette"] is None
+    ref = SKKMeans(3, n_init=10, random_state=0).fit(x)
+    assert three["inertia"] == pytest.approx(ref.inertia_, rel=1e-9)
+    assert three["silhouette"] == pytest.approx(silhouette_score(x, ref.labels_), rel=1e-9)
