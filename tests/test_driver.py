@@ -190,7 +190,7 @@ def test_small_data_comes_in_one_jvm_only_collect_and_runs_one_thread_per_core(s
     model.save(str(tmp_path / "model.json"))
     record = json.loads((tmp_path / "model.json").read_text())["transport"]
     assert sorted(record) == ["held_bytes", "limit", "limit_source", "name", "packed_bytes",
-                              "rows", "threads"]
+                              "partitions", "rows", "threads"]
     assert record["name"] == "driver" and record["rows"] == 3000
     assert record["packed_bytes"] == record["held_bytes"] == 3000 * (8 * 2 + 8)
     assert record["threads"] == len(os.sched_getaffinity(0))  # "one thread per core"
