@@ -9,10 +9,13 @@ as the numpy path in kernels.py, so both give bit-identical results. Kept in its
 import numba
 import numpy as np
 
+#: kernels.NUMPY_ARGMIN_K (not imported: this module must not import kernels)
+NUMPY_ARGMIN_K = 32
+
 
 @numba.njit(cache=True, nogil=True)
-def accumulate(scores, x, x_sq, w, has_w, prev, has_prev, lo, labels, labelled, sums, weights,
-               counts, acc):
+def accumulate(scores, x, centroids, w, has_w, prev, has_prev, lo, labels, labelled, sums,
+               weights, counts, acc):
     """Fold rows ``lo .. lo + len(scores)`` of the block into the running partials; with
     ``labelled``, their nearest centroids are already in ``labels`` (numpy's SIMD argmin, faster
     than this scalar loop from about 32 centroids on)."""
@@ -34,9 +37,10 @@ def accumulate(scores, x, x_sq, w, has_w, prev, has_prev, lo, labels, labelled, 
                     best_s = s
                     best = c
             labels[i] = best
-        dist = best_s + x_sq[i]
-        if dist < 0.0:
-            dist = 0.0
+        dist = 0.0  # computed directly, as pruning's passes do (no GEMM cancellation)
+        for j in range(d):
+            t = x[i, j] - centroids[best, j]
+            dist += t * t
         counts[best] += 1
         if has_w:
             wi = w[i]
@@ -140,15 +144,26 @@ def bound_scores(scores, rows, x_sq, c_max, gamma, unit, labels, upper, lower, u
     for r in range(m):
         b = 0
         s1 = scores[r, 0]
-        for c in range(1, k):
-            s = scores[r, c]
-            if s < s1:
-                s1 = s
-                b = c
         s2 = np.inf
-        for c in range(k):
-            s = scores[r, c] if c != b else np.inf
-            s2 = min(s2, s)
+        if k > NUMPY_ARGMIN_K:  # one pass keeping the best two: 49 ns a row at k=128, not 136
+            for c in range(1, k):
+                s = scores[r, c]
+                if s < s2:
+                    if s < s1:
+                        s2 = s1
+                        s1 = s
+                        b = c
+                    else:
+                        s2 = s
+        else:  # the first index of the minimum, then the rest's minimum: 11 ns at k=16, not 12
+            for c in range(1, k):
+                s = scores[r, c]
+                if s < s1:
+                    s1 = s
+                    b = c
+            for c in range(k):
+                s = scores[r, c] if c != b else np.inf
+                s2 = min(s2, s)
         i = rows[r]
         xs = x_sq[i]
         err = 4.0 * gamma * (xs + c_max * c_max)

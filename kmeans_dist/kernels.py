@@ -1,8 +1,9 @@
 """Per-block k-means math: pure numpy (numba optional), no Spark.
 
 Every function here works on one block of rows held as a C-contiguous float64 array, so it can
-be unit-tested against brute force and reused by any transport. Squared Euclidean distances come
-from one GEMM per chunk of rows: ||x||^2 - 2 x.c + ||c||^2 (no square root anywhere).
+be unit-tested against brute force and reused by any transport. Squared Euclidean distances to
+every centroid come from one GEMM per chunk of rows: ||x||^2 - 2 x.c + ||c||^2 (no square root
+anywhere); the inertia adds each row's distance to its own centroid computed directly.
 
 Sums are accumulated row by row in row order (``np.bincount`` does exactly that, and so does the
 numba loop), so the numpy and numba paths give bit-identical results and a rerun over the same
@@ -193,8 +194,20 @@ def block_partials(
     c_sq = squared_norms(centroids)
     if use_numba(numba):
         return _fused_partials(x, x_sq, w, centroids, c_sq, prev_labels)
-    labels, dist = assign(x, x_sq, centroids, c_sq)
-    return label_partials(x, w, labels, dist, k, prev_labels), labels
+    labels = assign(x, x_sq, centroids, c_sq)[0]
+    return label_partials(x, w, labels, direct_distances(x, centroids[labels]), k,
+                          prev_labels), labels
+
+
+def direct_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise squared Euclidean distance, (a - b)^2 summed column by column in order (as the
+    numba loops do, so both give the same bits). The inertia comes from these, not from the
+    GEMM's scores: ||x||^2 - 2 x.c + ||c||^2 cancels badly far from the origin."""
+    diff = a - b
+    acc = diff[:, 0] * diff[:, 0]
+    for j in range(1, diff.shape[1]):
+        acc += diff[:, j] * diff[:, j]
+    return acc
 
 
 def label_partials(x: np.ndarray, w: np.ndarray | None, labels: np.ndarray, dist: np.ndarray,
@@ -235,8 +248,8 @@ def _fused_partials(x, x_sq, w, centroids, c_sq, prev_labels):
     for lo, hi, scores in score_chunks(x, centroids, c_sq):
         if labelled:
             labels[lo:hi] = np.argmin(scores, axis=1)
-        accumulate(scores, x, x_sq, w_arr, has_w, prev, has_prev, lo, labels, labelled, sums,
-                   weights, counts, acc)
+        accumulate(scores, x, centroids, w_arr, has_w, prev, has_prev, lo, labels, labelled,
+                   sums, weights, counts, acc)
     if not has_w:
         weights = counts.astype(np.float64)
     moved = int(acc[1]) if has_prev else m

@@ -21,11 +21,9 @@ scores are within ``4 err`` of each other (a near-tie: the subset's GEMM may rou
 from brute force's chunk), the whole brute-force chunk holding it is computed as brute force
 computes it, and the label is taken from there, so ties break exactly as they do without pruning.
 
-Partial sums are accumulated from the labels in row order, as brute force does, so sums, counts
-and weights are bit-identical. The inertia comes from each row's distance to its centroid computed
-directly ((x - c)^2 summed), in full and pruned passes alike, so it never depends on which passes
-found their bounds (a retried task, an evicted cache entry); it agrees with brute force's (from
-the GEMM's scores) to rounding.
+Partial sums, and the inertia from each row's directly computed distance to its centroid, are
+accumulated from the labels in row order exactly as brute force accumulates them, so sums, counts,
+weights and inertia are bit-identical, whichever passes found their bounds.
 """
 
 from __future__ import annotations
@@ -40,6 +38,9 @@ from kmeans_dist import kernels
 UNIT = 2.0**-53
 #: below this many centroids a pass with bounds does not pay: brute force is a few flops a row
 MIN_K = 3
+#: a pruning pass that computed more than this fraction of its rows cost more than brute force
+#: would have: the engine then runs a few passes unpruned (engine._Run._back_off)
+BACK_OFF_ABOVE = 0.8
 
 
 @dataclass
@@ -92,13 +93,7 @@ def _sure(lower: np.ndarray, upper: np.ndarray, err: np.ndarray) -> np.ndarray:
     return lower * lower * (1 - 4 * UNIT) > (upper * upper + 4.0 * err) * (1 + 4 * UNIT)
 
 
-def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise squared Euclidean distance, summed column by column in order (as numba does)."""
-    diff = a - b
-    acc = diff[:, 0] * diff[:, 0]
-    for j in range(1, diff.shape[1]):
-        acc += diff[:, j] * diff[:, j]
-    return acc
+_distances = kernels.direct_distances
 
 
 # --------------------------------------------------------------------------- scores to labels
@@ -223,11 +218,12 @@ def pruned_partials(x: np.ndarray, x_sq: np.ndarray, w: np.ndarray | None, motio
     computed = 0
     # a stretch of rows at a time, so that its rows are still in cache when they are folded
     step = STRETCH_CHUNKS * scores.step
+    dense = _dense_above(centroids.shape[0])
     for lo in range(0, m, step):
         hi = min(lo + step, m)
         rows = _settle(x, x_sq, old_labels, bounds, motion, c_max, gamma, upper, lower, lo, hi,
                        fused)
-        if rows.size > DENSE_ABOVE * (hi - lo):
+        if rows.size > dense * (hi - lo):
             # most rows unsettled: brute force's own chunks cost less than gathering them
             rows = np.arange(lo, hi)
             scores.every(lo, hi)
@@ -240,8 +236,13 @@ def pruned_partials(x: np.ndarray, x_sq: np.ndarray, w: np.ndarray | None, motio
 
 #: brute force's chunks per stretch of a pruned pass
 STRETCH_CHUNKS = 8
-#: above this fraction of unsettled rows a stretch is scored whole, as brute force scores it
-DENSE_ABOVE = 0.3
+
+
+def _dense_above(k: int) -> float:
+    """The fraction of unsettled rows above which a stretch is scored whole, as brute force scores
+    it: gathering the rows costs about as much as scoring half of them at a few centroids, and
+    little beside a GEMM against many."""
+    return 0.5 if k <= 32 else 0.85
 
 
 def _settle(x, x_sq, old_labels, bounds, motion, c_max, gamma, upper, lower, lo, hi, fused):

@@ -35,13 +35,15 @@ def run_job(job: str, *args: str, spark: bool = True) -> subprocess.CompletedPro
                           timeout=TIMEOUT)
 
 
-def run_job_in_process(job: str, *args: str) -> subprocess.CompletedProcess:
+def run_job_in_process(job: str, *args: str,
+                       master: str | None = "local[2]") -> subprocess.CompletedProcess:
     """Run a job's __main__ in this process, in the active (test) SparkSession.
 
     The same script, flags and error handling as a subprocess, minus a JVM start: for the data
-    errors, which only differ from one another after Spark has read the input.
+    errors, which only differ from one another after Spark has read the input. ``master``: the
+    --master flag added (None: the command line as given; the test session is used anyway).
     """
-    argv = [job, *map(str, args), "--master", "local[2]"]
+    argv = [job, *map(str, args), *(["--master", master] if master else [])]
     out, err = io.StringIO(), io.StringIO()
     root = logging.getLogger()
     saved = (list(root.handlers), root.level, sys.argv, list(sys.path))

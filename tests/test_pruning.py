@@ -3,11 +3,10 @@
 The reference is ``kernels.block_partials`` (brute force: every distance, tested against
 explicit numpy distances in test_kernels.py). A Lloyd run is driven from the same start with
 both; in every pass the labels, sums, weights, counts and moved rows must be identical bit for
-bit, so both runs see the same centroids in every pass. The inertia of a pruned run is computed
-from direct distances, brute force's from the GEMM's scores (||x||^2 + ||c||^2 - 2 x.c, which
-cancels badly far from the origin): it is checked against the exact inertia (extended
-precision) to 1e-12 relative (d-term sums over ~1e4 rows: a few hundred units of rounding), and
-the numpy and numba paths agree bit for bit.
+bit, so both runs see the same centroids in every pass, and so must the inertia (both add each
+row's directly computed distance in row order); it is also checked against the exact inertia
+(extended precision) to 1e-12 relative (d-term sums over ~1e4 rows: a few hundred units of
+rounding), and the numpy and numba paths agree bit for bit.
 """
 
 from __future__ import annotations
@@ -63,6 +62,8 @@ CASES = {
                            False),
     "one centroid": (lambda: _blobs(1000, 3, 3, 1.0, 9), 1, False, False),
     "two centroids": (lambda: _blobs(2000, 3, 3, 1.0, 10), 2, False, False),
+    # above kernels.NUMPY_ARGMIN_K: the fused loops keep the best two scores in one pass
+    "many centroids": (lambda: _blobs(6000, 6, 60, 1.0, 16), 48, True, False),
 }
 
 
@@ -97,6 +98,7 @@ def _lloyd_both(x, w, c, numba, max_iter=60):
         assert np.array_equal(got.sums, ref.sums), it
         assert np.array_equal(got.weights, ref.weights), it
         assert np.array_equal(got.counts, ref.counts) and got.moved == ref.moved, it
+        assert got.inertia == ref.inertia, it
         assert got.inertia == pytest.approx(_exact_inertia(x, w, c, labels), rel=1e-12)
         computed.append(got.computed)
         inertias.append(got.inertia)
@@ -188,3 +190,54 @@ def test_bounds_take_a_quarter_of_the_block_bytes_at_d16():
     x = _blobs(1000, 16, 4, 1.0, 15)
     _, _, bounds = pruning.full_partials(x, kernels.squared_norms(x), None, _start(x, 4, False))
     assert bounds.nbytes == pruning.BYTES_PER_ROW * len(x)
+
+
+class _InProcess:
+    """A transport over blocks in this process (two partitions of 5,000-row blocks)."""
+
+    def __init__(self, x: np.ndarray) -> None:
+        from kmeans_dist.blocks import Block
+
+        self.parts = []
+        for p, xp in enumerate(np.array_split(x, 2)):
+            self.parts.append([Block(p, s, np.ascontiguousarray(xp[s:s + 5000]),
+                                     kernels.squared_norms(xp[s:s + 5000]))
+                               for s in range(0, len(xp), 5000)])
+        self.num_partitions = 2
+        self.pruning: list[bool] = []  # per Lloyd pass, whether the engine asked for pruning
+
+    def run(self, fn, value, label=None) -> list:
+        if isinstance(value, list):
+            self.pruning.append(value[0].prune)
+        return [fn(iter(blocks), value) for blocks in self.parts]
+
+    def release(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("name", ["uniform noise", "overlapping blobs"])
+def test_whole_runs_are_lloyds_and_back_off_where_bounds_do_not_pay(name):
+    """Through the engine: "auto" and "lloyd" give the same history (inertia and rows moved per
+    pass, bit for bit) and centroids. A pruning pass that computed most rows (uniform noise,
+    early on) is followed by two passes without pruning, then pruning again."""
+    from kmeans_dist import engine
+
+    rng = np.random.default_rng(17)
+    x = rng.uniform(size=(20000, 8)) if name == "uniform noise" else _blobs(20000, 8, 48, 1.0, 18)
+    c0 = _start(x, 32, False)
+    t = _InProcess(x)
+    auto = engine.lloyd(t, c0, algorithm="auto", max_iter=40)
+    asked = list(t.pruning)
+    lloyd = engine.lloyd(t, c0, algorithm="lloyd", max_iter=40)
+    assert np.array_equal(auto.centroids, lloyd.centroids) and auto.n_iter == lloyd.n_iter
+    assert [(h["inertia"], h["moved"]) for h in auto.history] == \
+        [(h["inertia"], h["moved"]) for h in lloyd.history]
+    computed = [h["computed"] for h in auto.history]
+    assert computed[0] == 1.0 and min(computed) < 0.5, computed
+    assert t.pruning[len(asked):] == [False] * (len(t.pruning) - len(asked))  # "lloyd"
+    for i in range(1, auto.n_iter - 3):
+        if asked[i - 1] and asked[i] and computed[i] > pruning.BACK_OFF_ABOVE:
+            assert asked[i + 1:i + 4] == [False, False, True], (i, asked, computed)
+            break
+    else:
+        assert name != "uniform noise", (asked, computed)
