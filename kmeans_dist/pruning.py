@@ -197,6 +197,7 @@ def full_partials(x: np.ndarray, x_sq: np.ndarray, w: np.ndarray | None, centroi
     scores), and leaves the bounds for the next pass. Its partials are accumulated as a pruned
     pass's are, so a fit's result never depends on which passes found their bounds."""
     m, d = x.shape
+    centroids = np.asarray(centroids, dtype=np.float64)  # the inertia's are float64
     labels, upper, lower = np.empty(m, dtype=np.int32), np.empty(m), np.empty(m)
     fused = kernels._fused() if kernels.use_numba(numba) else None
     unit = unit_roundoff(x.dtype)
@@ -222,6 +223,7 @@ class Motion:
     @classmethod
     def between(cls, old: np.ndarray, centroids: np.ndarray, dtype=np.float64) -> "Motion":
         """Moves and separations of the centroids as a GEMM over rows of ``dtype`` sees them."""
+        centroids = np.asarray(centroids, dtype=np.float64)
         rel = _relative(centroids.shape[1], unit_roundoff(dtype))
         now = kernels.gemm_centroids(centroids, dtype)
         diff = now - kernels.gemm_centroids(old, dtype)
