@@ -158,14 +158,15 @@ def test_algorithm_lloyd_gives_the_pruned_fit_bit_for_bit(four, fit):
 
 
 def test_dtype_float32_reaches_the_engine(four, fit):
-    """dtype="float32": the rows are held as float32, so the centres are the means of the rows
-    rounded to float32: off the float64 fit's by at most the rounding of the rows (2**-24 of the
-    largest value; the same labels), never bit-equal here (the rows are not float32 values)."""
+    """dtype="float32" is the engine's dtype. These rows are float32 values already (see
+    ``blobs``), so holding them in float32 loses nothing and, the float32 GEMM giving the same
+    labels (no near-ties here), the fit is the float64 fit bit for bit: the sums are float64
+    either way."""
+    assert KMeans(dtype="float32")._engine_args()["dtype"] == "float32"
+    assert KMeans()._engine_args()["dtype"] == "float64"
     f32, f64 = fit(dtype="float32"), fit()
     assert f32.getDtype() == "float32" and f64.getDtype() == "float64"
-    c32, c64 = np.array(f32.clusterCenters()), np.array(f64.clusterCenters())
-    assert not np.array_equal(c32, c64)
-    np.testing.assert_allclose(c32, c64, rtol=0, atol=2.0**-24 * np.abs(four.x).max())
+    assert np.array_equal(np.array(f32.clusterCenters()), np.array(f64.clusterCenters()))
     assert f32.summary.numIter == f64.summary.numIter
     assert f32.summary.clusterSizes == f64.summary.clusterSizes
 
