@@ -19,8 +19,8 @@ class Block:
 
     part: int
     start: int
-    x: np.ndarray  # (m, d) float64, C-contiguous
-    x_sq: np.ndarray  # (m,) squared norms of the rows of x
+    x: np.ndarray  # (m, d) float64 (or float32: ``KMeans(dtype="float32")``), C-contiguous
+    x_sq: np.ndarray  # (m,) float64 squared norms of the rows of x
     w: np.ndarray | None = None  # (m,) non-negative weights, None for unit weights
     problems: dict[str, tuple[int, list]] = field(default_factory=dict)
     #: path prefix for this block's side files (labels) on executor-local disk, when the

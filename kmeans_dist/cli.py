@@ -17,6 +17,7 @@ from typing import Callable, Iterator
 from pyspark.sql import SparkSession
 
 from kmeans_dist.engine import ALGORITHMS
+from kmeans_dist.kernels import DTYPES
 from kmeans_dist.errors import UserError
 
 #: exit code for bad input or parameters (nothing was written)
@@ -53,8 +54,8 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def add_engine_flags(p: argparse.ArgumentParser) -> None:
-    """--driver-max-mb (see ``transport.driver``) and --algorithm (see ``pruning``), for the
-    jobs that fit."""
+    """--driver-max-mb (see ``transport.driver``), --algorithm (see ``pruning``) and --dtype (see
+    ``kernels``), for the jobs that fit."""
     p.add_argument("--driver-max-mb", type=float, metavar="MIB",
                    help="fit in the driver process when the packed rows take at most MIB "
                         "(default: the smaller of 128 and 1/8 of the driver's available "
@@ -62,6 +63,9 @@ def add_engine_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--algorithm", default="auto", choices=ALGORITHMS,
                    help="auto (default): skip the rows whose nearest centroid provably stays, "
                         "same result as lloyd bit for bit; lloyd: every distance in every pass")
+    p.add_argument("--dtype", default="float64", choices=DTYPES,
+                   help="float64 (default), or float32: features held and distances computed "
+                        "in float32 (half the executor memory), sums and inertia in float64")
 
 
 def add_spark_args(p: argparse.ArgumentParser) -> None:

@@ -1,7 +1,8 @@
 """DataFrame -> validated feature blocks, the form every transport iterates over.
 
 Rows are packed once, inside Spark, by ``mapInArrow`` into binary blocks (raw float64 bytes of up
-to ``block_rows`` rows per output row), so no Python object per row is ever made. Rows with a null,
+to ``block_rows`` rows per output row; float32 bytes with ``dtype="float32"``, the squared norms
+and weights still float64), so no Python object per row is ever made. Rows with a null,
 NaN or infinite feature, a bad weight, or (cosine) a zero vector are dropped while packing and
 counted by reason with one example; the estimator turns those counts into a clear error, or
 (``invalid="skip"``) fits on the rest and records the counts.
@@ -39,6 +40,7 @@ BLOCK_SCHEMA = "part int, start long, rows long, x binary, x_sq binary, w binary
 BAD_FEATURE = "null, NaN or infinite feature value"
 BAD_WEIGHT = "negative, null, NaN or infinite weight"
 ZERO_ROW = "zero vector (cosine distance needs a non-zero row)"
+FLOAT32_RANGE = "feature value beyond float32's range (dtype='float32')"
 
 
 def dropped_counts(problems: dict[str, tuple[int, dict]]) -> dict[str, int]:
@@ -115,8 +117,8 @@ def _check_numeric(types: dict, name: str, what: str) -> None:
         )
 
 
-def default_block_rows(d: int) -> int:
-    return max(1024, BLOCK_BYTES // (8 * max(d, 1)))
+def default_block_rows(d: int, itemsize: int = 8) -> int:
+    return max(1024, BLOCK_BYTES // (itemsize * max(d, 1)))
 
 
 @dataclass(frozen=True)
@@ -141,16 +143,18 @@ def packing(
     block_rows: int | None = None,
     cosine: bool = False,
     num_partitions: int | None = None,
+    dtype: str = "float64",
 ) -> Packing:
-    """The feature columns of ``df`` as doubles, and their packer (see ``Packing``)."""
+    """The feature columns of ``df`` as doubles, and their packer (see ``Packing``); ``dtype``:
+    the blocks' features' (``kernels.DTYPES``)."""
     cols = [column(c).cast(DOUBLE).alias(f"f{i}") for i, c in enumerate(features)]
     if weight_col is not None:
         cols.append(column(weight_col).cast(DOUBLE).alias("w"))
     selected = df.select(*cols)
     if num_partitions is not None:  # never more partitions than the input has: no shuffle
         selected = selected.coalesce(num_partitions)
-    rows = block_rows or default_block_rows(len(features))
-    return Packing(selected, Packer(list(features), weight_col, rows, cosine))
+    rows = block_rows or default_block_rows(len(features), np.dtype(dtype).itemsize)
+    return Packing(selected, Packer(list(features), weight_col, rows, cosine, dtype))
 
 
 def block_frame(df: DataFrame, features: Sequence[str], **options) -> DataFrame:
@@ -172,23 +176,34 @@ def decode(row, d: int) -> Block:
 def decode_fields(d: int, part: int, start: int, rows: int, x, x_sq, w,
                   problems: str) -> Block:
     """A block from the fields of BLOCK_SCHEMA; ``x``, ``x_sq``, ``w`` are any buffers (bytes,
-    Arrow buffers), viewed without a copy."""
+    Arrow buffers), viewed without a copy. The features' dtype is told by their size: 8 bytes a
+    value float64, 4 float32."""
     return Block(int(part), int(start),
-                 np.frombuffer(x, dtype=np.float64).reshape(int(rows), d),
+                 np.frombuffer(x, dtype=_feature_dtype(x, int(rows) * d)).reshape(int(rows), d),
                  np.frombuffer(x_sq, dtype=np.float64),
                  None if w is None else np.frombuffer(w, dtype=np.float64),
                  problems_from_json(problems))
 
 
+def _feature_dtype(buffer, values: int) -> type:
+    """float64 or float32: the dtype a features buffer of ``values`` values was written in."""
+    nbytes = memoryview(buffer).nbytes
+    return np.float32 if values and nbytes == 4 * values else np.float64
+
+
 class Packer:
     """Packs one partition's rows into blocks: as a mapInArrow function (binary blocks, see
-    BLOCK_SCHEMA), or straight into ``Block``s inside a task of its own (``blocks``)."""
+    BLOCK_SCHEMA), or straight into ``Block``s inside a task of its own (``blocks``).
+    ``dtype``: the blocks' features' (rows are validated in float64, then rounded to it once);
+    the squared norms (computed from the rounded rows) and the weights stay float64."""
 
-    def __init__(self, features: list[str], weight_col: str | None, block_rows: int, cosine: bool):
+    def __init__(self, features: list[str], weight_col: str | None, block_rows: int, cosine: bool,
+                 dtype: str = "float64"):
         self.features = features
         self.weight_col = weight_col
         self.block_rows = block_rows
         self.cosine = cosine
+        self.dtype = np.dtype(dtype).name
 
     def __call__(self, batches: Iterator) -> Iterator:
         """Arrow batches of one partition -> one row of BLOCK_SCHEMA per block."""
@@ -207,7 +222,7 @@ class Packer:
         size, d = self.block_rows, len(self.features)
         weighted = self.weight_col is not None
         start = fill = 0
-        bx, bw = np.empty((size, d)), (np.empty(size) if weighted else None)
+        bx, bw = np.empty((size, d), self.dtype), (np.empty(size) if weighted else None)
         problems: dict[str, list] = {}
         for batch in batches:
             x, w = self._valid(batch, problems)
@@ -221,7 +236,7 @@ class Packer:
                 if fill == size:
                     yield _block(part, start, bx, bw, problems)
                     start, fill, problems = start + size, 0, {}
-                    bx, bw = np.empty((size, d)), (np.empty(size) if weighted else None)
+                    bx, bw = np.empty((size, d), self.dtype), (np.empty(size) if weighted else None)
         if fill or problems:
             yield _block(part, start, bx[:fill], None if bw is None else bw[:fill], problems)
 
@@ -253,6 +268,12 @@ class Packer:
             zero = keep & ~np.any(x != 0, axis=1)
             self._note(problems, ZERO_ROW, zero, batch)
             keep &= ~zero
+        if self.dtype != "float64" and not self.cosine:  # (unit rows always fit)
+            # a finite double the narrower type rounds to infinity
+            with np.errstate(over="ignore"):
+                big = keep & ~np.isfinite(x.astype(self.dtype)).all(axis=1)
+            self._note(problems, FLOAT32_RANGE, big, batch)
+            keep &= ~big
         return keep
 
     def _note(self, problems: dict, reason: str, bad: np.ndarray, batch) -> None:

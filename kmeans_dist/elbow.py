@@ -144,7 +144,8 @@ def run(args: argparse.Namespace) -> dict:
         raise UserError(f"--silhouette-sample must be >= 2, got {args.silhouette_sample}")
     estimator = KMeans(ks[0], init=args.init, seed=args.seed, max_iter=args.max_iter,
                        n_init=args.n_init, distance=args.distance,
-                       driver_max_mb=args.driver_max_mb, algorithm=args.algorithm)
+                       driver_max_mb=args.driver_max_mb, algorithm=args.algorithm,
+                       dtype=args.dtype)
     _, partitions = cli.start_session(args, "kmeans-dist elbow")
     io.check_output_dir(args.output, args.overwrite)
     df = io.read_table(args.input, args.format)

@@ -91,6 +91,9 @@ class KMeans:
     second pass on, the rows whose nearest centroid provably stays (Hamerly's distance bounds,
     with a margin for rounding: the same labels, centroids and iterations as ``"lloyd"``, bit for
     bit, at a fraction of the distances); ``"lloyd"`` computes every distance in every pass.
+    ``dtype``: ``"float64"`` (default) or ``"float32"``: the blocks hold the features in it and
+    the distance GEMM runs in it (half the executor memory for the features, about twice the
+    GEMM's speed); sums and inertia are accumulated in float64 and the centroids stay float64.
     """
 
     def __init__(
@@ -116,6 +119,7 @@ class KMeans:
         resume: bool = False,
         driver_max_mb: float | None = None,
         algorithm: str = "auto",
+        dtype: str = "float64",
     ) -> None:
         self.k = _check_int("k", k, 1)
         self.max_iter = _check_int("max_iter", max_iter, 1)
@@ -138,6 +142,9 @@ class KMeans:
             driver_max_mb = _check_nonnegative("driver_max_mb", driver_max_mb)
         _check_choice("distance", distance, DISTANCES)
         self.algorithm = _check_choice("algorithm", algorithm, engine.ALGORITHMS)
+        if isinstance(dtype, (type, np.dtype)):  # np.float32, np.dtype("float32")
+            dtype = np.dtype(dtype).name
+        self.dtype = _check_choice("dtype", dtype, kernels.DTYPES)
         if isinstance(init, str):
             if init not in inits.INITS and not _looks_like_path(init):
                 raise UserError(
@@ -181,6 +188,7 @@ class KMeans:
             "empty_clusters": self.empty_clusters,
             "invalid": self.invalid,
             "algorithm": self.algorithm,
+            "dtype": self.dtype,
         }
 
     def _init_params(self) -> dict[str, Any]:
@@ -215,7 +223,7 @@ class KMeans:
         packed = data.packing(
             df, features, weight_col=self.weight_col, block_rows=self.block_rows,
             cosine=self.distance == "cosine",
-            num_partitions=self.num_partitions or default_parallelism(spark),
+            num_partitions=self.num_partitions or default_parallelism(spark), dtype=self.dtype,
         )
         name, verdict = transports.choose(self.transport, is_connect(spark), packed, d,
                                           self.driver_max_mb)
@@ -286,8 +294,11 @@ class KMeans:
         with a full set of centres has nothing to change."""
         if self.checkpoint is None:
             return None, None
-        # how the passes compute the labels does not change them: any algorithm resumes
-        params = {key: v for key, v in self.params().items() if key != "algorithm"}
+        # how the passes compute the labels does not change them: any algorithm resumes. The
+        # dtype does change them: float32 is fingerprinted (float64, the default, is left out so
+        # the checkpoints written before there was a choice still resume)
+        params = {key: v for key, v in self.params().items() if key != "algorithm"
+                  and not (key == "dtype" and v == "float64")}
         params["ks"] = ks
         if given is not None:
             params["given_centroids"] = hashlib.sha256(given.tobytes()).hexdigest()

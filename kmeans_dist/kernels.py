@@ -1,9 +1,16 @@
 """Per-block k-means math: pure numpy (numba optional), no Spark.
 
-Every function here works on one block of rows held as a C-contiguous float64 array, so it can
-be unit-tested against brute force and reused by any transport. Squared Euclidean distances to
-every centroid come from one GEMM per chunk of rows: ||x||^2 - 2 x.c + ||c||^2 (no square root
-anywhere); the inertia adds each row's distance to its own centroid computed directly.
+Every function here works on one block of rows held as a C-contiguous float64 (or float32, see
+``DTYPES``) array, so it can be unit-tested against brute force and reused by any transport.
+Squared Euclidean distances to every centroid come from one GEMM per chunk of rows:
+||x||^2 - 2 x.c + ||c||^2 (no square root anywhere); the inertia adds each row's distance to its
+own centroid computed directly ((x - c)^2 summed, in float64).
+
+float32 blocks: the GEMM runs in float32, on the centroids rounded to float32 (``gemm_centroids``),
+and gives float32 scores; everything after it is float64: each row's squared norm (computed in
+float64 once per block), its direct distance to its (float64) centroid, the sums, weights and
+inertia. Rows in float32 convert to float64 exactly, so the numpy and numba paths stay
+bit-identical.
 
 Sums are accumulated row by row in row order (``np.bincount`` does exactly that, and so does the
 numba loop), so the numpy and numba paths give bit-identical results and a rerun over the same
@@ -30,11 +37,23 @@ SCORE_BYTES = 1 << 18
 NUMPY_ARGMIN_K = 32
 
 
-def chunk_rows(k: int) -> int:
-    """Rows per GEMM chunk for k centroids: measured on one core, 2048 rows at k=16 and 512 at
-    k=128 were 20-25% faster per pass than 8192 (the score matrix had left the L2 cache); below
-    512 rows the GEMM itself slows down."""
-    return min(CHUNK_ROWS, max(512, SCORE_BYTES // (8 * k)))
+#: the dtypes a fit may hold its blocks' features in (``KMeans(dtype=...)``)
+DTYPES = ("float64", "float32")
+
+
+def chunk_rows(k: int, itemsize: int = 8) -> int:
+    """Rows per GEMM chunk for k centroids and scores of ``itemsize`` bytes: measured on one
+    core, 2048 rows at k=16 and 512 at k=128 were 20-25% faster per pass than 8192 (the score
+    matrix had left the L2 cache); below 512 rows the GEMM itself slows down."""
+    return min(CHUNK_ROWS, max(512, SCORE_BYTES // (itemsize * k)))
+
+
+def gemm_centroids(centroids: np.ndarray, dtype=np.float64) -> np.ndarray:
+    """The centroids as a GEMM over rows of ``dtype`` sees them, as float64: rounded to float32
+    for float32 rows (exact in float64), the centroids themselves for float64 rows."""
+    if np.dtype(dtype) == np.float64:
+        return centroids
+    return np.asarray(centroids, dtype=dtype).astype(np.float64)
 
 
 def _fused():
@@ -56,20 +75,27 @@ def use_numba(enabled: bool | None = None) -> bool:
     return (enabled is None or bool(enabled)) and _fused() is not None
 
 
-def warm_up() -> None:
+def warm_up(dtype=np.float64) -> None:
     """Load the fused loops ahead of their first use: importing numba and loading their cached
     machine code takes ~0.35 s in a fresh Python worker (Spark retires idle ones after a
     minute), which a resident task overlaps with receiving its rows. Writable C-contiguous
-    arrays, as the resident blocks are, so the loaded signatures are the ones the fit calls."""
+    arrays, as the resident blocks are, so the loaded signatures are the ones the fit calls
+    (``dtype``: the blocks' features', whose loops are loaded too)."""
     if not use_numba():
         return
     x = np.zeros((2, 2))
     block_partials(x, squared_norms(x), None, x, np.zeros(2, dtype=np.int32))
     row_uniforms(0, 0, x)
+    if np.dtype(dtype) != np.float64:
+        x = np.zeros((2, 2), dtype=dtype)
+        block_partials(x, squared_norms(x), None, np.zeros((2, 2)), np.zeros(2, dtype=np.int32))
 
 
 def squared_norms(x: np.ndarray) -> np.ndarray:
-    """Row-wise squared L2 norms, computed once per block and kept beside it."""
+    """Row-wise squared L2 norms in float64 (of float32 rows too), computed once per block and
+    kept beside it."""
+    if x.dtype != np.float64:
+        x = x.astype(np.float64)
     return np.einsum("ij,ij->i", x, x)
 
 
@@ -79,10 +105,16 @@ def normalize_rows(x: np.ndarray) -> np.ndarray:
     return x / np.where(norms > 0, norms, 1.0)[:, None]
 
 
-def _scaled(centroids: np.ndarray) -> np.ndarray:
-    """-2 c^T, contiguous: scaling by -2 is exact, so x @ (-2 c^T) == -2 (x @ c^T) bit for bit,
-    and the GEMM then needs one pass over the scores less."""
-    return np.ascontiguousarray(-2.0 * centroids.T)
+def _scaled(centroids: np.ndarray, dtype=np.float64) -> np.ndarray:
+    """-2 c^T in ``dtype``, contiguous: scaling by -2 is exact, so x @ (-2 c^T) == -2 (x @ c^T)
+    bit for bit, and the GEMM then needs one pass over the scores less."""
+    return np.ascontiguousarray(-2.0 * np.asarray(centroids, dtype=dtype).T)
+
+
+def _gemm_norms(centroids: np.ndarray, dtype=np.float64) -> np.ndarray:
+    """||c||^2 of the centroids as the GEMM sees them, in ``dtype``: computed in float64 from
+    the (rounded) centroids, then rounded once."""
+    return squared_norms(gemm_centroids(centroids, dtype)).astype(dtype, copy=False)
 
 
 def _chunk_scores(x: np.ndarray, neg2_ct: np.ndarray, c_sq: np.ndarray) -> np.ndarray:
@@ -93,10 +125,12 @@ def _chunk_scores(x: np.ndarray, neg2_ct: np.ndarray, c_sq: np.ndarray) -> np.nd
 
 
 def score_chunks(x: np.ndarray, centroids: np.ndarray,
-                  c_sq: np.ndarray) -> Iterator[tuple[int, int, np.ndarray]]:
-    """(lo, hi, scores of rows lo..hi) over the rows of ``x``, in cache-sized chunks."""
-    neg2_ct = _scaled(centroids)
-    step = chunk_rows(len(centroids))
+                 c_sq: np.ndarray | None = None) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(lo, hi, scores of rows lo..hi) over the rows of ``x``, in cache-sized chunks; the scores
+    in x's dtype (the GEMM's). ``c_sq``: the centroids' squared norms (default: computed)."""
+    neg2_ct = _scaled(centroids, x.dtype)
+    c_sq = _gemm_norms(centroids, x.dtype) if c_sq is None else c_sq.astype(x.dtype, copy=False)
+    step = chunk_rows(len(centroids), x.dtype.itemsize)
     for lo in range(0, x.shape[0], step):
         hi = min(lo + step, x.shape[0])
         yield lo, hi, _chunk_scores(x[lo:hi], neg2_ct, c_sq)
@@ -106,8 +140,6 @@ def assign(
     x: np.ndarray, x_sq: np.ndarray, centroids: np.ndarray, c_sq: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Nearest centroid of every row (first index on ties) and its squared distance (>= 0)."""
-    if c_sq is None:
-        c_sq = squared_norms(centroids)
     m = x.shape[0]
     labels = np.empty(m, dtype=np.int32)
     dist = np.empty(m, dtype=np.float64)
@@ -191,10 +223,10 @@ def block_partials(
     when every row counts as moved). ``w`` are row weights, or None for unit weights.
     """
     k = centroids.shape[0]
-    c_sq = squared_norms(centroids)
+    centroids = np.asarray(centroids, dtype=np.float64)  # the inertia's distances in float64
     if use_numba(numba):
-        return _fused_partials(x, x_sq, w, centroids, c_sq, prev_labels)
-    labels = assign(x, x_sq, centroids, c_sq)[0]
+        return _fused_partials(x, x_sq, w, centroids, prev_labels)
+    labels = assign(x, x_sq, centroids)[0]
     return label_partials(x, w, labels, direct_distances(x, centroids[labels]), k,
                           prev_labels), labels
 
@@ -230,7 +262,7 @@ def label_partials(x: np.ndarray, w: np.ndarray | None, labels: np.ndarray, dist
     return Partials(sums, weights, counts, inertia, moved, m)
 
 
-def _fused_partials(x, x_sq, w, centroids, c_sq, prev_labels):
+def _fused_partials(x, x_sq, w, centroids, prev_labels):
     """GEMM per chunk in numpy, then one numba pass for argmin, inertia, sums and counts."""
     k, d = centroids.shape
     m = x.shape[0]
@@ -245,7 +277,7 @@ def _fused_partials(x, x_sq, w, centroids, c_sq, prev_labels):
     prev = prev_labels if has_prev else np.empty(0, dtype=np.int32)
     accumulate = _fused().accumulate
     labelled = k > NUMPY_ARGMIN_K
-    for lo, hi, scores in score_chunks(x, centroids, c_sq):
+    for lo, hi, scores in score_chunks(x, centroids):
         if labelled:
             labels[lo:hi] = np.argmin(scores, axis=1)
         accumulate(scores, x, centroids, w_arr, has_w, prev, has_prev, lo, labels, labelled,

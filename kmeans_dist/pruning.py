@@ -24,6 +24,14 @@ computes it, and the label is taken from there, so ties break exactly as they do
 Partial sums, and the inertia from each row's directly computed distance to its centroid, are
 accumulated from the labels in row order exactly as brute force accumulates them, so sums, counts,
 weights and inertia are bit-identical, whichever passes found their bounds.
+
+float32 blocks (``KMeans(dtype="float32")``). Brute force then picks the smallest float32 score,
+from a float32 GEMM against the centroids rounded to float32 (``kernels.gemm_centroids``). The
+exact distances the bounds hold for are those to the rounded centroids (``exact`` below: the
+float32 values, held in float64), so the moves, separations and direct distances are computed from
+them; Higham's bound is taken with float32's unit roundoff (2**-24), and so is every outward
+rounding (``unit``: those done in float64 would need only 2**-53, the wider margin is safe). The
+inertia of a pass is still added from each row's distance to the float64 centroids.
 """
 
 from __future__ import annotations
@@ -36,6 +44,13 @@ from kmeans_dist import kernels
 
 #: unit roundoff of float64
 UNIT = 2.0**-53
+#: unit roundoff of the blocks' feature dtype: the GEMM's scores are rounded in it
+UNITS = {"float64": UNIT, "float32": 2.0**-24}
+
+
+def unit_roundoff(dtype) -> float:
+    """The unit roundoff of ``dtype`` (float64 or float32), the margins' unit."""
+    return UNITS[np.dtype(dtype).name]
 #: below this many centroids a pass with bounds does not pay: brute force is a few flops a row
 MIN_K = 3
 #: a pruning pass that computed more than this fraction of its rows cost more than brute force
@@ -64,33 +79,38 @@ def pays(k: int) -> bool:
     return k >= MIN_K
 
 
-def _gamma(d: int) -> float:
-    """Higham's gamma_{d+2}: the relative error bound of a (d + 2)-term sum of products."""
-    return (d + 2) * UNIT / (1 - (d + 2) * UNIT)
+def _gamma(d: int, unit: float = UNIT) -> float:
+    """Higham's gamma_{d+2}: the relative error bound of a (d + 2)-term sum of products, each
+    operation rounded with unit roundoff ``unit``."""
+    return (d + 2) * unit / (1 - (d + 2) * unit)
 
 
 def _c_max(centroids: np.ndarray) -> float:
     return float(np.sqrt(kernels.squared_norms(centroids).max()))
 
 
-def score_error(x_sq: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+def score_error(x_sq: np.ndarray, centroids: np.ndarray, dtype=np.float64) -> np.ndarray:
     """(m,) bound on |computed - exact| of every score ``||c_j||^2 - 2 x.c_j`` of each row, and of
     its ``x_sq``: gamma_{d+2} (||x|| + max ||c||)^2 <= 2 gamma_{d+2} (||x||^2 + max ||c||^2),
-    doubled for the roundings of this bound itself and of the norms it starts from."""
-    c_max = _c_max(centroids)
-    return 4.0 * _gamma(centroids.shape[1]) * (x_sq + c_max * c_max)
+    doubled for the roundings of this bound itself and of the norms it starts from. ``dtype``:
+    the GEMM's (float32: gamma with float32's unit roundoff, ``centroids`` rounded to float32 as
+    the GEMM takes them)."""
+    exact = kernels.gemm_centroids(centroids, dtype)
+    c_max = _c_max(exact)
+    return 4.0 * _gamma(exact.shape[1], unit_roundoff(dtype)) * (x_sq + c_max * c_max)
 
 
-def _relative(d: int) -> float:
+def _relative(d: int, unit: float = UNIT) -> float:
     """Relative error bound of a distance computed directly over d coordinates, with room."""
-    return 4.0 * (d + 8) * UNIT
+    return 4.0 * (d + 8) * unit
 
 
-def _sure(lower: np.ndarray, upper: np.ndarray, err: np.ndarray) -> np.ndarray:
+def _sure(lower: np.ndarray, upper: np.ndarray, err: np.ndarray,
+          unit: float = UNIT) -> np.ndarray:
     """Rows whose exact squared distances to other centroids exceed the one to their own by more
     than 2 err (so computed scores cannot reorder them). Each side's own rounding is pushed to
     the unfavourable side by 4 units."""
-    return lower * lower * (1 - 4 * UNIT) > (upper * upper + 4.0 * err) * (1 + 4 * UNIT)
+    return lower * lower * (1 - 4 * unit) > (upper * upper + 4.0 * err) * (1 + 4 * unit)
 
 
 _distances = kernels.direct_distances
@@ -98,28 +118,29 @@ _distances = kernels.direct_distances
 
 # --------------------------------------------------------------------------- scores to labels
 def _bound_scores(scores: np.ndarray, rows: np.ndarray, x_sq: np.ndarray, c_max: float,
-                  gamma: float, labels: np.ndarray, upper: np.ndarray, lower: np.ndarray,
-                  fused) -> np.ndarray:
+                  gamma: float, unit: float, labels: np.ndarray, upper: np.ndarray,
+                  lower: np.ndarray, fused) -> np.ndarray:
     """From the scores of ``rows`` (one row of scores each): their labels (the first index of the
     smallest score, as brute force picks it) and bounds, written at ``rows``. Returns the
-    positions in ``rows`` of the near-ties: best two scores within 4 err of each other."""
+    positions in ``rows`` of the near-ties: best two scores within 4 err of each other. float32
+    scores are taken to float64 (exactly) before any arithmetic, as numba's loop does."""
     if fused is not None:
         unsure = np.empty(len(rows), dtype=np.intp)
-        n = fused.bound_scores(scores, rows, x_sq, c_max, gamma, UNIT, labels, upper, lower,
+        n = fused.bound_scores(scores, rows, x_sq, c_max, gamma, unit, labels, upper, lower,
                                unsure)
         return unsure[:n]
     m, k = scores.shape
     lab = np.argmin(scores, axis=1)
-    best = scores[np.arange(m), lab]
+    best = scores[np.arange(m), lab].astype(np.float64)
     if k == 1:
         second = np.full(m, np.inf)
     else:
-        second = np.partition(scores, 1, axis=1)[:, 1]
+        second = np.partition(scores, 1, axis=1)[:, 1].astype(np.float64)
     xs = x_sq[rows]
     err = 4.0 * gamma * (xs + c_max * c_max)
     labels[rows] = lab
-    upper[rows] = np.sqrt(np.maximum(best + xs + 2.0 * err, 0.0)) * (1.0 + 4.0 * UNIT)
-    lower[rows] = np.sqrt(np.maximum(second + xs - 2.0 * err, 0.0)) * (1.0 - 4.0 * UNIT)
+    upper[rows] = np.sqrt(np.maximum(best + xs + 2.0 * err, 0.0)) * (1.0 + 4.0 * unit)
+    lower[rows] = np.sqrt(np.maximum(second + xs - 2.0 * err, 0.0)) * (1.0 - 4.0 * unit)
     return np.flatnonzero(second - best <= 4.0 * err)
 
 
@@ -171,12 +192,15 @@ def full_partials(x: np.ndarray, x_sq: np.ndarray, w: np.ndarray | None, centroi
     scores), and leaves the bounds for the next pass. Its partials are accumulated as a pruned
     pass's are, so a fit's result never depends on which passes found their bounds."""
     m, d = x.shape
+    centroids = np.asarray(centroids, dtype=np.float64)  # the inertia's are float64
     labels, upper, lower = np.empty(m, dtype=np.int32), np.empty(m), np.empty(m)
     fused = kernels._fused() if kernels.use_numba(numba) else None
-    c_max, gamma = _c_max(centroids), _gamma(d)
+    unit = unit_roundoff(x.dtype)
+    c_max, gamma = _c_max(kernels.gemm_centroids(centroids, x.dtype)), _gamma(d, unit)
     acc = _Accumulator(x, w, centroids, labels, prev_labels, fused)
-    for lo, hi, scores in kernels.score_chunks(x, centroids, kernels.squared_norms(centroids)):
-        _bound_scores(scores, np.arange(lo, hi), x_sq, c_max, gamma, labels, upper, lower, fused)
+    for lo, hi, scores in kernels.score_chunks(x, centroids):
+        _bound_scores(scores, np.arange(lo, hi), x_sq, c_max, gamma, unit, labels, upper, lower,
+                      fused)
         acc.add(hi)
     return acc.partials(m), labels, Bounds(upper, lower)
 
@@ -189,13 +213,17 @@ class Motion:
     centroids: np.ndarray  # (k, d) this pass's
     move: np.ndarray  # (k,) >= the distance each centroid moved since the previous pass
     half: np.ndarray  # (k,) <= half the distance to the nearest other centroid
+    dtype: str = "float64"  # the blocks' features': moves and separations of the rounded centroids
 
     @classmethod
-    def between(cls, old: np.ndarray, centroids: np.ndarray) -> "Motion":
-        rel = _relative(centroids.shape[1])
-        diff = centroids - old
+    def between(cls, old: np.ndarray, centroids: np.ndarray, dtype=np.float64) -> "Motion":
+        """Moves and separations of the centroids as a GEMM over rows of ``dtype`` sees them."""
+        centroids = np.asarray(centroids, dtype=np.float64)
+        rel = _relative(centroids.shape[1], unit_roundoff(dtype))
+        now = kernels.gemm_centroids(centroids, dtype)
+        diff = now - kernels.gemm_centroids(old, dtype)
         move = np.sqrt(np.einsum("ij,ij->i", diff, diff)) * (1 + rel)
-        return cls(centroids, move, _half_separation(centroids) * (1 - rel))
+        return cls(centroids, move, _half_separation(now) * (1 - rel), np.dtype(dtype).name)
 
 
 def pruned_partials(x: np.ndarray, x_sq: np.ndarray, w: np.ndarray | None, motion: Motion,
@@ -208,21 +236,25 @@ def pruned_partials(x: np.ndarray, x_sq: np.ndarray, w: np.ndarray | None, motio
     x: (m, d) rows, x_sq: (m,), w: (m,) or None, old_labels: (m,) the previous pass's labels.
     """
     centroids = motion.centroids
+    if motion.dtype != x.dtype.name:
+        raise ValueError(f"centroid motion for {motion.dtype} rows, but the rows are {x.dtype}")
     m, d = x.shape
     fused = kernels._fused() if kernels.use_numba(numba) else None
-    c_max, gamma = _c_max(centroids), _gamma(d)
+    unit = unit_roundoff(x.dtype)
+    exact = kernels.gemm_centroids(centroids, x.dtype)
+    c_max, gamma = _c_max(exact), _gamma(d, unit)
     upper, lower = np.empty(m), np.empty(m)
     labels = old_labels.copy()
     acc = _Accumulator(x, w, centroids, labels, old_labels, fused)
-    scores = _Scorer(x, x_sq, centroids, c_max, gamma, labels, upper, lower, fused)
+    scores = _Scorer(x, x_sq, centroids, c_max, gamma, unit, labels, upper, lower, fused)
     computed = 0
     # a stretch of rows at a time, so that its rows are still in cache when they are folded
     step = STRETCH_CHUNKS * scores.step
     dense = _dense_above(centroids.shape[0])
     for lo in range(0, m, step):
         hi = min(lo + step, m)
-        rows = _settle(x, x_sq, old_labels, bounds, motion, c_max, gamma, upper, lower, lo, hi,
-                       fused)
+        rows = _settle(x, x_sq, old_labels, bounds, motion, exact, c_max, gamma, unit, upper,
+                       lower, lo, hi, fused)
         if rows.size > dense * (hi - lo):
             # most rows unsettled: brute force's own chunks cost less than gathering them
             rows = np.arange(lo, hi)
@@ -245,31 +277,33 @@ def _dense_above(k: int) -> float:
     return 0.5 if k <= 32 else 0.85
 
 
-def _settle(x, x_sq, old_labels, bounds, motion, c_max, gamma, upper, lower, lo, hi, fused):
+def _settle(x, x_sq, old_labels, bounds, motion, centroids, c_max, gamma, unit, upper, lower,
+            lo, hi, fused):
     """Rows lo .. hi: the bounds moved with the centroids (written to ``upper``, ``lower``); the
-    rows they do not settle get their upper bound tightened to their exact distance and are
-    tried again. Returns the rows still unsettled."""
-    centroids, move, half = motion.centroids, motion.move, motion.half
+    rows they do not settle get their upper bound tightened to their exact distance to
+    ``centroids`` (as the GEMM sees them) and are tried again. Returns the rows still
+    unsettled."""
+    move, half = motion.move, motion.half
     top, first, second = _top_two(move)
-    rel = _relative(centroids.shape[1])
+    rel = _relative(centroids.shape[1], unit)
     if fused is not None:
         rows = np.empty(hi - lo, dtype=np.intp)
         n = fused.settle(x, x_sq, centroids, old_labels, bounds.upper, bounds.lower, move, top,
-                         first, second, half, c_max, gamma, rel, UNIT, upper, lower, lo, hi,
+                         first, second, half, c_max, gamma, rel, unit, upper, lower, lo, hi,
                          rows)
         return rows[:n]
     lab = old_labels[lo:hi]
     err = 4.0 * gamma * (x_sq[lo:hi] + c_max * c_max)
-    up = (bounds.upper[lo:hi] + move[lab]) * (1.0 + 4.0 * UNIT)
+    up = (bounds.upper[lo:hi] + move[lab]) * (1.0 + 4.0 * unit)
     drop = np.where(lab == top, second, first)
-    low = np.maximum((bounds.lower[lo:hi] - drop) * (1.0 - 4.0 * UNIT), 0.0)
-    low = _with_separation(low, half[lab], up)
-    rows = np.flatnonzero(~_sure(low, up, err))
+    low = np.maximum((bounds.lower[lo:hi] - drop) * (1.0 - 4.0 * unit), 0.0)
+    low = _with_separation(low, half[lab], up, unit)
+    rows = np.flatnonzero(~_sure(low, up, err, unit))
     if rows.size:
         tight = np.sqrt(_distances(x[lo + rows], centroids[lab[rows]])) * (1.0 + rel)
         up[rows] = tight
-        low[rows] = _with_separation(low[rows], half[lab[rows]], tight)
-        rows = rows[~_sure(low[rows], tight, err[rows])]
+        low[rows] = _with_separation(low[rows], half[lab[rows]], tight, unit)
+        rows = rows[~_sure(low[rows], tight, err[rows], unit)]
     upper[lo:hi], lower[lo:hi] = up, low
     return lo + rows
 
@@ -297,24 +331,28 @@ def _half_separation(centroids: np.ndarray) -> np.ndarray:
     return 0.5 * dist.min(axis=1)
 
 
-def _with_separation(lower: np.ndarray, half: np.ndarray, upper: np.ndarray) -> np.ndarray:
+def _with_separation(lower: np.ndarray, half: np.ndarray, upper: np.ndarray,
+                     unit: float = UNIT) -> np.ndarray:
     """max(lower, 2 half - upper): every other centroid is at least 2 s - u away; the
     subtraction's rounding pushed down."""
     with np.errstate(invalid="ignore"):  # one centroid: inf - inf, no other centroid to bound
         sep = 2.0 * half - upper
-        sep -= 4 * UNIT * (2.0 * half + upper)
+        sep -= 4 * unit * (2.0 * half + upper)
     return np.fmax(lower, sep)
 
 
 class _Scorer:
     """Labels and bounds of chosen rows from their distances to every centroid."""
 
-    def __init__(self, x, x_sq, centroids, c_max, gamma, labels, upper, lower, fused) -> None:
+    def __init__(self, x, x_sq, centroids, c_max, gamma, unit, labels, upper, lower,
+                 fused) -> None:
         self.x, self.x_sq, self.fused = x, x_sq, fused
-        self.neg2_ct = kernels._scaled(centroids)
-        self.c_sq = kernels.squared_norms(centroids)
-        self.step = kernels.chunk_rows(centroids.shape[0])
-        self.out = (c_max, gamma, labels, upper, lower)
+        # brute force's GEMM operands and chunks (kernels.score_chunks), so a chunk recomputed
+        # here gives brute force's scores bit for bit
+        self.neg2_ct = kernels._scaled(centroids, x.dtype)
+        self.c_sq = kernels._gemm_norms(centroids, x.dtype)
+        self.step = kernels.chunk_rows(centroids.shape[0], x.dtype.itemsize)
+        self.out = (c_max, gamma, unit, labels, upper, lower)
 
     def recompute(self, rows: np.ndarray) -> None:
         """Rows ``rows`` (ascending), a cache-sized chunk of them at a time. A near-tie is settled

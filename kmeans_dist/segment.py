@@ -132,6 +132,7 @@ def run(args: argparse.Namespace) -> dict:
         distance=previous.distance if previous is not None else "euclidean",
         num_partitions=partitions, max_iter=args.max_iter, invalid=args.invalid,
         driver_max_mb=args.driver_max_mb, algorithm=args.algorithm,
+        dtype=args.dtype,
     )
     df = io.read_table(args.input, args.format)
     features = args.features or default_features(df, previous, args.id_col)

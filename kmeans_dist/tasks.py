@@ -155,7 +155,8 @@ class Summary:
 def summarize(blocks: Iterable[Block], d: int) -> Summary:
     total = Summary(0, 0.0, np.zeros(d), np.zeros(d), {})
     for b in blocks:
-        mean = b.x.mean(axis=0) if b.rows else np.zeros(d)
+        # float64 whatever the blocks' dtype (float32 rows convert exactly)
+        mean = b.x.mean(axis=0, dtype=np.float64) if b.rows else np.zeros(d)
         dev = b.x - mean
         weight = float(b.rows if b.w is None else b.w.sum())
         part = Summary(b.rows, weight, mean, np.einsum("ij,ij->j", dev, dev), b.problems,
@@ -253,7 +254,7 @@ def _pruned_pass(b: Block, step: LloydStep, motions: dict, i: int) -> kernels.Pa
         bounds = stored_bounds(b, step.run_id, step.iteration - 1)
     if labels is not None and bounds is not None and len(bounds.upper) == b.rows:
         if i not in motions:
-            motions[i] = pruning.Motion.between(step.prev_centroids, step.centroids)
+            motions[i] = pruning.Motion.between(step.prev_centroids, step.centroids, b.x.dtype)
         part, labels, bounds = pruning.pruned_partials(b.x, b.x_sq, b.w, motions[i], labels,
                                                        bounds, numba=step.numba)
     else:
@@ -299,7 +300,7 @@ def _candidates(b: Block, idx: np.ndarray, keys: np.ndarray,
                 labels: np.ndarray | None = None) -> list[Candidate]:
     """The block's rows ``idx`` (with ``keys[j]`` for ``idx[j]``) as candidates; rows are copied,
     as the block may be a view on memory that goes away."""
-    return [Candidate(float(key), b.x[i].copy(), 1.0 if b.w is None else float(b.w[i]),
+    return [Candidate(float(key), b.x[i].astype(np.float64), 1.0 if b.w is None else float(b.w[i]),
                       -1 if labels is None else int(labels[i])) for i, key in zip(idx, keys)]
 
 

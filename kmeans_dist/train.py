@@ -74,7 +74,8 @@ def run(args: argparse.Namespace) -> KMeansModel:
     params = dict(init=args.init, seed=args.seed, max_iter=args.max_iter, tol=args.tol,
                   distance=args.distance, weight_col=args.weight_col, n_init=args.n_init,
                   checkpoint=args.checkpoint, resume=args.resume, invalid=args.invalid,
-                  driver_max_mb=args.driver_max_mb, algorithm=args.algorithm)
+                  driver_max_mb=args.driver_max_mb, algorithm=args.algorithm,
+                  dtype=args.dtype)
     estimator = KMeans(args.k, **params)  # parameters are checked here, before Spark starts
     _, partitions = cli.start_session(args, "kmeans-dist train")
     io.check_output_dir(args.output, args.overwrite)

@@ -132,3 +132,33 @@ def test_relative_output_paths_are_checked_up_to_the_working_directory(spark):
         assert top is None or fs.kind(top) == "dir", (fs, top)
     io.check_output_dir("no-such-dir-kmeans/run", overwrite=False)  # no error, nothing written
     assert not io.exists("no-such-dir-kmeans")
+
+
+class _Built(Exception):
+    """Raised by a stand-in KMeans: the job got as far as building its estimator."""
+
+
+@pytest.mark.parametrize("job, args", [
+    ("train", ["--input", "in.csv", "--k", "3", "--output", "out"]),
+    ("segment", ["--input", "in.csv", "--k", "3", "--output", "out"]),
+    ("elbow", ["--input", "in.csv", "--k-min", "2", "--k-max", "3", "--output", "out"]),
+])
+def test_fitting_jobs_take_dtype_to_the_estimator(monkeypatch, job, args):
+    """--dtype (cli.add_engine_flags) reaches the KMeans each fitting job builds; float64 when
+    not given. No Spark: the stand-in estimator stops the job where it is built."""
+    import importlib
+
+    module = importlib.import_module(f"kmeans_dist.{job}")
+    seen = []
+
+    def built(*_, **kw):
+        seen.append(kw["dtype"])
+        raise _Built
+
+    monkeypatch.setattr(module, "KMeans", built)
+    monkeypatch.setattr(cli, "start_session", lambda a, name: (None, 2))
+    monkeypatch.setattr(module.io, "check_output_dir", lambda *a: None)
+    for extra in ([], ["--dtype", "float32"]):
+        with pytest.raises(_Built):
+            module.run(module.parser().parse_args(args + extra))
+    assert seen == ["float64", "float32"]

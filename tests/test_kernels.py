@@ -249,6 +249,52 @@ def test_block_partials_matches_brute_force(small_chunks, numba, weighted, m, d,
 
 
 @pytest.mark.parametrize("numba", NUMBA_MODES)
+@pytest.mark.parametrize("weighted", [False, True])
+def test_block_partials_float32_gemm_with_float64_sums(small_chunks, numba, weighted):
+    """float32 rows: the GEMM runs in float32 against the centroids rounded to float32, so a
+    label is the exact nearest of those rounded centroids wherever the best two exact distances
+    are more than twice the GEMM's error bound apart (Higham's, with float32's unit roundoff:
+    ``pruning.score_error``), and within that bound of the nearest elsewhere. Squared norms,
+    sums, weights and inertia are float64: the sums are the float64 sums of the float32 values
+    (to float64 rounding, 1e-12), the inertia within the summed per-row score bounds."""
+    from kmeans_dist import pruning
+
+    rng = np.random.default_rng(5 + weighted)
+    m, k = 600, 9
+    x, c = make_data(rng, m, 6, k, spread=1.0)  # overlapping: near-ties happen
+    x32 = np.ascontiguousarray(x.astype(np.float32))
+    x_sq = kernels.squared_norms(x32)
+    assert x_sq.dtype == np.float64
+    w = rng.uniform(0.1, 5.0, size=m) if weighted else None
+    p, labels = kernels.block_partials(x32, x_sq, w, c, None, numba=numba)
+    x64, c32 = x32.astype(np.float64), c.astype(np.float32).astype(np.float64)
+    dist = brute_dist(x64, c32)
+    ordered = np.sort(dist, axis=1)
+    err = pruning.score_error(x_sq, c, np.float32)
+    clear = ordered[:, 1] - ordered[:, 0] > 2 * err
+    assert clear.mean() > 0.9
+    np.testing.assert_array_equal(labels[clear], dist.argmin(axis=1)[clear])
+    own = dist[np.arange(m), labels]
+    assert np.all(own <= ordered[:, 0] + 2 * err)
+    ww = np.ones(m) if w is None else w
+    sums = np.stack([(x64[labels == j] * ww[labels == j, None]).sum(axis=0) for j in range(k)])
+    np.testing.assert_allclose(p.sums, sums, rtol=1e-12, atol=1e-12 * np.abs(sums).max())
+    assert p.sums.dtype == p.weights.dtype == np.float64
+    np.testing.assert_allclose(p.weights, np.bincount(labels, ww, k), rtol=1e-12)
+    assert abs(p.inertia - float((own * ww).sum())) <= float((err * ww).sum())
+
+
+def test_float32_centroids_as_the_gemm_sees_them():
+    c = np.array([[1.0 + 2.0**-30, 0.1], [3.0, -7.25]])
+    assert kernels.gemm_centroids(c) is c
+    got = kernels.gemm_centroids(c, np.float32)
+    assert got.dtype == np.float64
+    assert np.array_equal(got, c.astype(np.float32).astype(np.float64))
+    # scores of 4 bytes: twice the rows in the same cache-sized score matrix
+    assert kernels.chunk_rows(16, 4) == 2 * kernels.chunk_rows(16, 8) == 4096
+
+
+@pytest.mark.parametrize("numba", NUMBA_MODES)
 def test_block_partials_zero_weights_contribute_nothing(numba):
     # Cluster 1 only receives zero-weight rows: weight 0, sums 0, but it is still counted.
     x = np.array([[0.0, 0.0], [1.0, 0.0], [10.0, 10.0], [11.0, 10.0], [0.0, 1.0]])
@@ -318,15 +364,17 @@ def test_block_partials_prev_labels_int64(numba, small_chunks):
 
 
 @pytest.mark.skipif(not HAVE_NUMBA, reason="numba not installed")
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("weighted", ["none", "random", "with_zeros"])
 @pytest.mark.parametrize("with_prev", [False, True])
 @pytest.mark.parametrize("m,d,k",
                          [(50, 3, 5), (113, 8, 9), (7, 2, 2), (200, 1, 4), (300, 4, 40)])
-def test_block_partials_numba_and_numpy_bit_identical(small_chunks, weighted, with_prev, m, d, k):
+def test_block_partials_numba_and_numpy_bit_identical(small_chunks, weighted, with_prev, m, d, k,
+                                                      dtype):
     rng = np.random.default_rng(m * 7 + d * 3 + k)
     # wide dynamic range so any difference in accumulation order would show in the last bits
     x, c = make_data(rng, m, d, k)
-    x = np.ascontiguousarray(x * rng.uniform(1e-3, 1e3, size=(m, 1)))
+    x = np.ascontiguousarray((x * rng.uniform(1e-3, 1e3, size=(m, 1))).astype(dtype))
     c = np.ascontiguousarray(c * 10.0)
     x_sq = kernels.squared_norms(x)
     if weighted == "none":

@@ -26,7 +26,7 @@ from kmeans_dist.ml import KMeans, KMeansModel
 
 RTOL = 1e-9
 EXTRAS = {"stopRule": "mllib", "emptyClusters": "keep", "handleInvalid": "error",
-          "algorithm": "auto"}
+          "algorithm": "auto", "dtype": "float64"}
 
 
 def blobs(centres: list[list[float]], n: int, std: float, seed: int) -> np.ndarray:
@@ -82,10 +82,11 @@ def fit(four):
 
     @functools.cache
     def run(col: str = "features", tol: float = 1e-4, distance: str = "euclidean",
-            stop: str = "mllib", empty: str = "keep", algorithm: str = "auto") -> KMeansModel:
+            stop: str = "mllib", empty: str = "keep", algorithm: str = "auto",
+            dtype: str = "float64") -> KMeansModel:
         km = KMeans(k=len(four.init), initialCenters=four.init.tolist(), maxIter=50, tol=tol,
                     distanceMeasure=distance, stopRule=stop, emptyClusters=empty,
-                    algorithm=algorithm)
+                    algorithm=algorithm, dtype=dtype)
         return km.setFeaturesCol(col).fit(four.df)
 
     return run
@@ -154,6 +155,20 @@ def test_algorithm_lloyd_gives_the_pruned_fit_bit_for_bit(four, fit):
     assert np.array_equal(np.array(auto.clusterCenters()), np.array(lloyd.clusterCenters()))
     assert auto.summary.numIter == lloyd.summary.numIter > 3
     assert lloyd.getAlgorithm() == "lloyd" and auto.getAlgorithm() == "auto"
+
+
+def test_dtype_float32_reaches_the_engine(four, fit):
+    """dtype="float32" is the engine's dtype. These rows are float32 values already (see
+    ``blobs``), so holding them in float32 loses nothing and, the float32 GEMM giving the same
+    labels (no near-ties here), the fit is the float64 fit bit for bit: the sums are float64
+    either way."""
+    assert KMeans(dtype="float32")._engine_args()["dtype"] == "float32"
+    assert KMeans()._engine_args()["dtype"] == "float64"
+    f32, f64 = fit(dtype="float32"), fit()
+    assert f32.getDtype() == "float32" and f64.getDtype() == "float64"
+    assert np.array_equal(np.array(f32.clusterCenters()), np.array(f64.clusterCenters()))
+    assert f32.summary.numIter == f64.summary.numIter
+    assert f32.summary.clusterSizes == f64.summary.clusterSizes
 
 
 def test_model_api_and_summary(spark, four, fit):
@@ -257,6 +272,7 @@ def test_params_defaults_getters_and_setters_match_pyspark(spark):
     ({"solver": "x"}, "solver must be one of"), ({"stopRule": "x"}, "stopRule must be one of"),
     ({"emptyClusters": "x"}, "emptyClusters must be one of"),
     ({"algorithm": "elkan"}, "algorithm must be one of"),
+    ({"dtype": "float16"}, "dtype must be one of"),
     ({"initialCenters": [[0.0, 0.0, 0.0]]}, "init centroids have shape"),
     ({"predictionCol": "sparse"}, "predictionCol 'sparse' already exists"),
 ])

@@ -6,7 +6,9 @@ both; in every pass the labels, sums, weights, counts and moved rows must be ide
 bit, so both runs see the same centroids in every pass, and so must the inertia (both add each
 row's directly computed distance in row order); it is also checked against the exact inertia
 (extended precision) to 1e-12 relative (d-term sums over ~1e4 rows: a few hundred units of
-rounding), and the numpy and numba paths agree bit for bit.
+rounding), and the numpy and numba paths agree bit for bit. Every test runs on float32 rows too
+(the GEMM in float32, the margins with float32's unit roundoff): pruned and brute-force float32
+passes must agree as exactly.
 """
 
 from __future__ import annotations
@@ -81,9 +83,12 @@ def _exact_inertia(x, w, c, labels):
     return float(dist.sum() if w is None else (dist * w).sum())
 
 
+DTYPES = [np.float64, np.float32]
+
+
 def _lloyd_both(x, w, c, numba, max_iter=60):
-    """Brute-force and pruned passes side by side; asserts equality in every pass. Returns the
-    per-pass computed counts and inertias of the pruned run."""
+    """Brute-force and pruned passes side by side (in x's dtype); asserts equality in every
+    pass. Returns the per-pass computed counts and inertias of the pruned run."""
     x_sq = kernels.squared_norms(x)
     prev = old = bounds = None
     computed, inertias = [], []
@@ -93,7 +98,7 @@ def _lloyd_both(x, w, c, numba, max_iter=60):
             got, got_labels, bounds = pruning.full_partials(x, x_sq, w, c, prev, numba=numba)
         else:
             got, got_labels, bounds = pruning.pruned_partials(
-                x, x_sq, w, pruning.Motion.between(old, c), prev, bounds, numba=numba)
+                x, x_sq, w, pruning.Motion.between(old, c, x.dtype), prev, bounds, numba=numba)
         np.testing.assert_array_equal(got_labels, labels, err_msg=f"pass {it}")
         assert np.array_equal(got.sums, ref.sums), it
         assert np.array_equal(got.weights, ref.weights), it
@@ -109,10 +114,11 @@ def _lloyd_both(x, w, c, numba, max_iter=60):
     return computed, inertias
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", list(CASES))
-def test_pruned_passes_keep_brute_forces_labels_and_sums(name):
+def test_pruned_passes_keep_brute_forces_labels_and_sums(name, dtype):
     make, k, weighted, repeat = CASES[name]
-    x = make()
+    x = np.ascontiguousarray(make().astype(dtype))
     w = np.random.default_rng(11).uniform(0.1, 3.0, len(x)) if weighted else None
     c = _start(x, k, repeat)
     computed, inertias = _lloyd_both(x, w, c, numba=True)
@@ -125,10 +131,12 @@ def test_pruned_passes_keep_brute_forces_labels_and_sums(name):
         assert computed[-1] < 0.2 * len(x), computed
 
 
-def test_bounds_hold_for_the_exact_distances():
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bounds_hold_for_the_exact_distances(dtype):
     """After every pass, upper >= each row's distance to its centroid and lower <= its distance
-    to every other centroid, both computed in extended precision."""
-    x = _blobs(2000, 4, 10, 1.0, 12)
+    to every other centroid, both computed in extended precision (float32: to the centroids
+    rounded to float32, which the GEMM compares)."""
+    x = np.ascontiguousarray(_blobs(2000, 4, 10, 1.0, 12).astype(dtype))
     x_sq = kernels.squared_norms(x)
     c = _start(x, 9, False)
     prev = old = bounds = None
@@ -138,8 +146,9 @@ def test_bounds_hold_for_the_exact_distances():
             part, labels, bounds = pruning.full_partials(x, x_sq, None, c, prev)
         else:
             part, labels, bounds = pruning.pruned_partials(
-                x, x_sq, None, pruning.Motion.between(old, c), prev, bounds)
-        exact = np.sqrt(((xl[:, None, :] - c.astype(np.longdouble)[None]) ** 2).sum(-1))
+                x, x_sq, None, pruning.Motion.between(old, c, dtype), prev, bounds)
+        seen = c.astype(dtype).astype(np.longdouble)
+        exact = np.sqrt(((xl[:, None, :] - seen[None]) ** 2).sum(-1))
         own = exact[np.arange(len(x)), labels]
         exact[np.arange(len(x)), labels] = np.inf
         assert np.all(bounds.upper >= own), it
@@ -169,17 +178,20 @@ def test_a_pass_that_lost_its_bounds_rebuilds_them_with_the_same_result():
     assert pruned.moved == full.moved and full.computed == len(x) > pruned.computed
 
 
-def test_near_ties_take_brute_forces_own_chunk():
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_near_ties_take_brute_forces_own_chunk(dtype):
     """Two centroids a rounding error apart: the subset's GEMM may round differently from brute
     force's chunk, so such rows must get their label from brute force's own chunk scores."""
-    x = _blobs(5000, 6, 4, 1.0, 14)
+    x = np.ascontiguousarray(_blobs(5000, 6, 4, 1.0, 14).astype(dtype))
     x_sq = kernels.squared_norms(x)
-    c = _start(x, 5, False)
+    c = _start(x, 5, False).astype(np.float64)
     _, labels, bounds = pruning.full_partials(x, x_sq, None, c, None)
     near = c.copy()
-    near[1] = near[0] * (1 + 2.0**-50)  # centroid 1 moves onto centroid 0, to rounding
-    got, got_labels, _ = pruning.pruned_partials(x, x_sq, None, pruning.Motion.between(c, near),
-                                                 labels, bounds)
+    # centroid 1 moves onto centroid 0, to the GEMM's rounding (a few float32 units: distinct
+    # once rounded to float32)
+    near[1] = near[0] * (1 + (2.0**-50 if dtype == np.float64 else 2.0**-21))
+    got, got_labels, _ = pruning.pruned_partials(
+        x, x_sq, None, pruning.Motion.between(c, near, dtype), labels, bounds)
     ref, ref_labels = kernels.block_partials(x, x_sq, None, near, labels)
     np.testing.assert_array_equal(got_labels, ref_labels)
     assert np.array_equal(got.sums, ref.sums)

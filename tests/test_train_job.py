@@ -372,8 +372,10 @@ def test_overwrite_replaces_existing_output_dir(runs):
         (["--k", "2", "--distance", "manhattan"], ["distance", "manhattan"]),
         (["--k", "2", "--max-iter", "0"], ["max_iter", "got 0"]),
         (["--k", "2", "--tol", "-1"], ["tol", "-1"]),
+        (["--k", "2", "--dtype", "float16"], ["--dtype", "float16", "float64", "float32"]),
     ],
-    ids=["k=0", "k=2.5", "init=foo", "distance=manhattan", "max-iter=0", "tol=-1"],
+    ids=["k=0", "k=2.5", "init=foo", "distance=manhattan", "max-iter=0", "tol=-1",
+         "dtype=float16"],
 )
 def test_bad_parameters(tmp_path, data, args, needles):
     out = tmp_path / "out"

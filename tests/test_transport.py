@@ -102,6 +102,29 @@ def test_transports_and_kernels_agree_bit_for_bit(spark, points):
         assert [h["moved"] for h in m.history] == [h["moved"] for h in ref.history]
 
 
+def test_float32_blocks_agree_on_every_transport_bit_for_bit(spark, points):
+    """dtype="float32": every transport and both kernels give the same fit, pruned (the default)
+    as brute force ("lloyd", the reference); the blocks they hold are float32, 4 bytes a feature
+    (the resident tasks' and the driver's held bytes say so: 3 features, the float64 norm and
+    weight, and the resident tasks' label and bounds); the model records the dtype."""
+    df, x, _ = points
+    ref = _fit(df, x, transport="rdd", use_numba=False, block_rows=100, dtype="float32",
+               algorithm="lloyd")
+    assert ref.n_iter > 2 and ref.params["dtype"] == "float32"
+    for transport, use_numba in [("resident", True), ("resident-files", False), ("files", True),
+                                 ("rdd", True), ("arrow", False), ("arrow-files", True),
+                                 ("driver", False), ("driver", True)]:
+        m = _fit(df, x, transport=transport, use_numba=use_numba, block_rows=100,
+                 dtype="float32")
+        assert np.array_equal(m.centroids, ref.centroids), (transport, use_numba)
+        assert m.n_iter == ref.n_iter and m.cluster_sizes == ref.cluster_sizes, transport
+        assert [h["moved"] for h in m.history] == [h["moved"] for h in ref.history]
+        if transport == "driver":
+            assert m.transport["held_bytes"] == len(x) * (3 * 4 + 8 + 8)
+        elif transport.startswith("resident"):
+            assert m.transport["held_bytes"] == len(x) * (3 * 4 + 8 + 8 + 4 + 16)
+
+
 def test_per_pass_jobs_are_described_for_several_models_and_the_final_scoring(spark, points):
     """fit_many over k=2,3,4 on a transport with one Spark job per pass: its jobs say which models
     they serve (the init's, every iteration's, and the final scoring's, which a fit stopped by

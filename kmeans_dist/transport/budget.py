@@ -16,8 +16,9 @@ reclaims under pressure, never the reason a container is killed). The rule, per 
   start of the fit (``MemAvailable``, or the room left under this process's cgroup limit), divided
   by the task slots.
 
-What a task holds per row: its features (d float64), its squared norm, its weight when weighted,
-and one int32 label per model fitted in the same passes (the label cache of the Lloyd loop).
+What a task holds per row: its features (d float64, or d float32 with ``dtype="float32"``), its
+squared norm (float64), its weight when weighted (float64), and per model fitted in the same
+passes one int32 label and two float64 distance bounds (the label cache of the Lloyd loop).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+
+import numpy as np
 
 from kmeans_dist import pruning
 
@@ -51,10 +54,15 @@ class Budget:
 STATE_BYTES = 4 + pruning.BYTES_PER_ROW
 
 
-def row_bytes(d: int, weighted: bool, models: int = 1) -> int:
-    """Bytes a resident task holds per row: features, squared norm, weight, then per model its
-    label and distance bounds."""
-    return 8 * d + 8 + (8 if weighted else 0) + STATE_BYTES * models
+def block_row_bytes(d: int, weighted: bool, dtype: str = "float64") -> int:
+    """Bytes of one row in a block: features in ``dtype``, squared norm and weight in float64."""
+    return np.dtype(dtype).itemsize * d + 8 + (8 if weighted else 0)
+
+
+def row_bytes(d: int, weighted: bool, models: int = 1, dtype: str = "float64") -> int:
+    """Bytes a resident task holds per row: its block's (``block_row_bytes``), then per model
+    its label and distance bounds."""
+    return block_row_bytes(d, weighted, dtype) + STATE_BYTES * models
 
 
 def mib(n: float) -> str:

@@ -37,7 +37,8 @@ from kmeans_dist.config import is_connect
 from kmeans_dist.data import Packing
 from kmeans_dist.transport.base import TaskFn, job_label
 from kmeans_dist.threads import HeldLimit
-from kmeans_dist.transport.budget import MIB, available_memory, mib, size_bytes
+from kmeans_dist.transport.budget import (MIB, available_memory, block_row_bytes, mib,
+                                          size_bytes)
 
 log = logging.getLogger("kmeans_dist")
 
@@ -82,9 +83,9 @@ def _size(n: int) -> str:
     return mib(n) if n >= MIB else f"{n / 1024:,.1f} KiB"
 
 
-def packed_row_bytes(d: int, weighted: bool) -> int:
-    """Bytes per packed row: features, squared norm, weight."""
-    return 8 * d + 8 + (8 if weighted else 0)
+def packed_row_bytes(d: int, weighted: bool, dtype: str = "float64") -> int:
+    """Bytes per packed row: features (in the blocks' dtype), squared norm, weight."""
+    return block_row_bytes(d, weighted, dtype)
 
 
 def driver_limit(spark, max_mb: float | None = None) -> tuple[int, str]:
@@ -116,8 +117,8 @@ def small_enough(packing: Packing, d: int, max_mb: float | None = None) -> Verdi
     estimate = _spark_estimate(packing)
     if estimate is not None and estimate > limit:
         return Verdict(False, limit, source, None, estimate, estimated=True)
-    _warm_up_kernels()
-    row_bytes = packed_row_bytes(d, packing.packer.weight_col is not None)
+    _warm_up_kernels(packing.packer.dtype)
+    row_bytes = packed_row_bytes(d, packing.packer.weight_col is not None, packing.packer.dtype)
     most = limit // row_bytes
     with job_label(spark, "kmeans_dist: bringing small data to the driver"):
         if estimate is None:
@@ -180,15 +181,15 @@ def _connect_estimate(df) -> int | None:
 _warming: threading.Thread | None = None
 
 
-def _warm_up_kernels() -> None:
+def _warm_up_kernels(dtype: str = "float64") -> None:
     """Load numba's compiled loops in this process in the background (once): ~1 s in a fresh
     process, overlapped with the Spark jobs that count and collect the rows."""
     global _warming
     if _warming is None:
         from kmeans_dist import kernels
 
-        _warming = threading.Thread(target=kernels.warm_up, name="kmeans_dist-warm-up",
-                                    daemon=True)
+        _warming = threading.Thread(target=kernels.warm_up, args=(dtype,),
+                                    name="kmeans_dist-warm-up", daemon=True)
         _warming.start()
 
 

@@ -110,10 +110,12 @@ def _serve(host: str, port: int, token: str, pinned: str | None, packer: Packer,
             yield _row(part)  # the fit ended while this attempt stood by
             return
         held = Held(token, part, storage, budget,
-                    row_bytes(len(packer.features), packer.weight_col is not None))
+                    row_bytes(len(packer.features), packer.weight_col is not None,
+                              dtype=packer.dtype))
         with cleanup(held.release, f"releasing partition {part}'s blocks"):
             with beating(sock):
-                threading.Thread(target=kernels.warm_up, daemon=True).start()
+                threading.Thread(target=kernels.warm_up, args=(packer.dtype,),
+                                 daemon=True).start()
                 # drained: Spark discards a worker that leaves input unread
                 for block in packer.blocks(batches):
                     held.add(block)
