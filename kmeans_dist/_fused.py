@@ -13,6 +13,27 @@ import numpy as np
 NUMPY_ARGMIN_K = 32
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _fold_row(x, i, a, centroids, w, has_w, sums, weights, counts):
+    """Row i into cluster a's sums, weight and count; returns its weighted squared distance to
+    centroid a, computed directly ((x - c)^2 summed in column order: no GEMM cancellation)."""
+    d = x.shape[1]
+    dist = 0.0
+    for j in range(d):
+        t = x[i, j] - centroids[a, j]
+        dist += t * t
+    counts[a] += 1
+    if has_w:
+        wi = w[i]
+        weights[a] += wi
+        for j in range(d):
+            sums[a, j] += x[i, j] * wi
+        return dist * wi
+    for j in range(d):
+        sums[a, j] += x[i, j]
+    return dist
+
+
 @numba.njit(cache=True, nogil=True)
 def accumulate(scores, x, centroids, w, has_w, prev, has_prev, lo, labels, labelled, sums,
                weights, counts, acc):
@@ -20,7 +41,6 @@ def accumulate(scores, x, centroids, w, has_w, prev, has_prev, lo, labels, label
     ``labelled``, their nearest centroids are already in ``labels`` (numpy's SIMD argmin, faster
     than this scalar loop from about 32 centroids on)."""
     m, k = scores.shape
-    d = x.shape[1]
     inertia = acc[0]
     moved = acc[1]
     for r in range(m):
@@ -37,21 +57,7 @@ def accumulate(scores, x, centroids, w, has_w, prev, has_prev, lo, labels, label
                     best_s = s
                     best = c
             labels[i] = best
-        dist = 0.0  # computed directly, as pruning's passes do (no GEMM cancellation)
-        for j in range(d):
-            t = x[i, j] - centroids[best, j]
-            dist += t * t
-        counts[best] += 1
-        if has_w:
-            wi = w[i]
-            inertia += dist * wi
-            weights[best] += wi
-            for j in range(d):
-                sums[best, j] += x[i, j] * wi
-        else:
-            inertia += dist
-            for j in range(d):
-                sums[best, j] += x[i, j]
+        inertia += _fold_row(x, i, best, centroids, w, has_w, sums, weights, counts)
         if has_prev and prev[i] != best:
             moved += 1.0
     acc[0] = inertia
@@ -182,28 +188,13 @@ def bound_scores(scores, rows, x_sq, c_max, gamma, unit, labels, upper, lower, u
 def accumulate_labels(x, w, has_w, labels, centroids, prev, has_prev, lo, hi, sums, weights,
                       counts, acc):
     """Fold rows lo .. hi into the running partials from their labels, in row order, each row's
-    squared distance to its centroid computed directly (pruning._label_partials' numpy path
-    does the same operations in the same order)."""
-    d = x.shape[1]
+    squared distance to its centroid computed directly (the numpy path, kernels.label_partials
+    over kernels.direct_distances, does the same operations in the same order)."""
     inertia = acc[0]
     moved = acc[1]
     for i in range(lo, hi):
         a = labels[i]
-        dist = 0.0
-        for j in range(d):
-            t = x[i, j] - centroids[a, j]
-            dist += t * t
-        counts[a] += 1
-        if has_w:
-            wi = w[i]
-            inertia += dist * wi
-            weights[a] += wi
-            for j in range(d):
-                sums[a, j] += x[i, j] * wi
-        else:
-            inertia += dist
-            for j in range(d):
-                sums[a, j] += x[i, j]
+        inertia += _fold_row(x, i, a, centroids, w, has_w, sums, weights, counts)
         if has_prev and prev[i] != a:
             moved += 1.0
     acc[0] = inertia
