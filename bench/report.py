@@ -785,7 +785,10 @@ PRUNING_METHOD = """\
 - **Replay**: the same Lloyd phase, in the child process, over the fit's own blocks, through
   `kmeans_dist.pruning.full_partials` / `pruned_partials` with timers around `_settle`,
   `_Scorer.recompute`, `_Scorer.every` and `_Accumulator` (numba when present), one BLAS thread;
-  every 10th pass a brute-force pass (`kernels.block_partials`) on the same blocks."""
+  every 10th pass a brute-force pass (`kernels.block_partials`) on the same blocks. Its
+  "brute / pruned" compares passes run minutes apart at most, in one process, so it drifts less
+  with the machine's load than two whole fits run one after the other (a workload with one
+  repeat has its lloyd and auto fits minutes apart)."""
 
 
 # --------------------------------------------------------------------------- the document
