@@ -532,6 +532,265 @@ How these rows are measured:
   The server start is paid once per process and is in no per-iteration figure."""
 
 
+# --------------------------------------------------------------------------- pruned Lloyd
+#: targets of issue 20 (ratios from one run)
+PRUNING_PHASE_TARGETS = {"2Mx16-k16": 2.5, "1Mx32-k128": 4.0}
+PRUNING_MLLIB_TARGET = ("2Mx16-k16", 25.0)
+PRUNING_FLOOR_TARGET = 2.0
+#: "auto" never slower than "lloyd" by more than this, on these kinds of data
+PRUNING_NOT_SLOWER = 0.05
+PRUNING_NOT_SLOWER_KINDS = ("separated", "uniform")
+FLOAT32_BYTES_TARGET = 0.55
+FLOAT32_SPEED_TARGET = ("1Mx32-k128", 1.6)
+
+
+def _pshape(r: dict) -> str:
+    return f"{rows_label(r['n'])} × {r['d']}, k={r['k']}"
+
+
+def _phase_ratio(r: dict) -> float | None:
+    """lloyd's Lloyd-phase seconds / auto's (> 1: auto is faster)."""
+    return ratio(get(r, "lloyd", "seconds"), get(r, "auto", "seconds"))
+
+
+def _identical(r: dict) -> str:
+    same = r.get("identical")
+    return "n/a" if same is None else ("yes" if same else "NO")
+
+
+def _late_floor(r: dict) -> float | None:
+    return ratio(get(r, "auto", "s_iter_last_third"), get(r, "floor", "s_pass"))
+
+
+def _pct(value: float | None) -> str:
+    return fmt(None if value is None else 100 * value, ".3g", " %")
+
+
+def pruning_phase_rows(results: Sequence[dict]) -> list[list[str]]:
+    rows = []
+    for r in ok_results(results):
+        sk_l, sk_e = get(r, "sklearn", "lloyd"), get(r, "sklearn", "elkan")
+        auto = get(r, "auto", "seconds")
+        rows.append([
+            r["key"], _pshape(r), r["data"], str(get(r, "auto", "n_iter")),
+            f"{get(r, 'lloyd', 'n_iter')} / {get(r, 'auto', 'n_iter')}: {_identical(r)}",
+            fmt(get(r, "lloyd", "seconds")), fmt(auto), times(_phase_ratio(r)),
+            _pct(get(r, "auto", "computed_mean")), _pct(get(r, "auto", "computed_last_third")),
+            f"{fmt(get(sk_l, 'seconds'))} ({get(sk_l, 'n_iter')})",
+            f"{fmt(get(sk_e, 'seconds'))} ({get(sk_e, 'n_iter')})",
+            times(ratio(get(sk_l, "seconds"), auto)), times(ratio(get(sk_e, "seconds"), auto)),
+        ])
+    return rows
+
+
+PRUNING_PHASE_HEADER = (
+    "workload", "n × d, k", "data", "iterations", "n_iter lloyd / auto: bit-identical centroids, "
+    "same rows moved every pass", "lloyd: Lloyd phase s", "auto: Lloyd phase s", "lloyd / auto",
+    "auto: distances computed (mean over passes)", "auto: computed, last third",
+    "sklearn lloyd s (n_iter)", "sklearn elkan s (n_iter)", "sklearn lloyd / auto",
+    "sklearn elkan / auto",
+)
+
+
+def pruning_iteration_rows(results: Sequence[dict]) -> list[list[str]]:
+    rows = []
+    for r in ok_results(results):
+        auto, mllib = get(r, "auto", "s_iter"), get(r, "mllib", "s_iter")
+        mllib = mllib if mllib is not None and mllib > 0 else None
+        rows.append([
+            r["key"], _pshape(r), fmt(get(r, "lloyd", "s_iter")), fmt(auto),
+            fmt(get(r, "auto", "s_iter_last_third")), fmt(get(r, "floor", "s_pass")),
+            times(_late_floor(r)), fmt(get(r, "floor", "math_s")),
+            f"{fmt(mllib)} ({get(r, 'mllib', 'iters')})", times(ratio(mllib, auto)),
+            times(ratio(mllib, get(r, "lloyd", "s_iter"))),
+        ])
+    return rows
+
+
+PRUNING_ITERATION_HEADER = (
+    "workload", "n × d, k", "lloyd s/iter (Lloyd-phase mean)", "auto s/iter (Lloyd-phase mean)",
+    "auto s/iter, last third", "read floor s/pass", "auto last third / read floor",
+    "arithmetic floor s (brute-force kernel, slowest task)", "MLlib s/iter from C0 (iterations)",
+    "MLlib / auto", "MLlib / lloyd",
+)
+
+
+def pruning_float32_rows(results: Sequence[dict]) -> list[list[str]]:
+    rows = []
+    for r in ok_results(results):
+        f32, auto = r.get("float32"), r.get("auto") or {}
+        if f32 is None:
+            rows.append([r["key"], _pshape(r), fmt(auto.get("seconds")), "n/a", "n/a", "n/a",
+                         mib(auto.get("held_bytes")), "n/a", "n/a", "n/a"])
+            continue
+        rows.append([
+            r["key"], _pshape(r), fmt(auto.get("seconds")), fmt(f32.get("seconds")),
+            times(ratio(auto.get("seconds"), f32.get("seconds"))),
+            times(ratio(auto.get("s_iter"), f32.get("s_iter"))), mib(auto.get("held_bytes")),
+            mib(f32.get("held_bytes")), times(ratio(f32.get("held_bytes"), auto.get("held_bytes"))),
+            f"{f32.get('n_iter')}, {fmt(f32.get('max_rel_diff_to_float64'), '.1e')}",
+        ])
+    return rows
+
+
+PRUNING_FLOAT32_HEADER = (
+    "workload", "n × d, k", "auto float64: Lloyd phase s", "auto float32: Lloyd phase s",
+    "float64 / float32 (Lloyd phase)", "float64 / float32 (per iteration)",
+    "executor block bytes float64", "float32", "float32 / float64 bytes",
+    "float32 n_iter, centroids vs float64",
+)
+
+
+def pruning_breakdown_rows(results: Sequence[dict]) -> list[list[str]]:
+    """Where a pruned pass's time goes (the replay): ms per pass over all passes after the first
+    and over the last third, per step, beside a brute-force pass on the same blocks."""
+    rows = []
+    for r in ok_results(results):
+        passes = (get(r, "replay", "passes") or [])[1:]
+        if not passes:
+            continue
+        brute = [p["brute_seconds"] for p in get(r, "replay", "passes") if p["brute_seconds"]]
+        brute_ms = 1e3 * float(np.mean(brute)) if brute else None
+        third = passes[-max(1, len(passes) // 3):]
+        for label, some in (("passes 2..", passes), ("last third", third)):
+            mean = {key: 1e3 * float(np.mean([p[key] for p in some]))
+                    for key in ("seconds", "settle", "recompute", "dense", "accumulate",
+                                "motion")}
+            other = mean["seconds"] - sum(mean[k] for k in ("settle", "recompute", "dense",
+                                                              "accumulate", "motion"))
+            rows.append([
+                r["key"], label, str(len(some)), _pct(float(np.mean([p["computed"] for p in some]))),
+                fmt(mean["seconds"]), fmt(mean["motion"]), fmt(mean["settle"]),
+                fmt(mean["recompute"]), fmt(mean["dense"]), fmt(mean["accumulate"]), fmt(other),
+                fmt(brute_ms),
+                times(ratio(brute_ms, mean["seconds"])),
+            ])
+    return rows
+
+
+PRUNING_BREAKDOWN_HEADER = (
+    "workload", "passes", "count", "computed", "pruned pass ms",
+    "motion ms (centroid moves, half separations: k² d, once per pass)", "settle ms",
+    "recompute ms", "dense stretches ms", "accumulate ms", "other ms (bounds arrays, calls)",
+    "brute-force pass ms (same blocks, every 10th pass)", "brute / pruned",
+)
+
+
+def pruning_targets(results: Sequence[dict]) -> list[list[str]]:
+    """Issue 20's targets, from this run's ratios."""
+    by = {r["key"]: r for r in ok_results(results)}
+    rows = []
+    for key, target in PRUNING_PHASE_TARGETS.items():
+        if key in by:
+            x = _phase_ratio(by[key])
+            rows.append([f"whole Lloyd phase: auto ≥ {target:g}× faster than lloyd",
+                         _pshape(by[key]), times(x), met(None if x is None else x >= target)])
+    key, target = PRUNING_MLLIB_TARGET
+    if key in by:
+        mllib = get(by[key], "mllib", "s_iter")
+        x = ratio(mllib if mllib is not None and mllib > 0 else None, get(by[key], "auto", "s_iter"))
+        rows.append([f"per iteration (Lloyd-phase mean) ≥ {target:g}× MLlib from C0",
+                     _pshape(by[key]), times(x), met(None if x is None else x >= target)])
+    for r in by.values():
+        x = _late_floor(r)
+        rows.append([f"last third of the run within {PRUNING_FLOOR_TARGET:g}× of the read floor",
+                     _pshape(r), times(x), met(None if x is None else x <= PRUNING_FLOOR_TARGET)])
+    for r in by.values():
+        if r["kind"] in PRUNING_NOT_SLOWER_KINDS:
+            x = _phase_ratio(r)
+            rows.append([f"auto never slower than lloyd by more than {PRUNING_NOT_SLOWER:.0%} "
+                         f"({r['data']}, {get(r, 'auto', 'n_iter')} iterations): lloyd / auto",
+                         _pshape(r), times(x),
+                         met(None if x is None else 1 / x <= 1 + PRUNING_NOT_SLOWER)])
+    for r in by.values():
+        rows.append(["auto and lloyd: bit-identical centroids, same n_iter, same rows moved",
+                     _pshape(r), _identical(r), met(r.get("identical"))])
+    for r in by.values():
+        f32, auto = r.get("float32"), r.get("auto") or {}
+        x = None if f32 is None else ratio(f32.get("held_bytes"), auto.get("held_bytes"))
+        rows.append([f"float32 executor block bytes ≤ {FLOAT32_BYTES_TARGET:g}× float64's",
+                     _pshape(r), times(x), met(None if x is None else x <= FLOAT32_BYTES_TARGET)])
+    key, target = FLOAT32_SPEED_TARGET
+    if key in by:
+        f32 = by[key].get("float32")
+        x = None if f32 is None else ratio(get(by[key], "auto", "s_iter"), f32.get("s_iter"))
+        rows.append([f"float32 per iteration ≥ {target:g}× faster than float64 (auto)",
+                     _pshape(by[key]), times(x), met(None if x is None else x >= target)])
+    return rows
+
+
+def pruning_tables(section: dict) -> str:
+    """The section's tables (targets, Lloyd phase, per iteration, float32, where time goes)."""
+    results = section.get("results", [])
+    failed = [r for r in results if "error" in r]
+    parts = []
+    if failed:
+        parts.append("**Failed workloads:** " + "; ".join(f"{r['key']}: {r['error']}"
+                                                          for r in failed))
+    parts += [
+        table(("target", "workload", "measured", "result"), pruning_targets(results)),
+        "Whole Lloyd phase, run to the stop (tol = 0: no row changes cluster; max_iter 300):",
+        table(PRUNING_PHASE_HEADER, pruning_phase_rows(results)),
+        "Per iteration, against MLlib from the same C0 and the read floor:",
+        table(PRUNING_ITERATION_HEADER, pruning_iteration_rows(results)),
+        "float32 blocks (`KMeans(dtype=\"float32\")`, auto), when the library has them"
+        + ("" if section.get("dtype_param") else " (not in this build: n/a)") + ":",
+        table(PRUNING_FLOAT32_HEADER, pruning_float32_rows(results)),
+        "Where a pruned pass's time goes (the Lloyd phase of auto replayed in one process over "
+        "the fit's own blocks, one thread; ms per pass over all the rows, so about twice a "
+        "2-task pass's wall time):",
+        table(PRUNING_BREAKDOWN_HEADER, pruning_breakdown_rows(results)),
+    ]
+    return "\n\n".join(parts)
+
+
+def pruning_section(section: dict) -> str:
+    load = section.get("load_average_start")
+    head = (f"Measured {section.get('date', 'n/a')}: `{section.get('command', 'n/a')}`, "
+            f"{fmt(section.get('minutes'), '.1f')} min, load average at start "
+            + ("n/a" if not load else ", ".join(f"{x:.2f}" for x in load))
+            + " (2 cores, shared). Ratios come from one run, each workload in one session "
+              "on one cached data set.")
+    if section.get("quick"):
+        head += (f"\n\n**QUICK RUN: every n divided by {section.get('divisor')}; a development "
+                 "check, not the benchmark.**")
+    return "\n\n".join([head, pruning_tables(section), PRUNING_METHOD])
+
+
+PRUNING_METHOD = """\
+- **Data** (generated in Spark, 2 partitions, cached and counted before any timing):
+  overlapping Gaussian blobs (centres uniform in [-10, 10]^d, noise std 4) with more blobs than
+  clusters (32 blobs for k = 16, 512 for k = 256; 1M × 32, k = 128 is the main table's data),
+  so Lloyd runs many passes; uniform noise in [-10, 10]^d (where bounds prune least); and
+  well-separated blobs (centres in [-100, 100]^8, std 1) started near their centres, which
+  converge in a few passes (short runs, where pruning has least time to pay).
+- **C0**: k sampled rows of the data (the separated data: each centre + 0.5 on every
+  coordinate), the same start for every system.
+- **ours**: `KMeans(k, init=C0, tol=0, max_iter=300, transport="resident", algorithm=...)`,
+  in the same session, "lloyd" then "auto", repeated (alternating) as the workload says, the
+  fastest of each counted (all in `bench/results.json`). Lloyd phase = sum of
+  `model.history[i]["seconds"]` (every pass after the init). Bit-identical: every fit's
+  centroids `array_equal` to the first lloyd fit's, the same n_iter and the same rows moved in
+  every pass. "computed": the history's fraction of rows whose distances to every centroid
+  were computed; "last third": mean over the last third of the passes, as is "auto s/iter,
+  last third".
+- **scikit-learn**: `KMeans(k, init=C0, n_init=1, tol=0, max_iter=300, algorithm="lloyd" or
+  "elkan")` on the same rows collected to the driver, after a 1-iteration warm-up; its own
+  OpenMP threads (2 here), so it uses both cores alone while ours runs 2 Spark tasks.
+- **MLlib**: `pyspark.mllib.clustering.KMeans.train(initialModel=C0, epsilon=0)` on a cached
+  RDD of the same rows, (T(N) − T(1)) / (N − 1) after a 1-iteration warm-up (as in the main
+  table); its first N iterations from C0, where ours' figure is the mean over the whole phase.
+- **Read floor**: a pass over the resident blocks that only reads them (median of 5), as in the
+  main table; the arithmetic floor is the brute-force kernel timed inside the tasks.
+- **Replay**: the same Lloyd phase, in the child process, over the fit's own blocks, through
+  `kmeans_dist.pruning.full_partials` / `pruned_partials` with timers around `_settle`,
+  `_Scorer.recompute`, `_Scorer.every` and `_Accumulator` (numba when present), one BLAS thread;
+  every 10th pass a brute-force pass (`kernels.block_partials`) on the same blocks. Its
+  "brute / pruned" compares passes run minutes apart at most, in one process, so it drifts less
+  with the machine's load than two whole fits run one after the other (a workload with one
+  repeat has its lloyd and auto fits minutes apart)."""
+
+
 # --------------------------------------------------------------------------- the document
 def machine_section(host: dict, jvm: dict | None) -> str:
     v = host["versions"]
@@ -621,7 +880,8 @@ METHOD = """\
 
 
 def render(results: Sequence[dict], host: dict, meta: dict, plot_ref: str | None,
-           connect: dict | None = None, small: dict | None = None) -> str:
+           connect: dict | None = None, small: dict | None = None,
+           pruning: dict | None = None) -> str:
     """The whole BENCHMARKS.md (without the classic sections when ``results`` is empty, as
     after ``--only-connect`` into a new results file)."""
     connect_results = (connect or {}).get("results", [])
@@ -637,6 +897,9 @@ def render(results: Sequence[dict], host: dict, meta: dict, plot_ref: str | None
     if small and small.get("results"):
         parts += ["## Small fits: seconds per whole fit, first of a session and warm",
                   small_table(small), SMALL_METHOD]
+    if pruning and pruning.get("results"):
+        parts += ['## Pruned Lloyd: `algorithm="auto"` against `"lloyd"`, whole Lloyd phases',
+                  pruning_section(pruning)]
     return "\n\n".join(parts) + "\n"
 
 
@@ -726,7 +989,8 @@ Both systems: k as shown, seed 1, maxIter 20, tol 1e-4, the same rows. Seconds a
 
 
 def write(results: Sequence[dict], host: dict, meta: dict, output: str, plot_path: str,
-          connect: dict | None = None, small: dict | None = None) -> None:
+          connect: dict | None = None, small: dict | None = None,
+          pruning: dict | None = None) -> None:
     """Write the plot (when the scaling series has points) and the markdown."""
     points = scaling_points(results)
     plot_ref = None
@@ -734,4 +998,4 @@ def write(results: Sequence[dict], host: dict, meta: dict, output: str, plot_pat
         plot(points, plot_path)
         plot_ref = os.path.relpath(plot_path, os.path.dirname(os.path.abspath(output)))
     with open(output, "w", encoding="utf-8") as fh:
-        fh.write(render(results, host, meta, plot_ref, connect, small))
+        fh.write(render(results, host, meta, plot_ref, connect, small, pruning))

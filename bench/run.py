@@ -7,6 +7,8 @@
                                            # only the Spark Connect rows, merged into saved results
     python bench/run.py --only-small --json bench/results.json
                                            # only the small-fit table, merged into saved results
+    python bench/run.py --only-pruning --json bench/results.json
+                                           # only the pruned-Lloyd section, merged likewise
 
 Each workload runs in its own Python process (this script with --workload), in a fresh local[2]
 Spark session, so its timings share one session and one cached data set and its driver memory
@@ -15,7 +17,9 @@ Then the Spark Connect section (bench/connect.py): for each main workload, a cla
 (ours on the resident transport and the two DataFrame transports, arrow-files and arrow) and a
 Spark Connect process (ours on both DataFrame transports and pyspark.ml, on a local Connect
 server), same rows, same C0. Last, the small fits (bench/small.py): whole fits of small data,
-the first of a fresh session and warm, ours against pyspark.ml, classic and Connect.
+the first of a fresh session and warm, ours against pyspark.ml, classic and Connect. Then the
+pruned-Lloyd section (bench/pruned.py): whole Lloyd phases of algorithm="lloyd" against "auto"
+per workload, beside scikit-learn (lloyd, elkan), MLlib per iteration and the read floor.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ ROOT = os.path.dirname(BENCH)
 sys.path[:0] = [BENCH, ROOT]
 
 import probes  # noqa: E402
+import pruned  # noqa: E402
 import report  # noqa: E402
 import small  # noqa: E402
 import workloads  # noqa: E402
@@ -66,12 +71,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--only-small", action="store_true",
                     help="only the small-fit section (bench/small.py): merged into the --json "
                          "file (other results kept), then the report is rewritten")
+    ap.add_argument("--only-pruning", action="store_true",
+                    help="only the pruned-Lloyd section (bench/pruned.py; --quick divides its n "
+                         f"by {workloads.QUICK_DIVISOR}): merged into the --json file (other "
+                         "results kept), then the report is rewritten")
     ap.add_argument("--workload", help=argparse.SUPPRESS)  # internal: run one workload, write JSON
     ap.add_argument("--mode", choices=MODES, default="main", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if (args.only_connect or args.only_small) and not args.json:
-        ap.error("--only-connect and --only-small need --json: the results file to merge into")
+    if (args.only_connect or args.only_small or args.only_pruning) and not args.json:
+        ap.error("--only-connect, --only-small and --only-pruning need --json: the results file "
+                 "to merge into")
     if args.iters is None:
         args.iters = QUICK_ITERS if args.quick else FULL_ITERS
     if args.iters < 2:
@@ -160,14 +170,14 @@ def save(saved: dict, args: argparse.Namespace) -> None:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(saved, fh, indent=1)
     report.write(saved["results"], saved["host"], saved["meta"], args.output, args.plot,
-                 saved.get("connect"), saved.get("small"))
+                 saved.get("connect"), saved.get("small"), saved.get("pruning"))
 
 
 def rewrite(args: argparse.Namespace) -> None:
     """The report and plot again from saved results (after a change to report.py, say)."""
     saved = load(args.from_json)
     report.write(saved["results"], saved["host"], saved["meta"], args.output, args.plot,
-                 saved.get("connect"), saved.get("small"))
+                 saved.get("connect"), saved.get("small"), saved.get("pruning"))
     print(f"wrote {args.output} from {args.from_json}", flush=True)
 
 
@@ -197,6 +207,29 @@ def only_small(args: argparse.Namespace) -> int:
     return 1 if any("error" in r for r in saved["small"]["results"]) else 0
 
 
+def pruning_section(args: argparse.Namespace) -> dict:
+    """The pruned-Lloyd section (bench/pruned.py), stamped with its date and command."""
+    started = datetime.datetime.now().isoformat(timespec="minutes")
+    return {**pruned.section(args.quick), "date": started,
+            "command": shlex.join(["python", "bench/run.py"] + sys.argv[1:])}
+
+
+def only_pruning(args: argparse.Namespace) -> int:
+    """The pruned-Lloyd section alone, put into the --json file's results (created if
+    missing), then the report."""
+    started = time.perf_counter()
+    if os.path.exists(args.json):
+        saved = load(args.json)
+    else:
+        saved = {"meta": run_meta(args, started), "host": probes.host_env(), "results": []}
+    saved["pruning"] = pruning_section(args)
+    save(saved, args)
+    print(report.pruning_tables(saved["pruning"]))
+    print(f"merged the pruned-Lloyd section into {args.json}, wrote {args.output} in "
+          f"{saved['pruning']['minutes']:.1f} min", flush=True)
+    return 1 if any("error" in r for r in saved["pruning"]["results"]) else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.workload:
@@ -209,21 +242,27 @@ def main(argv: list[str] | None = None) -> int:
         return only_connect(args)
     if args.only_small:
         return only_small(args)
+    if args.only_pruning:
+        return only_pruning(args)
     started = time.perf_counter()
     host = probes.host_env()
     with tempfile.TemporaryDirectory(prefix="kmeans-bench-") as tmp:
         results = [spawn(w, args, tmp) for w in workloads.plan(args.only)]
         section = connect_section(args, tmp)
     small_fits = small.section() if args.only is None else None
+    pruning = pruning_section(args) if args.only is None else None
     meta = run_meta(args, started)
     save({"meta": meta, "host": host, "results": results, "connect": section,
-          "small": small_fits}, args)
+          "small": small_fits, "pruning": pruning}, args)
     print(report.targets_table(results))
     print(report.connect_table(section["results"]))
     if small_fits:
         print(report.small_table(small_fits))
+    if pruning:
+        print(report.pruning_tables(pruning))
     print(f"wrote {args.output} in {meta['minutes']:.1f} min", flush=True)
     failed = [r for r in results if "error" in r] + report.connect_failures(section["results"])
+    failed += [r for r in (pruning or {}).get("results", []) if "error" in r]
     return 1 if failed else 0
 
 
