@@ -106,25 +106,10 @@ class _Run:
     total: kernels.Partials | None = None
     stop: str | None = None
     history: list[dict] = field(default_factory=list)
-    #: passes left to run unpruned, and how many the next back-off takes (see ``_back_off``)
-    rest: int = 0
-    back_off: int = 2
-    pruned: bool = False  # whether the last pass was a pruning one (so it had bounds to use)
 
     def step(self, it: int, numba: bool | None, algorithm: str) -> tasks.LloydStep:
-        prune = algorithm == "auto" and pruning.pays(len(self.centroids)) and self.rest == 0
+        prune = algorithm == "auto" and pruning.pays(len(self.centroids))
         return tasks.LloydStep(self.run_id, it, self.centroids, self.prev, numba, prune)
-
-    def _back_off(self, step: tasks.LloydStep, computed: float | None) -> None:
-        """Where the bounds settle too few rows (structureless data, centroids still moving a
-        lot), a pruning pass costs more than brute force: after one that computed most rows,
-        the next ``back_off`` passes run unpruned, and each further back-off is twice as long.
-        Only the speed changes: every kind of pass gives the same partials."""
-        if not step.prune:
-            self.rest = max(0, self.rest - 1)
-        elif self.pruned and computed is not None and computed > pruning.BACK_OFF_ABOVE:
-            self.rest, self.back_off = self.back_off, min(2 * self.back_off, 32)
-        self.pruned = step.prune
 
     def state(self) -> dict:
         """What a checkpoint keeps: enough to continue exactly where this run is."""
@@ -176,7 +161,7 @@ def lloyd_many(
     (Spark MLlib's tol); ``empty``: "farthest" or "keep"; ``cosine``.
 
     ``algorithm`` (``ALGORITHMS``): "auto" prunes models of at least ``pruning.MIN_K`` centroids
-    from their second pass on; "lloyd" computes every distance. Both give the same labels in every
+    (where it pays: see there) from their second pass on; "lloyd" computes every distance. Both give the same labels in every
     pass, so the same centroids and iterations; each history entry's ``computed`` is the fraction
     of rows whose distances to every centroid were computed.
 
@@ -233,7 +218,6 @@ def _advance(transport: Transport, r: _Run, step: tasks.LloydStep, total: kernel
     shift = kernels.center_shift(r.centroids, new)
     seconds = time.perf_counter() - t0
     computed = _computed(total)
-    r._back_off(step, computed)
     r.history.append({"iteration": step.iteration, "inertia": _inertia(total, rule.cosine),
                       "moved": int(total.moved), "shift": shift, "seconds": seconds,
                       "computed": computed})

@@ -24,7 +24,7 @@ from pyspark.sql import types as T
 from sklearn.cluster import KMeans as SKKMeans
 from sklearn.datasets import load_digits, load_iris, load_wine, make_blobs
 
-from kmeans_dist import KMeans, KMeansModel
+from kmeans_dist import KMeans, KMeansModel, pruning
 from kmeans_dist import data as kd_data
 from kmeans_dist import init as kd_init
 from kmeans_dist import tasks as kd_tasks
@@ -227,13 +227,15 @@ def test_parity_with_sklearn(spark, name):
 
 
 @pytest.mark.parametrize("name", list(DATASETS))
-def test_pruned_fit_is_the_lloyd_fit_bit_for_bit(spark, name):
-    """algorithm="auto" (the default, pruned from the second pass on) against "lloyd" (every
-    distance): the same centroids bit for bit, the same iterations and rows moved in each; only
-    the inertia too (both add each row's directly computed distance, in row order)."""
+def test_pruned_fit_is_the_lloyd_fit_bit_for_bit(spark, name, monkeypatch):
+    """Pruned passes (from the second on; forced here at these small k, where "auto" would leave
+    them to brute force: pruning.MIN_K is decided in the driver) against "lloyd" (every
+    distance): the same centroids bit for bit, the same iterations, rows moved and inertia in
+    each (both add each row's directly computed distance, in row order)."""
     case = parity_case(spark, name)
     lloyd = KMeans(case.k, init=case.C0, algorithm="lloyd").fit(case.df, features=case.cols)
-    auto = case.model
+    monkeypatch.setattr(pruning, "MIN_K", 3)
+    auto = KMeans(case.k, init=case.C0).fit(case.df, features=case.cols)
     assert auto.params["algorithm"] == "auto" and lloyd.params["algorithm"] == "lloyd"
     assert np.array_equal(auto.centroids, lloyd.centroids)
     assert auto.n_iter == lloyd.n_iter and auto.cluster_sizes == lloyd.cluster_sizes
@@ -245,13 +247,14 @@ def test_pruned_fit_is_the_lloyd_fit_bit_for_bit(spark, name):
         assert min(h["computed"] for h in auto.history) < 0.5, auto.history
 
 
-def test_pruned_fit_with_weights_and_empty_clusters_is_the_lloyd_fit(spark):
+def test_pruned_fit_with_weights_and_empty_clusters_is_the_lloyd_fit(spark, monkeypatch):
     X = load_iris().data
     w = np.random.default_rng(5).uniform(0.5, 2.0, X.shape[0])
     rows = init_rows(X, 3, 10)
     far = np.full(X.shape[1], 60.0)
     C0 = np.vstack([rows[0], far, rows[1], rows[2]])  # cluster 1 starts empty
     df, cols = make_df(spark, X, w=w)
+    monkeypatch.setattr(pruning, "MIN_K", 3)  # pruned at k = 4 (see the test above)
     fits = {a: KMeans(4, init=C0, weight_col="w", algorithm=a).fit(df, features=cols)
             for a in ("auto", "lloyd")}
     assert np.array_equal(fits["auto"].centroids, fits["lloyd"].centroids)

@@ -57,7 +57,7 @@ DATA = {"overlapping blobs": (_overlapping, 8), "exact ties": (_grid, 7)}
 
 
 @pytest.mark.parametrize("name", list(DATA))
-def test_float32_auto_is_lloyd_bit_for_bit_and_matches_scikit_learn(name):
+def test_float32_auto_is_lloyd_bit_for_bit_and_matches_scikit_learn(name, monkeypatch):
     """Pruned and brute-force float32 fits: identical centroids, iterations and rows moved per
     pass (numpy and numba kernels alike). Against scikit-learn's Lloyd on the same float32 rows
     from the same start:
@@ -77,6 +77,7 @@ def test_float32_auto_is_lloyd_bit_for_bit_and_matches_scikit_learn(name):
     rng = np.random.default_rng(9)
     c0 = x[rng.choice(len(x), k, replace=False)]
     parts = _pack(x, "float32")
+    monkeypatch.setattr(pruning, "MIN_K", 3)  # pruned at these k (auto's own rule: from 32)
     assert all(b.x.dtype == np.float32 and b.x_sq.dtype == np.float64
                for blocks in parts for b in blocks)
     runs = {(alg, numba): engine.lloyd(InMemory(parts), c0, algorithm=alg, numba=numba)
