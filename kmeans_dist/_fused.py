@@ -13,25 +13,65 @@ import numpy as np
 NUMPY_ARGMIN_K = 32
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
-def _fold_row(x, i, a, centroids, w, has_w, sums, weights, counts):
-    """Row i into cluster a's sums, weight and count; returns its weighted squared distance to
-    centroid a, computed directly ((x - c)^2 summed in column order: no GEMM cancellation)."""
+#: rows whose distances are computed side by side in ``_fold_rows``: each row's sum over its
+#: columns is a chain of dependent additions, and independent rows let them overlap
+_FOLD_ROWS = 64
+
+
+@numba.njit(cache=True, nogil=True)
+def _fold_rows(x, lo, hi, labels, centroids, w, has_w, prev, has_prev, sums, weights, counts,
+               acc):
+    """Fold rows lo .. hi into the running partials from their labels, in row order: each row's
+    squared distance to its centroid computed directly ((x - c)^2 summed in column order, as
+    kernels.direct_distances does; no GEMM cancellation), its sums, weight and count."""
     d = x.shape[1]
-    dist = 0.0
-    for j in range(d):
-        t = x[i, j] - centroids[a, j]
-        dist += t * t
-    counts[a] += 1
-    if has_w:
-        wi = w[i]
-        weights[a] += wi
-        for j in range(d):
-            sums[a, j] += x[i, j] * wi
-        return dist * wi
-    for j in range(d):
-        sums[a, j] += x[i, j]
-    return dist
+    inertia = acc[0]
+    moved = acc[1]
+    dist = np.empty(_FOLD_ROWS)
+    for start in range(lo, hi, _FOLD_ROWS):
+        end = min(start + _FOLD_ROWS, hi)
+        r = 0
+        while r + 4 <= end - start:  # four rows' chains side by side, each in column order
+            i = start + r
+            a0, a1, a2, a3 = labels[i], labels[i + 1], labels[i + 2], labels[i + 3]
+            s0 = s1 = s2 = s3 = 0.0
+            for j in range(d):
+                t0 = x[i, j] - centroids[a0, j]
+                t1 = x[i + 1, j] - centroids[a1, j]
+                t2 = x[i + 2, j] - centroids[a2, j]
+                t3 = x[i + 3, j] - centroids[a3, j]
+                s0 += t0 * t0
+                s1 += t1 * t1
+                s2 += t2 * t2
+                s3 += t3 * t3
+            dist[r], dist[r + 1], dist[r + 2], dist[r + 3] = s0, s1, s2, s3
+            r += 4
+        while r < end - start:
+            i = start + r
+            s0 = 0.0
+            for j in range(d):
+                t0 = x[i, j] - centroids[labels[i], j]
+                s0 += t0 * t0
+            dist[r] = s0
+            r += 1
+        for r in range(end - start):
+            i = start + r
+            a = labels[i]
+            counts[a] += 1
+            if has_w:
+                wi = w[i]
+                inertia += dist[r] * wi
+                weights[a] += wi
+                for j in range(d):
+                    sums[a, j] += x[i, j] * wi
+            else:
+                inertia += dist[r]
+                for j in range(d):
+                    sums[a, j] += x[i, j]
+            if has_prev and prev[i] != a:
+                moved += 1.0
+    acc[0] = inertia
+    acc[1] = moved
 
 
 @numba.njit(cache=True, nogil=True)
@@ -41,14 +81,8 @@ def accumulate(scores, x, centroids, w, has_w, prev, has_prev, lo, labels, label
     ``labelled``, their nearest centroids are already in ``labels`` (numpy's SIMD argmin, faster
     than this scalar loop from about 32 centroids on)."""
     m, k = scores.shape
-    inertia = acc[0]
-    moved = acc[1]
-    for r in range(m):
-        i = lo + r
-        if labelled:
-            best = labels[i]
-            best_s = scores[r, best]
-        else:
+    if not labelled:
+        for r in range(m):
             best = 0
             best_s = scores[r, 0]
             for c in range(1, k):
@@ -56,12 +90,9 @@ def accumulate(scores, x, centroids, w, has_w, prev, has_prev, lo, labels, label
                 if s < best_s:
                     best_s = s
                     best = c
-            labels[i] = best
-        inertia += _fold_row(x, i, best, centroids, w, has_w, sums, weights, counts)
-        if has_prev and prev[i] != best:
-            moved += 1.0
-    acc[0] = inertia
-    acc[1] = moved
+            labels[lo + r] = best
+    _fold_rows(x, lo, lo + m, labels, centroids, w, has_w, prev, has_prev, sums, weights,
+               counts, acc)
 
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -187,15 +218,8 @@ def bound_scores(scores, rows, x_sq, c_max, gamma, unit, labels, upper, lower, u
 @numba.njit(cache=True, nogil=True)
 def accumulate_labels(x, w, has_w, labels, centroids, prev, has_prev, lo, hi, sums, weights,
                       counts, acc):
-    """Fold rows lo .. hi into the running partials from their labels, in row order, each row's
-    squared distance to its centroid computed directly (the numpy path, kernels.label_partials
-    over kernels.direct_distances, does the same operations in the same order)."""
-    inertia = acc[0]
-    moved = acc[1]
-    for i in range(lo, hi):
-        a = labels[i]
-        inertia += _fold_row(x, i, a, centroids, w, has_w, sums, weights, counts)
-        if has_prev and prev[i] != a:
-            moved += 1.0
-    acc[0] = inertia
-    acc[1] = moved
+    """Fold rows lo .. hi into the running partials from their labels (``_fold_rows``; the numpy
+    path, kernels.label_partials over kernels.direct_distances, does the same operations in the
+    same order)."""
+    _fold_rows(x, lo, hi, labels, centroids, w, has_w, prev, has_prev, sums, weights, counts,
+               acc)
