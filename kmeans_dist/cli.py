@@ -61,8 +61,9 @@ def add_engine_flags(p: argparse.ArgumentParser) -> None:
                         "(default: the smaller of 128 and 1/8 of the driver's available "
                         "memory; 0: always on the executors)")
     p.add_argument("--algorithm", default="auto", choices=ALGORITHMS,
-                   help="auto (default): skip the rows whose nearest centroid provably stays, "
-                        "same result as lloyd bit for bit; lloyd: every distance in every pass")
+                   help="auto (default): from 32 centroids on, skip the rows whose nearest "
+                        "centroid provably stays, same result as lloyd bit for bit; lloyd: every "
+                        "distance in every pass")
     p.add_argument("--dtype", default="float64", choices=DTYPES,
                    help="float64 (default), or float32: features held and distances computed "
                         "in float32 (half the executor memory), sums and inertia in float64")

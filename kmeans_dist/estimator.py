@@ -90,7 +90,8 @@ class KMeans:
     0: never) and the rest on the executors. ``algorithm``: ``"auto"`` (default) skips, from the
     second pass on, the rows whose nearest centroid provably stays (Hamerly's distance bounds,
     with a margin for rounding: the same labels, centroids and iterations as ``"lloyd"``, bit for
-    bit, at a fraction of the distances); ``"lloyd"`` computes every distance in every pass.
+    bit, at a fraction of the distances), for models of at least 32 centroids, where it pays;
+    ``"lloyd"`` computes every distance in every pass.
     ``dtype``: ``"float64"`` (default) or ``"float32"``: the blocks hold the features in it and
     the distance GEMM runs in it (half the executor memory for the features, about twice the
     GEMM's speed); sums and inertia are accumulated in float64 and the centroids stay float64.

@@ -177,9 +177,9 @@ class _KMeansParams(
     )
     algorithm: Param[str] = Param(
         Params._dummy(), "algorithm",
-        'kmeans-dist: how each pass finds the nearest centers. "auto" (default): skip the rows '
-        "whose nearest center provably stays (distance bounds), the same result as "
-        '"lloyd" bit for bit. "lloyd": every distance in every pass.',
+        'kmeans-dist: how each pass finds the nearest centers. "auto" (default): from 32 '
+        "centers on, skip the rows whose nearest center provably stays (distance bounds), the "
+        'same result as "lloyd" bit for bit. "lloyd": every distance in every pass.',
         typeConverter=TypeConverters.toString,
     )
     dtype: Param[str] = Param(
