@@ -167,3 +167,23 @@ def test_bad_dtype_is_refused_at_the_door_and_dtype_is_recorded_and_fingerprinte
     old = {key: v for key, v in KMeans(3, seed=1).params().items()
            if key not in ("algorithm", "dtype")}
     assert printed() == fingerprint({**old, "ks": [3]}, ["a"], 10, 10.0, [0.0], [1.0], 7)
+
+
+def test_a_float32_model_assigns_rows_as_its_fit_did():
+    """A row at 0.5 + 1e-12 between centroids 0 and 1: in float64 it is nearer 1; rounded to
+    float32, as the fit's blocks hold it, it is exactly 0.5, a tie, which brute force gives to
+    the first centroid. A float32 model's ``predict`` and ``transform``'s labeller assign it as
+    its fit did (0); a float64 model, as float64 does (1). The labeller's distance is the
+    rounded row's (0.5)."""
+    import pandas as pd
+
+    from kmeans_dist.model import KMeansModel, _Labeller
+
+    row = np.array([[0.5 + 1e-12]])
+    c = np.array([[0.0], [1.0]])
+    fitted = {dt: KMeansModel(c, ["x"], params={"dtype": dt}) for dt in ("float32", "float64")}
+    assert fitted["float32"].predict(row).tolist() == [0]
+    assert fitted["float64"].predict(row).tolist() == [1]
+    labeller = _Labeller(c, "euclidean", [0, 1], True, "float32")
+    out = labeller(pd.DataFrame({"f0": row[:, 0]}))
+    assert out["cluster"].tolist() == [0] and out["distance"].tolist() == [0.5]
