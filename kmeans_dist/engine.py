@@ -161,9 +161,9 @@ def lloyd_many(
     (Spark MLlib's tol); ``empty``: "farthest" or "keep"; ``cosine``.
 
     ``algorithm`` (``ALGORITHMS``): "auto" prunes models of at least ``pruning.MIN_K`` centroids
-    (where it pays: see there) from their second pass on; "lloyd" computes every distance. Both give the same labels in every
-    pass, so the same centroids and iterations; each history entry's ``computed`` is the fraction
-    of rows whose distances to every centroid were computed.
+    (where it pays: see there) from their second pass on; "lloyd" computes every distance. Both
+    give the same labels in every pass, so the same centroids and iterations; each history
+    entry's ``computed`` is the fraction of rows whose distances to every centroid were computed.
 
     ``on_iteration(iteration, states)`` is called after every iteration with each model's state;
     passing those states back as ``resume`` continues exactly as if never interrupted.

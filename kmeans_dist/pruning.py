@@ -51,6 +51,8 @@ UNITS = {"float64": UNIT, "float32": 2.0**-24}
 def unit_roundoff(dtype) -> float:
     """The unit roundoff of ``dtype`` (float64 or float32), the margins' unit."""
     return UNITS[np.dtype(dtype).name]
+
+
 #: below this many centroids a pass with bounds does not pay. Brute force's GEMM is cheap at small
 #: k, and a pruned pass still moves every row's bounds and folds every row: at 2M x 16, k = 16
 #: (32 overlapping blobs, 51 iterations, 23% of the rows computed) the Lloyd phase took 0.89x
@@ -97,8 +99,12 @@ def score_error(x_sq: np.ndarray, centroids: np.ndarray, dtype=np.float64) -> np
     the GEMM's (float32: gamma with float32's unit roundoff, ``centroids`` rounded to float32 as
     the GEMM takes them)."""
     exact = kernels.gemm_centroids(centroids, dtype)
-    c_max = _c_max(exact)
-    return 4.0 * _gamma(exact.shape[1], unit_roundoff(dtype)) * (x_sq + c_max * c_max)
+    return _score_err(x_sq, _c_max(exact), _gamma(exact.shape[1], unit_roundoff(dtype)))
+
+
+def _score_err(x_sq: np.ndarray, c_max: float, gamma: float) -> np.ndarray:
+    """``score_error`` from its parts (the numba loops compute the same expression per row)."""
+    return 4.0 * gamma * (x_sq + c_max * c_max)
 
 
 def _relative(d: int, unit: float = UNIT) -> float:
@@ -138,7 +144,7 @@ def _bound_scores(scores: np.ndarray, rows: np.ndarray, x_sq: np.ndarray, c_max:
     else:
         second = np.partition(scores, 1, axis=1)[:, 1].astype(np.float64)
     xs = x_sq[rows]
-    err = 4.0 * gamma * (xs + c_max * c_max)
+    err = _score_err(xs, c_max, gamma)
     labels[rows] = lab
     upper[rows] = np.sqrt(np.maximum(best + xs + 2.0 * err, 0.0)) * (1.0 + 4.0 * unit)
     lower[rows] = np.sqrt(np.maximum(second + xs - 2.0 * err, 0.0)) * (1.0 - 4.0 * unit)
@@ -214,6 +220,7 @@ class Motion:
     centroids: np.ndarray  # (k, d) this pass's
     move: np.ndarray  # (k,) >= the distance each centroid moved since the previous pass
     half: np.ndarray  # (k,) <= half the distance to the nearest other centroid
+    exact: np.ndarray  # (k, d) the centroids as the GEMM sees them (kernels.gemm_centroids)
     dtype: str = "float64"  # the blocks' features': moves and separations of the rounded centroids
 
     @classmethod
@@ -224,7 +231,8 @@ class Motion:
         now = kernels.gemm_centroids(centroids, dtype)
         diff = now - kernels.gemm_centroids(old, dtype)
         move = np.sqrt(np.einsum("ij,ij->i", diff, diff)) * (1 + rel)
-        return cls(centroids, move, _half_separation(now) * (1 - rel), np.dtype(dtype).name)
+        return cls(centroids, move, _half_separation(now) * (1 - rel), now,
+                   np.dtype(dtype).name)
 
 
 def pruned_partials(x: np.ndarray, x_sq: np.ndarray, w: np.ndarray | None, motion: Motion,
@@ -241,8 +249,7 @@ def pruned_partials(x: np.ndarray, x_sq: np.ndarray, w: np.ndarray | None, motio
         raise ValueError(f"centroid motion for {motion.dtype} rows, but the rows are {x.dtype}")
     m, d = x.shape
     fused = kernels._fused() if kernels.use_numba(numba) else None
-    unit = unit_roundoff(x.dtype)
-    exact = kernels.gemm_centroids(centroids, x.dtype)
+    unit, exact = unit_roundoff(x.dtype), motion.exact
     c_max, gamma = _c_max(exact), _gamma(d, unit)
     upper, lower = np.empty(m), np.empty(m)
     labels = old_labels.copy()
@@ -294,7 +301,7 @@ def _settle(x, x_sq, old_labels, bounds, motion, centroids, c_max, gamma, unit, 
                          rows)
         return rows[:n]
     lab = old_labels[lo:hi]
-    err = 4.0 * gamma * (x_sq[lo:hi] + c_max * c_max)
+    err = _score_err(x_sq[lo:hi], c_max, gamma)
     up = (bounds.upper[lo:hi] + move[lab]) * (1.0 + 4.0 * unit)
     drop = np.where(lab == top, second, first)
     low = np.maximum((bounds.lower[lo:hi] - drop) * (1.0 - 4.0 * unit), 0.0)
@@ -318,16 +325,11 @@ def _top_two(move: np.ndarray) -> tuple[int, float, float]:
     return int(top[1]), float(move[top[1]]), float(move[top[0]])
 
 
-def _pairwise(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(len(a), len(b)) Euclidean distances computed directly (any summation order: the callers'
-    slack covers it)."""
-    diff = a[:, None, :] - b[None, :, :]
-    return np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
-
-
 def _half_separation(centroids: np.ndarray) -> np.ndarray:
-    """(k,) half the distance from each centroid to its nearest other one (inf when k = 1)."""
-    dist = _pairwise(centroids, centroids)
+    """(k,) half the distance from each centroid to its nearest other one (inf when k = 1),
+    computed directly (any summation order: the callers' slack covers it)."""
+    diff = centroids[:, None, :] - centroids[None, :, :]
+    dist = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
     np.fill_diagonal(dist, np.inf)
     return 0.5 * dist.min(axis=1)
 
