@@ -259,19 +259,33 @@ def pruned_partials(x: np.ndarray, x_sq: np.ndarray, w: np.ndarray | None, motio
     # a stretch of rows at a time, so that its rows are still in cache when they are folded
     step = STRETCH_CHUNKS * scores.step
     dense = _dense_above(centroids.shape[0])
+    unsettled = 0  # stretches still to score whole without settling them first
     for lo in range(0, m, step):
         hi = min(lo + step, m)
-        rows = _settle(x, x_sq, old_labels, bounds, motion, exact, c_max, gamma, unit, upper,
-                       lower, lo, hi, fused)
-        if rows.size > dense * (hi - lo):
-            # most rows unsettled: brute force's own chunks cost less than gathering them
+        if unsettled:
+            # the stretch before went dense: so will this one, most likely (the rows of a block
+            # are in no order), and settling it first would only add a pass over its rows
+            unsettled -= 1
             rows = np.arange(lo, hi)
             scores.every(lo, hi)
-        elif rows.size:
-            scores.recompute(rows)
+        else:
+            rows = _settle(x, x_sq, old_labels, bounds, motion, exact, c_max, gamma, unit,
+                           upper, lower, lo, hi, fused)
+            if rows.size > dense * (hi - lo):
+                # most rows unsettled: brute force's own chunks cost less than gathering them
+                rows = np.arange(lo, hi)
+                scores.every(lo, hi)
+                unsettled = DENSE_RUN
+            elif rows.size:
+                scores.recompute(rows)
         computed += rows.size
         acc.add(hi)
     return acc.partials(computed), labels, Bounds(upper, lower)
+
+
+#: stretches scored whole, unsettled, after a stretch that went dense; the one after them is
+#: settled again, to see whether the pass still is dense
+DENSE_RUN = 3
 
 
 #: brute force's chunks per stretch of a pruned pass

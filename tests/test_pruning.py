@@ -124,11 +124,37 @@ def test_pruned_passes_keep_brute_forces_labels_and_sums(name, dtype):
     computed, inertias = _lloyd_both(x, w, c, numba=True)
     numpy_computed, numpy_inertias = _lloyd_both(x, w, c, numba=False)
     assert inertias == numpy_inertias  # numpy and numba paths: the same bits
+    assert computed == numpy_computed  # and the same rows computed
     assert computed[0] == len(x)  # the first pass computes everything
     assert len(computed) >= (2 if k == 1 else 3), "a case must run a few passes to test anything"
     if name in ("overlapping blobs", "well separated", "weighted", "one centroid"):
         # where the bounds can work, they do: the last passes computed few rows
         assert computed[-1] < 0.2 * len(x), computed
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_stretches_after_a_dense_one_are_scored_whole_with_the_same_result(monkeypatch, dtype):
+    """One brute-force chunk per stretch, so a block has several: after a stretch that went
+    dense the next ``DENSE_RUN`` are scored whole without settling them first. Labels, sums and
+    inertia stay brute force's (``_lloyd_both`` asserts them), numba and numpy alike."""
+    monkeypatch.setattr(pruning, "STRETCH_CHUNKS", 1)
+    settled = []  # one entry per stretch settled
+    settle = pruning._settle
+    monkeypatch.setattr(pruning, "_settle",
+                        lambda *a, **kw: settled.append(1) or settle(*a, **kw))
+    x = np.ascontiguousarray(_blobs(40000, 8, 24, 1.0, 1).astype(dtype))
+    k = 12
+    step = kernels.chunk_rows(k, x.dtype.itemsize)
+    stretches = -(-len(x) // step)
+    assert stretches > 2 * pruning.DENSE_RUN
+    c = _start(x, k, False)
+    computed, _ = _lloyd_both(x, None, c, numba=True)
+    passes = len(computed) - 1  # pruned ones
+    assert len(settled) < passes * stretches, "no stretch was scored whole unsettled"
+    assert any(n == len(x) for n in computed[1:]) and any(n < len(x) / 2 for n in computed)
+    settled.clear()
+    numpy_computed, _ = _lloyd_both(x, None, c, numba=False)
+    assert numpy_computed == computed
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
