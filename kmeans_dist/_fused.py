@@ -216,6 +216,20 @@ def bound_scores(scores, rows, x_sq, c_max, gamma, unit, labels, upper, lower, u
 
 
 @numba.njit(cache=True, nogil=True)
+def best_two_bounds(best, second, x_sq, lo, c_max, gamma, unit, upper, lower):
+    """pruning._chunk_bounds's bounds for rows lo .. lo + len(best) from their best two scores
+    (the same expressions as ``bound_scores``)."""
+    for r in range(best.shape[0]):
+        i = lo + r
+        xs = x_sq[i]
+        err = 4.0 * gamma * (xs + c_max * c_max)
+        u = best[r] + xs + 2.0 * err
+        upper[i] = np.sqrt(u if u > 0.0 else 0.0) * (1.0 + 4.0 * unit)
+        v = second[r] + xs - 2.0 * err
+        lower[i] = np.sqrt(v if v > 0.0 else 0.0) * (1.0 - 4.0 * unit)
+
+
+@numba.njit(cache=True, nogil=True)
 def accumulate_labels(x, w, has_w, labels, centroids, prev, has_prev, lo, hi, sums, weights,
                       counts, acc):
     """Fold rows lo .. hi into the running partials from their labels (``_fold_rows``; the numpy

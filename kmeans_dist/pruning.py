@@ -151,6 +151,34 @@ def _bound_scores(scores: np.ndarray, rows: np.ndarray, x_sq: np.ndarray, c_max:
     return np.flatnonzero(second - best <= 4.0 * err)
 
 
+def _chunk_bounds(scores: np.ndarray, lo: int, x_sq: np.ndarray, c_max: float, gamma: float,
+                  unit: float, labels: np.ndarray, upper: np.ndarray, lower: np.ndarray,
+                  fused) -> None:
+    """``_bound_scores`` for brute force's own chunk of rows lo .. lo + len(scores), scored as
+    brute force scores it: its argmin is brute force's label, so no near-tie needs a second look.
+    Above ``kernels.NUMPY_ARGMIN_K`` centroids the best two come from numpy's SIMD argmin, twice
+    (the best masked the second time; ``scores`` is overwritten), several times faster than a
+    scalar loop keeping the best two."""
+    m, k = scores.shape
+    if k <= kernels.NUMPY_ARGMIN_K:
+        _bound_scores(scores, np.arange(lo, lo + m), x_sq, c_max, gamma, unit, labels, upper,
+                      lower, fused)
+        return
+    r = np.arange(m)
+    lab = np.argmin(scores, axis=1)
+    best = scores[r, lab].astype(np.float64)
+    scores[r, lab] = np.inf
+    second = scores[r, np.argmin(scores, axis=1)].astype(np.float64)
+    labels[lo:lo + m] = lab
+    if fused is not None:
+        fused.best_two_bounds(best, second, x_sq, lo, c_max, gamma, unit, upper, lower)
+        return
+    xs = x_sq[lo:lo + m]
+    err = _score_err(xs, c_max, gamma)
+    upper[lo:lo + m] = np.sqrt(np.maximum(best + xs + 2.0 * err, 0.0)) * (1.0 + 4.0 * unit)
+    lower[lo:lo + m] = np.sqrt(np.maximum(second + xs - 2.0 * err, 0.0)) * (1.0 - 4.0 * unit)
+
+
 class _Accumulator:
     """Partials folded from ``labels`` in row order, as brute force folds them; each row's squared
     distance computed directly ((x - c)^2 summed column by column). numba folds chunk by chunk
@@ -206,8 +234,7 @@ def full_partials(x: np.ndarray, x_sq: np.ndarray, w: np.ndarray | None, centroi
     c_max, gamma = _c_max(kernels.gemm_centroids(centroids, x.dtype)), _gamma(d, unit)
     acc = _Accumulator(x, w, centroids, labels, prev_labels, fused)
     for lo, hi, scores in kernels.score_chunks(x, centroids):
-        _bound_scores(scores, np.arange(lo, hi), x_sq, c_max, gamma, unit, labels, upper, lower,
-                      fused)
+        _chunk_bounds(scores, lo, x_sq, c_max, gamma, unit, labels, upper, lower, fused)
         acc.add(hi)
     return acc.partials(m), labels, Bounds(upper, lower)
 
@@ -390,8 +417,8 @@ class _Scorer:
         """Every row of lo .. hi (lo on a chunk boundary), scored in brute force's chunks."""
         for at in range(lo, hi, self.step):
             end = min(at + self.step, hi)
-            self._bound(kernels._chunk_scores(self.x[at:end], self.neg2_ct, self.c_sq),
-                        np.arange(at, end))
+            _chunk_bounds(kernels._chunk_scores(self.x[at:end], self.neg2_ct, self.c_sq), at,
+                          self.x_sq, *self.out, self.fused)
 
     def _bound(self, scores: np.ndarray, rows: np.ndarray) -> np.ndarray:
         return _bound_scores(scores, rows, self.x_sq, *self.out, self.fused)
