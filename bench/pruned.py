@@ -249,14 +249,15 @@ def sklearn(x, c0) -> dict:
 class Timers:
     """Seconds spent in steps of ``kmeans_dist.pruning``, summed per pass: "settle" (move the
     bounds with the centroids, tighten the unsettled rows' upper bounds), "recompute" (every
-    distance of the rows still unsettled, gathered), "dense" (stretches scored whole, as brute
-    force scores them), "accumulate" (sums, counts and inertia folded from the labels). A step
+    distance of the rows still unsettled, gathered), "dense" (blocks scored whole, as brute
+    force scores them), "accumulate" (sums, counts and inertia folded from the labels; only the
+    clusters that changed when the previous pass's per-cluster partials are kept). A step
     called inside another one is counted in the outer one only."""
 
     #: step -> where it lives in kmeans_dist.pruning (function, or class and method)
     WRAPPED = (("settle", ("_settle",)), ("recompute", ("_Scorer", "recompute")),
                ("dense", ("_Scorer", "every")), ("accumulate", ("_Accumulator", "add")),
-               ("accumulate", ("_Accumulator", "partials")))
+               ("accumulate", ("_Accumulator", "partials")), ("accumulate", ("_fold_changes",)))
     STEPS = ("settle", "recompute", "dense", "accumulate")
 
     def __init__(self) -> None:

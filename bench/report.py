@@ -784,7 +784,9 @@ PRUNING_METHOD = """\
   main table; the arithmetic floor is the brute-force kernel timed inside the tasks.
 - **Replay**: the same Lloyd phase, in the child process, over the fit's own blocks, through
   `kmeans_dist.pruning.full_partials` / `pruned_partials` with timers around `_settle`,
-  `_Scorer.recompute`, `_Scorer.every` and `_Accumulator` (numba when present), one BLAS thread;
+  `_Scorer.recompute`, `_Scorer.every`, and `_Accumulator` and `_fold_changes` ("accumulate":
+  the fold, which reads only the rows of the clusters that changed; numba when present), one
+  BLAS thread;
   every 10th pass a brute-force pass (`kernels.block_partials`) on the same blocks. Its
   "brute / pruned" compares passes run minutes apart at most, in one process, so it drifts less
   with the machine's load than two whole fits run one after the other (a workload with one

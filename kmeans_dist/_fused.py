@@ -20,13 +20,13 @@ _FOLD_ROWS = 64
 
 @numba.njit(cache=True, nogil=True)
 def _fold_rows(x, lo, hi, labels, centroids, w, has_w, prev, has_prev, sums, weights, counts,
-               acc):
+               inertia, acc):
     """Fold rows lo .. hi into the running partials from their labels, in row order: each row's
     squared distance to its centroid computed directly ((x - c)^2 summed in column order, as
-    kernels.direct_distances does; no GEMM cancellation), its sums, weight and count."""
+    kernels.direct_distances does; no GEMM cancellation) and added to its cluster's inertia,
+    its sums, weight and count; ``acc[0]`` counts the rows moved."""
     d = x.shape[1]
-    inertia = acc[0]
-    moved = acc[1]
+    moved = acc[0]
     dist = np.empty(_FOLD_ROWS)
     for start in range(lo, hi, _FOLD_ROWS):
         end = min(start + _FOLD_ROWS, hi)
@@ -47,12 +47,7 @@ def _fold_rows(x, lo, hi, labels, centroids, w, has_w, prev, has_prev, sums, wei
             dist[r], dist[r + 1], dist[r + 2], dist[r + 3] = s0, s1, s2, s3
             r += 4
         while r < end - start:
-            i = start + r
-            s0 = 0.0
-            for j in range(d):
-                t0 = x[i, j] - centroids[labels[i], j]
-                s0 += t0 * t0
-            dist[r] = s0
+            dist[r] = _distance(x, start + r, centroids, labels[start + r])
             r += 1
         for r in range(end - start):
             i = start + r
@@ -60,23 +55,32 @@ def _fold_rows(x, lo, hi, labels, centroids, w, has_w, prev, has_prev, sums, wei
             counts[a] += 1
             if has_w:
                 wi = w[i]
-                inertia += dist[r] * wi
+                inertia[a] += dist[r] * wi
                 weights[a] += wi
                 for j in range(d):
                     sums[a, j] += x[i, j] * wi
             else:
-                inertia += dist[r]
+                inertia[a] += dist[r]
                 for j in range(d):
                     sums[a, j] += x[i, j]
             if has_prev and prev[i] != a:
                 moved += 1.0
-    acc[0] = inertia
-    acc[1] = moved
+    acc[0] = moved
+
+
+@numba.njit(cache=True, nogil=True)
+def _distance(x, i, centroids, a):
+    """Row i's squared distance to centroid a, (x - c)^2 summed in column order."""
+    s = 0.0
+    for j in range(x.shape[1]):
+        t = x[i, j] - centroids[a, j]
+        s += t * t
+    return s
 
 
 @numba.njit(cache=True, nogil=True)
 def accumulate(scores, x, centroids, w, has_w, prev, has_prev, lo, labels, labelled, sums,
-               weights, counts, acc):
+               weights, counts, inertia, acc):
     """Fold rows ``lo .. lo + len(scores)`` of the block into the running partials; with
     ``labelled``, their nearest centroids are already in ``labels`` (numpy's SIMD argmin, faster
     than this scalar loop from about 32 centroids on)."""
@@ -92,7 +96,7 @@ def accumulate(scores, x, centroids, w, has_w, prev, has_prev, lo, labels, label
                     best = c
             labels[lo + r] = best
     _fold_rows(x, lo, lo + m, labels, centroids, w, has_w, prev, has_prev, sums, weights,
-               counts, acc)
+               counts, inertia, acc)
 
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -231,9 +235,62 @@ def best_two_bounds(best, second, x_sq, lo, c_max, gamma, unit, upper, lower):
 
 @numba.njit(cache=True, nogil=True)
 def accumulate_labels(x, w, has_w, labels, centroids, prev, has_prev, lo, hi, sums, weights,
-                      counts, acc):
+                      counts, inertia, acc):
     """Fold rows lo .. hi into the running partials from their labels (``_fold_rows``; the numpy
     path, kernels.label_partials over kernels.direct_distances, does the same operations in the
     same order)."""
     _fold_rows(x, lo, hi, labels, centroids, w, has_w, prev, has_prev, sums, weights, counts,
-               acc)
+               inertia, acc)
+
+
+@numba.njit(cache=True, nogil=True)
+def fold_stale(x, w, has_w, labels, centroids, dirty, stale, sums, weights, counts, inertia):
+    """Fold, in row order, only the rows of the ``stale`` clusters (whose inertia must be
+    computed again): each one's distance to its centroid into its cluster's inertia, and, for the
+    ``dirty`` clusters (whose rows changed), the row into its sums, weight and count. The rows
+    of the other clusters are not read. A few rows at a time, as ``_fold_rows`` folds them."""
+    d = x.shape[1]
+    m = x.shape[0]
+    rows = np.empty(_FOLD_ROWS + 1, dtype=np.int64)
+    dist = np.empty(_FOLD_ROWS)
+    for start in range(0, m, _FOLD_ROWS):
+        n = 0
+        for i in range(start, min(start + _FOLD_ROWS, m)):
+            rows[n] = i  # kept if stale: no branch to mispredict
+            n += 1 if stale[labels[i]] else 0
+        r = 0
+        while r + 4 <= n:  # four rows' chains side by side, each in column order
+            i0, i1, i2, i3 = rows[r], rows[r + 1], rows[r + 2], rows[r + 3]
+            a0, a1, a2, a3 = labels[i0], labels[i1], labels[i2], labels[i3]
+            s0 = s1 = s2 = s3 = 0.0
+            for j in range(d):
+                t0 = x[i0, j] - centroids[a0, j]
+                t1 = x[i1, j] - centroids[a1, j]
+                t2 = x[i2, j] - centroids[a2, j]
+                t3 = x[i3, j] - centroids[a3, j]
+                s0 += t0 * t0
+                s1 += t1 * t1
+                s2 += t2 * t2
+                s3 += t3 * t3
+            dist[r], dist[r + 1], dist[r + 2], dist[r + 3] = s0, s1, s2, s3
+            r += 4
+        while r < n:
+            dist[r] = _distance(x, rows[r], centroids, labels[rows[r]])
+            r += 1
+        for r in range(n):
+            i = rows[r]
+            a = labels[i]
+            if has_w:
+                wi = w[i]
+                inertia[a] += dist[r] * wi
+                if dirty[a]:
+                    counts[a] += 1
+                    weights[a] += wi
+                    for j in range(d):
+                        sums[a, j] += x[i, j] * wi
+            else:
+                inertia[a] += dist[r]
+                if dirty[a]:
+                    counts[a] += 1
+                    for j in range(d):
+                        sums[a, j] += x[i, j]

@@ -245,21 +245,30 @@ def direct_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def label_partials(x: np.ndarray, w: np.ndarray | None, labels: np.ndarray, dist: np.ndarray,
                    k: int, prev_labels: np.ndarray | None) -> Partials:
     """Partials from known labels and squared distances, accumulated row by row in row order."""
-    m, d = x.shape
+    m = x.shape[0]
+    sums, weights, counts, inertia = cluster_partials(x, w, labels, dist, k)
+    moved = m if prev_labels is None else int(np.count_nonzero(labels != prev_labels))
+    return Partials(sums, weights, counts, sequential_sum(inertia), moved, m)
+
+
+def cluster_partials(x: np.ndarray, w: np.ndarray | None, labels: np.ndarray, dist: np.ndarray,
+                     k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per cluster, accumulated over its rows in row order (bincount adds its weights one by one,
+    in order): (k, d) sums, (k,) weights, (k,) int64 counts and (k,) inertia, each row's
+    squared distance ``dist`` (times its weight). A block's inertia is the sum of its clusters',
+    in cluster order (``sequential_sum``), on every path: the numba loop accumulates the same."""
+    d = x.shape[1]
     counts = np.bincount(labels, minlength=k).astype(np.int64)
     if w is None:
         weights = counts.astype(np.float64)
-        inertia = sequential_sum(dist)
-        sums = np.stack([np.bincount(labels, weights=x[:, j], minlength=k) for j in range(d)], axis=1)
+        inertia = np.bincount(labels, weights=dist, minlength=k)
+        columns = [np.bincount(labels, weights=x[:, j], minlength=k) for j in range(d)]
     else:
         weights = np.bincount(labels, weights=w, minlength=k)
-        inertia = sequential_sum(dist * w)
-        sums = np.stack(
-            [np.bincount(labels, weights=x[:, j] * w, minlength=k) for j in range(d)], axis=1
-        )
-    sums = sums.reshape(k, d)
-    moved = m if prev_labels is None else int(np.count_nonzero(labels != prev_labels))
-    return Partials(sums, weights, counts, inertia, moved, m)
+        inertia = np.bincount(labels, weights=dist * w, minlength=k)
+        columns = [np.bincount(labels, weights=x[:, j] * w, minlength=k) for j in range(d)]
+    sums = np.stack(columns, axis=1).reshape(k, d)
+    return sums, weights, counts, inertia
 
 
 def _fused_partials(x, x_sq, w, centroids, prev_labels):
@@ -270,7 +279,8 @@ def _fused_partials(x, x_sq, w, centroids, prev_labels):
     sums = np.zeros((k, d))
     weights = np.zeros(k)
     counts = np.zeros(k, dtype=np.int64)
-    acc = np.zeros(2)  # [inertia, moved], carried across chunks in row order
+    inertia = np.zeros(k)  # per cluster, carried across chunks in row order
+    acc = np.zeros(1)  # rows moved
     has_w = w is not None
     has_prev = prev_labels is not None
     w_arr = w if has_w else np.empty(0)
@@ -281,11 +291,11 @@ def _fused_partials(x, x_sq, w, centroids, prev_labels):
         if labelled:
             labels[lo:hi] = np.argmin(scores, axis=1)
         accumulate(scores, x, centroids, w_arr, has_w, prev, has_prev, lo, labels, labelled,
-                   sums, weights, counts, acc)
+                   sums, weights, counts, inertia, acc)
     if not has_w:
         weights = counts.astype(np.float64)
-    moved = int(acc[1]) if has_prev else m
-    return Partials(sums, weights, counts, float(acc[0]), moved, m), labels
+    moved = int(acc[0]) if has_prev else m
+    return Partials(sums, weights, counts, sequential_sum(inertia), moved, m), labels
 
 
 def farthest(

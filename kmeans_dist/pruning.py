@@ -36,6 +36,7 @@ inertia of a pass is still added from each row's distance to the float64 centroi
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,19 +63,63 @@ MIN_K = 32
 
 
 @dataclass
-class Bounds:
-    """One block's bounds after a pass, valid for that pass's centroids and labels."""
+class Clusters:
+    """One block's per-cluster partials from a pass (``kernels.cluster_partials``). The next pass
+    takes a cluster's sums, weight and count from here when no row joined or left it (the same
+    rows in the same order give the same bits), and its inertia too when its centroid did not
+    move either (``Motion.unmoved``): such a cluster's rows are not read at all."""
 
-    upper: np.ndarray  # (m,) >= each row's exact distance to its centroid
-    lower: np.ndarray  # (m,) <= each row's exact distance to any other centroid
+    sums: np.ndarray  # (k, d)
+    weights: np.ndarray  # (k,)
+    counts: np.ndarray  # (k,) int64
+    inertia: np.ndarray  # (k,)
 
     @property
     def nbytes(self) -> int:
-        return self.upper.nbytes + self.lower.nbytes
+        return sum(a.nbytes for a in (self.sums, self.weights, self.counts, self.inertia))
+
+    def packed(self) -> np.ndarray:
+        """All of it in one float64 array (counts are exact in float64), for a side file."""
+        return np.concatenate([self.sums.ravel(), self.weights, self.counts.astype(np.float64),
+                               self.inertia])
+
+    @classmethod
+    def unpacked(cls, values: np.ndarray, k: int, d: int) -> "Clusters | None":
+        """``packed``'s inverse for k centroids of d features (None if it does not fit)."""
+        if values.shape != (k * d + 3 * k,):
+            return None
+        sums, rest = values[:k * d].reshape(k, d), values[k * d:]
+        return cls(sums, rest[:k], rest[k:2 * k].astype(np.int64), rest[2 * k:])
 
 
-#: bytes of bounds per row and model, counted in the memory budget
-BYTES_PER_ROW = 16
+@dataclass
+class Bounds:
+    """One block's bounds after a pass, valid for that pass's centroids and labels, and its
+    per-cluster partials (None when not kept: the next pass then folds every row)."""
+
+    upper: np.ndarray  # (m,) >= each row's exact distance to its centroid
+    lower: np.ndarray  # (m,) <= each row's exact distance to any other centroid
+    clusters: Clusters | None = None
+
+    @property
+    def nbytes(self) -> int:
+        kept = 0 if self.clusters is None else self.clusters.nbytes
+        return self.upper.nbytes + self.lower.nbytes + kept
+
+
+#: bytes of the two bounds per row
+BOUNDS_BYTES = 16
+#: the most a block's per-cluster partials (``Clusters``) may take, as a share of its feature
+#: bytes; beyond that (many centroids, few rows) they are not kept and the next pass folds
+#: every row
+KEPT_SHARE = 1 / 16
+
+
+def bytes_per_row(d: int, dtype="float64") -> int:
+    """Bytes of pruning state per row and model, counted in the memory budget: the two bounds
+    and the kept per-cluster partials' share of the row (at most ``KEPT_SHARE`` of its d
+    features): 24 at d = 16 in float64, within a quarter of the block's 136."""
+    return BOUNDS_BYTES + math.ceil(np.dtype(dtype).itemsize * d * KEPT_SHARE)
 
 
 def pays(k: int) -> bool:
@@ -191,7 +236,8 @@ class _Accumulator:
         self.fused = fused
         self.sums, self.weights = np.zeros((k, d)), np.zeros(k)
         self.counts = np.zeros(k, dtype=np.int64)
-        self.acc = np.zeros(2)  # inertia, moved
+        self.inertia = np.zeros(k)
+        self.acc = np.zeros(1)  # rows moved
         self.done = 0
 
     def add(self, hi: int) -> None:
@@ -202,21 +248,76 @@ class _Accumulator:
             self.fused.accumulate_labels(
                 self.x, w if has_w else np.empty(0), has_w, self.labels, self.centroids,
                 prev if has_prev else np.empty(0, dtype=np.int32), has_prev, self.done, hi,
-                self.sums, self.weights, self.counts, self.acc)
+                self.sums, self.weights, self.counts, self.inertia, self.acc)
         self.done = hi
 
-    def partials(self, computed: int) -> kernels.Partials:
+    def partials(self, computed: int) -> tuple[kernels.Partials, Clusters]:
+        """The block's partials, and its per-cluster ones for the next pass."""
         x, c, labels = self.x, self.centroids, self.labels
         self.add(x.shape[0])
         if self.fused is None:
-            total = kernels.label_partials(x, self.w, labels, _distances(x, c[labels]),
-                                           c.shape[0], self.prev)
+            self.sums, self.weights, self.counts, self.inertia = kernels.cluster_partials(
+                x, self.w, labels, _distances(x, c[labels]), c.shape[0])
+            moved = x.shape[0] if self.prev is None else int(np.count_nonzero(labels != self.prev))
         else:
-            weights = self.counts.astype(np.float64) if self.w is None else self.weights
-            moved = int(self.acc[1]) if self.prev is not None else x.shape[0]
-            total = kernels.Partials(self.sums, weights, self.counts, float(self.acc[0]), moved)
-        total.computed = computed
-        return total
+            moved = int(self.acc[0]) if self.prev is not None else x.shape[0]
+            if self.w is None:
+                self.weights = self.counts.astype(np.float64)
+        return _partials(self.sums, self.weights, self.counts, self.inertia, moved, computed,
+                         x.nbytes)
+
+
+def _partials(sums, weights, counts, inertia, moved, computed, block_bytes
+              ) -> tuple[kernels.Partials, Clusters | None]:
+    """A block's partials from its per-cluster ones (its inertia their sum, in cluster order, as
+    brute force adds them), and those kept (copied: a caller may fold the partials in place),
+    unless they take more than ``KEPT_SHARE`` of the block's ``block_bytes`` of features."""
+    total = kernels.Partials(sums, weights, counts, kernels.sequential_sum(inertia), moved,
+                             computed)
+    kept = Clusters(sums.copy(), weights.copy(), counts.copy(), inertia.copy())
+    if kept.nbytes > KEPT_SHARE * block_bytes:
+        return total, None
+    return total, kept
+
+
+def _fold_changes(x, w, centroids, unmoved, labels, old_labels, kept: Clusters | None, fused
+                  ) -> tuple[kernels.Partials, Clusters]:
+    """The partials of a pass whose labels are all known, from the previous pass's per-cluster
+    ones: a cluster no row joined or left keeps its sums, weight and count, and its inertia too if
+    its centroid did not move (``unmoved``, (k,) bool); only the rows of the other clusters are
+    read, in row order."""
+    k, d = centroids.shape
+    changed = labels != old_labels
+    moved = int(np.count_nonzero(changed))
+    sums, weights = np.zeros((k, d)), np.zeros(k)
+    counts, inertia = np.zeros(k, dtype=np.int64), np.zeros(k)
+    if kept is None or kept.sums.shape != (k, d):
+        dirty = stale = np.ones(k, dtype=bool)
+    else:
+        dirty = np.zeros(k, dtype=bool)
+        dirty[labels[changed]] = True
+        dirty[old_labels[changed]] = True
+        stale = dirty | ~unmoved
+        sums[~dirty], weights[~dirty] = kept.sums[~dirty], kept.weights[~dirty]
+        counts[~dirty], inertia[~stale] = kept.counts[~dirty], kept.inertia[~stale]
+    if stale.any():
+        if fused is not None:
+            has_w = w is not None
+            fused.fold_stale(x, w if has_w else np.empty(0), has_w, labels, centroids, dirty,
+                             stale, sums, weights, counts, inertia)
+        else:
+            rows = np.flatnonzero(stale[labels])
+            lab, xs, ws = labels[rows], x[rows], None if w is None else w[rows]
+            dist = _distances(xs, centroids[lab])
+            inertia[stale] = np.bincount(lab, weights=dist if ws is None else dist * ws,
+                                         minlength=k)[stale]
+            members = dirty[lab]
+            got = kernels.cluster_partials(xs[members], None if ws is None else ws[members],
+                                           lab[members], dist[members], k)
+            sums[dirty], weights[dirty], counts[dirty] = (a[dirty] for a in got[:3])
+    if w is None:
+        weights = counts.astype(np.float64)
+    return _partials(sums, weights, counts, inertia, moved, None, x.nbytes)
 
 
 # --------------------------------------------------------------------------- full pass
@@ -236,7 +337,8 @@ def full_partials(x: np.ndarray, x_sq: np.ndarray, w: np.ndarray | None, centroi
     for lo, hi, scores in kernels.score_chunks(x, centroids):
         _chunk_bounds(scores, lo, x_sq, c_max, gamma, unit, labels, upper, lower, fused)
         acc.add(hi)
-    return acc.partials(m), labels, Bounds(upper, lower)
+    total, kept = acc.partials(m)
+    return total, labels, Bounds(upper, lower, kept)
 
 
 # --------------------------------------------------------------------------- pruned pass
@@ -249,6 +351,8 @@ class Motion:
     half: np.ndarray  # (k,) <= half the distance to the nearest other centroid
     exact: np.ndarray  # (k, d) the centroids as the GEMM sees them (kernels.gemm_centroids)
     dtype: str = "float64"  # the blocks' features': moves and separations of the rounded centroids
+    #: (k,) the centroids equal to the previous pass's, bit for bit (their rows' distances too)
+    unmoved: np.ndarray | None = None
 
     @classmethod
     def between(cls, old: np.ndarray, centroids: np.ndarray, dtype=np.float64) -> "Motion":
@@ -258,8 +362,9 @@ class Motion:
         now = kernels.gemm_centroids(centroids, dtype)
         diff = now - kernels.gemm_centroids(old, dtype)
         move = np.sqrt(np.einsum("ij,ij->i", diff, diff)) * (1 + rel)
+        unmoved = np.all(centroids == np.asarray(old, dtype=np.float64), axis=1)
         return cls(centroids, move, _half_separation(now) * (1 - rel), now,
-                   np.dtype(dtype).name)
+                   np.dtype(dtype).name, unmoved)
 
 
 def pruned_partials(x: np.ndarray, x_sq: np.ndarray, w: np.ndarray | None, motion: Motion,
@@ -280,42 +385,36 @@ def pruned_partials(x: np.ndarray, x_sq: np.ndarray, w: np.ndarray | None, motio
     c_max, gamma = _c_max(exact), _gamma(d, unit)
     upper, lower = np.empty(m), np.empty(m)
     labels = old_labels.copy()
-    acc = _Accumulator(x, w, centroids, labels, old_labels, fused)
     scores = _Scorer(x, x_sq, centroids, c_max, gamma, unit, labels, upper, lower, fused)
-    computed = 0
-    # a stretch of rows at a time, so that its rows are still in cache when they are folded
-    step = STRETCH_CHUNKS * scores.step
-    dense = _dense_above(centroids.shape[0])
-    unsettled = 0  # stretches still to score whole without settling them first
-    for lo in range(0, m, step):
-        hi = min(lo + step, m)
-        if unsettled:
-            # the stretch before went dense: so will this one, most likely (the rows of a block
-            # are in no order), and settling it first would only add a pass over its rows
-            unsettled -= 1
-            rows = np.arange(lo, hi)
+    probe = min(STRETCH_CHUNKS * scores.step, m)
+    rows = _settle(x, x_sq, old_labels, bounds, motion, exact, c_max, gamma, unit, upper, lower,
+                   0, probe, fused)
+    if rows.size > _dense_above(centroids.shape[0]) * probe:
+        # most rows of the first stretch unsettled, so most of the block's (its rows are in no
+        # order): scored and folded chunk by chunk as brute force does, cheaper than gathering
+        acc = _Accumulator(x, w, centroids, labels, old_labels, fused)
+        for lo in range(0, m, scores.step):
+            hi = min(lo + scores.step, m)
             scores.every(lo, hi)
-        else:
-            rows = _settle(x, x_sq, old_labels, bounds, motion, exact, c_max, gamma, unit,
-                           upper, lower, lo, hi, fused)
-            if rows.size > dense * (hi - lo):
-                # most rows unsettled: brute force's own chunks cost less than gathering them
-                rows = np.arange(lo, hi)
-                scores.every(lo, hi)
-                unsettled = DENSE_RUN
-            elif rows.size:
+            acc.add(hi)
+        total, kept = acc.partials(m)
+    else:
+        computed = 0
+        for lo in range(0, m, probe):  # a stretch at a time: recomputed while still in cache
+            if lo:
+                rows = _settle(x, x_sq, old_labels, bounds, motion, exact, c_max, gamma, unit,
+                               upper, lower, lo, min(lo + probe, m), fused)
+            if rows.size:
                 scores.recompute(rows)
-        computed += rows.size
-        acc.add(hi)
-    return acc.partials(computed), labels, Bounds(upper, lower)
+            computed += rows.size
+        total, kept = _fold_changes(x, w, centroids, motion.unmoved, labels, old_labels,
+                                    bounds.clusters, fused)
+        total.computed = computed
+    return total, labels, Bounds(upper, lower, kept)
 
 
-#: stretches scored whole, unsettled, after a stretch that went dense; the one after them is
-#: settled again, to see whether the pass still is dense
-DENSE_RUN = 3
-
-
-#: brute force's chunks per stretch of a pruned pass
+#: brute force's chunks in the stretch a pruned pass settles first: if most of its rows are
+#: unsettled, the block is scored whole, as brute force scores it
 STRETCH_CHUNKS = 8
 
 

@@ -106,15 +106,22 @@ def _save_side(b: Block, run_id: str, iteration: int, kind: str, values: np.ndar
         pass
 
 
-def stored_bounds(b: Block, run_id: str, iteration: int) -> pruning.Bounds | None:
-    """The block's distance bounds after ``iteration`` if kept (see ``stored_labels``)."""
+def stored_bounds(b: Block, run_id: str, iteration: int, shape: tuple[int, int]
+                  ) -> pruning.Bounds | None:
+    """The block's distance bounds after ``iteration`` if kept (see ``stored_labels``), with its
+    per-cluster partials for ``shape`` = (k, d) centroids when kept too."""
     if b.scratch is None:
         return LABELS.get((run_id, b.part, b.start, "bounds"), iteration)
     try:
         both = np.load(_label_file(b, run_id, iteration, "bounds"))
     except (FileNotFoundError, ValueError):
         return None
-    return pruning.Bounds(both[0], both[1])
+    try:
+        clusters = pruning.Clusters.unpacked(
+            np.load(_label_file(b, run_id, iteration, "clusters")), *shape)
+    except (FileNotFoundError, ValueError):
+        clusters = None  # the next pass folds every row
+    return pruning.Bounds(both[0], both[1], clusters)
 
 
 def keep_bounds(b: Block, run_id: str, iteration: int, bounds: pruning.Bounds) -> None:
@@ -123,6 +130,8 @@ def keep_bounds(b: Block, run_id: str, iteration: int, bounds: pruning.Bounds) -
         LABELS.put((run_id, b.part, b.start, "bounds"), iteration, bounds)
         return
     _save_side(b, run_id, iteration, "bounds", np.stack([bounds.upper, bounds.lower]))
+    if bounds.clusters is not None:
+        _save_side(b, run_id, iteration, "clusters", bounds.clusters.packed())
 
 
 # --------------------------------------------------------------------------- data summary
@@ -251,7 +260,7 @@ def _pruned_pass(b: Block, step: LloydStep, motions: dict, i: int) -> kernels.Pa
     bounds = labels = None
     if step.prev_centroids is not None:
         labels = stored_labels(b, step.run_id, step.iteration - 1)
-        bounds = stored_bounds(b, step.run_id, step.iteration - 1)
+        bounds = stored_bounds(b, step.run_id, step.iteration - 1, step.centroids.shape)
     if labels is not None and bounds is not None and len(bounds.upper) == b.rows:
         if i not in motions:
             motions[i] = pruning.Motion.between(step.prev_centroids, step.centroids, b.x.dtype)

@@ -133,10 +133,11 @@ def test_pruned_passes_keep_brute_forces_labels_and_sums(name, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_stretches_after_a_dense_one_are_scored_whole_with_the_same_result(monkeypatch, dtype):
-    """One brute-force chunk per stretch, so a block has several: after a stretch that went
-    dense the next ``DENSE_RUN`` are scored whole without settling them first. Labels, sums and
-    inertia stay brute force's (``_lloyd_both`` asserts them), numba and numpy alike."""
+def test_a_block_whose_first_stretch_goes_dense_is_scored_whole(monkeypatch, dtype):
+    """One brute-force chunk per stretch, so a block has many: a pass settles the first one;
+    when most of its rows are unsettled the whole block is scored as brute force scores it,
+    else every stretch is settled in turn. Labels, sums and inertia stay brute force's
+    either way (``_lloyd_both`` asserts them), numba and numpy alike."""
     monkeypatch.setattr(pruning, "STRETCH_CHUNKS", 1)
     settled = []  # one entry per stretch settled
     settle = pruning._settle
@@ -145,16 +146,53 @@ def test_stretches_after_a_dense_one_are_scored_whole_with_the_same_result(monke
     x = np.ascontiguousarray(_blobs(40000, 8, 24, 1.0, 1).astype(dtype))
     k = 12
     step = kernels.chunk_rows(k, x.dtype.itemsize)
-    stretches = -(-len(x) // step)
-    assert stretches > 2 * pruning.DENSE_RUN
+    assert len(x) > 4 * step
     c = _start(x, k, False)
     computed, _ = _lloyd_both(x, None, c, numba=True)
-    passes = len(computed) - 1  # pruned ones
-    assert len(settled) < passes * stretches, "no stretch was scored whole unsettled"
-    assert any(n == len(x) for n in computed[1:]) and any(n < len(x) / 2 for n in computed)
+    dense = [n for n in computed[1:] if n == len(x)]
+    sparse = [n for n in computed[1:] if n < len(x)]
+    assert dense and min(sparse) < len(x) / 10, computed
+    # a dense pass settled its first stretch only, a sparse one every stretch
+    stretches = -(-len(x) // step)
+    assert len(settled) == len(dense) + len(sparse) * stretches
     settled.clear()
     numpy_computed, _ = _lloyd_both(x, None, c, numba=False)
     assert numpy_computed == computed
+
+
+@pytest.mark.parametrize("numba", [True, False])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_clusters_no_row_joined_or_left_are_not_read(numba, weighted):
+    """A pass's partials from the previous pass's per-cluster ones: a cluster no row joined or
+    left keeps its sums, weight and count; if its centroid is also unchanged, its inertia too,
+    and its rows are not read at all (here they are NaN: read, they would spoil the result).
+    The result is brute force's over the true rows, bit for bit."""
+    rng = np.random.default_rng(5)
+    k, d, m = 6, 4, 3000
+    x = rng.normal(size=(m, d))
+    w = rng.uniform(0.5, 2.0, m) if weighted else None
+    old_c = rng.normal(size=(k, d))
+    old = rng.integers(0, k, m).astype(np.int32)
+    kept = pruning.Clusters(*kernels.cluster_partials(x, w, old, kernels.direct_distances(
+        x, old_c[old]), k))
+    labels = old.copy()
+    movers = np.flatnonzero(old == 0)[:5]
+    labels[movers] = 1  # clusters 0 and 1 change members
+    c = old_c.copy()
+    c[2] += 0.25  # cluster 2 keeps its members, its centroid moves: its inertia is recomputed
+    ref = kernels.label_partials(x, w, labels, kernels.direct_distances(x, c[labels]), k, old)
+    unread = np.isin(labels, [3, 4, 5])
+    hidden = x.copy()
+    hidden[unread] = np.nan
+    fused = kernels._fused() if numba else None
+    unmoved = pruning.Motion.between(old_c, c).unmoved
+    assert unmoved.tolist() == [True, True, False, True, True, True]
+    got, again = pruning._fold_changes(hidden, w, c, unmoved, labels, old, kept, fused)
+    assert np.array_equal(got.sums, ref.sums) and np.array_equal(got.weights, ref.weights)
+    assert np.array_equal(got.counts, ref.counts) and got.moved == ref.moved == 5
+    assert got.inertia == ref.inertia
+    assert np.array_equal(again.inertia, kernels.cluster_partials(
+        x, w, labels, kernels.direct_distances(x, c[labels]), k)[3])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -224,10 +262,18 @@ def test_near_ties_take_brute_forces_own_chunk(dtype):
 
 
 def test_bounds_take_a_quarter_of_the_block_bytes_at_d16():
-    assert pruning.BYTES_PER_ROW <= 0.25 * (8 * 16 + 8)
+    assert pruning.bytes_per_row(16) == 16 + 8 <= 0.25 * (8 * 16 + 8)
+    assert pruning.bytes_per_row(16, "float32") == 16 + 4
     x = _blobs(1000, 16, 4, 1.0, 15)
     _, _, bounds = pruning.full_partials(x, kernels.squared_norms(x), None, _start(x, 4, False))
-    assert bounds.nbytes == pruning.BYTES_PER_ROW * len(x)
+    assert bounds.upper.nbytes + bounds.lower.nbytes == 16 * len(x)
+    # the per-cluster partials: (k d + 3 k) float64, within a 16th of the block's features
+    assert bounds.clusters.nbytes == (4 * 16 + 3 * 4) * 8 <= x.nbytes / 16
+    assert bounds.nbytes <= pruning.bytes_per_row(16) * len(x)
+    # more centroids than the block's rows can carry: the per-cluster partials are not kept
+    _, _, bounds = pruning.full_partials(x[:200], kernels.squared_norms(x[:200]), None,
+                                         _start(x, 60, False))
+    assert bounds.clusters is None and bounds.nbytes == 16 * 200
 
 
 class _InProcess:

@@ -49,9 +49,11 @@ class Budget:
         return f"{mib(self.per_task)} per task ({self.source})"
 
 
-#: what a resident task keeps per row and model between passes: its label (int32) and its two
-#: distance bounds (``pruning.BYTES_PER_ROW``)
-STATE_BYTES = 4 + pruning.BYTES_PER_ROW
+def state_bytes(d: int, dtype: str = "float64") -> int:
+    """What a resident task keeps per row and model between passes: its label (int32), its two
+    distance bounds and its share of the block's per-cluster partials
+    (``pruning.bytes_per_row``)."""
+    return 4 + pruning.bytes_per_row(d, dtype)
 
 
 def block_row_bytes(d: int, weighted: bool, dtype: str = "float64") -> int:
@@ -61,8 +63,8 @@ def block_row_bytes(d: int, weighted: bool, dtype: str = "float64") -> int:
 
 def row_bytes(d: int, weighted: bool, models: int = 1, dtype: str = "float64") -> int:
     """Bytes a resident task holds per row: its block's (``block_row_bytes``), then per model
-    its label and distance bounds."""
-    return block_row_bytes(d, weighted, dtype) + STATE_BYTES * models
+    what it keeps between passes (``state_bytes``)."""
+    return block_row_bytes(d, weighted, dtype) + state_bytes(d, dtype) * models
 
 
 def mib(n: float) -> str:

@@ -18,7 +18,6 @@ from typing import Iterator
 
 from kmeans_dist import tasks
 from kmeans_dist.blocks import Block
-from kmeans_dist.transport.budget import STATE_BYTES
 from kmeans_dist.transport.local_files import _root, _store, mapped, touch
 
 #: where a task's blocks live
@@ -35,13 +34,15 @@ class Held:
     the blocks (files mapped lazily, one at a time), and can be done once per pass.
     """
 
-    def __init__(self, token: str, part: int, storage: str, budget: int, row_bytes: int) -> None:
+    def __init__(self, token: str, part: int, storage: str, budget: int, row_bytes: int,
+                 state_bytes: int = 0) -> None:
         if storage not in STORAGES:
             raise ValueError(f"unknown block storage '{storage}'; use one of {STORAGES}")
         self.token, self.part = token, part
         # what the worker takes anyway (interpreter, numpy, pyarrow, the compiled loop) comes
         # off the budget
         self.budget, self.row_bytes = max(0, budget - worker_baseline()), row_bytes
+        self.state_bytes = state_bytes  # of row_bytes, what the label cache holds per row
         self.storage = FILES if storage == FILES else MEMORY
         self.forced = storage != "auto"
         self.rows = 0
@@ -85,7 +86,7 @@ class Held:
 
     def label_room(self) -> int:
         """Bytes left in the budget for the in-memory label cache (blocks held in memory)."""
-        return max(0, self.budget - self.rows * (self.row_bytes - STATE_BYTES))
+        return max(0, self.budget - self.rows * (self.row_bytes - self.state_bytes))
 
     def release(self) -> None:
         """Remove this partition's files (and their label files)."""

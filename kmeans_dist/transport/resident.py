@@ -52,7 +52,7 @@ from kmeans_dist.data import Packer, Packing
 from kmeans_dist.transport import channel, tls
 from kmeans_dist.transport.arrow import ArrowFilesTransport
 from kmeans_dist.transport.base import TaskFn, in_task
-from kmeans_dist.transport.budget import Budget, mib, row_bytes, task_budget
+from kmeans_dist.transport.budget import Budget, mib, row_bytes, state_bytes, task_budget
 from kmeans_dist.transport.channel import (SERVE, STANDBY, Lost, beating, connect,
                                            hello, keepalive, load_request, recv_bytes,
                                            recv_hello, recv_message, recv_request, send_message,
@@ -109,9 +109,10 @@ def _serve(host: str, port: int, token: str, pinned: str | None, packer: Packer,
         if verdict != SERVE:
             yield _row(part)  # the fit ended while this attempt stood by
             return
+        d = len(packer.features)
         held = Held(token, part, storage, budget,
-                    row_bytes(len(packer.features), packer.weight_col is not None,
-                              dtype=packer.dtype))
+                    row_bytes(d, packer.weight_col is not None, dtype=packer.dtype),
+                    state_bytes(d, packer.dtype))
         with cleanup(held.release, f"releasing partition {part}'s blocks"):
             with beating(sock):
                 threading.Thread(target=kernels.warm_up, args=(packer.dtype,),
