@@ -399,14 +399,20 @@ def pruned_partials(x: np.ndarray, x_sq: np.ndarray, w: np.ndarray | None, motio
             acc.add(hi)
         total, kept = acc.partials(m)
     else:
-        computed = 0
-        for lo in range(0, m, probe):  # a stretch at a time: recomputed while still in cache
+        computed, pending = 0, []
+        for lo in range(0, m, probe):
             if lo:
                 rows = _settle(x, x_sq, old_labels, bounds, motion, exact, c_max, gamma, unit,
                                upper, lower, lo, min(lo + probe, m), fused)
-            if rows.size:
-                scores.recompute(rows)
             computed += rows.size
+            pending.append(rows)
+            # recomputed a GEMM chunk of rows at a time, from the last few stretches (their
+            # rows still in cache): few rows per call cost more in calls than in arithmetic
+            if sum(r.size for r in pending) >= scores.step or lo + probe >= m:
+                rows = np.concatenate(pending)
+                if rows.size:
+                    scores.recompute(rows)
+                pending = []
         total, kept = _fold_changes(x, w, centroids, motion.unmoved, labels, old_labels,
                                     bounds.clusters, fused)
         total.computed = computed
