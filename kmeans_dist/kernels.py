@@ -12,9 +12,11 @@ float64 once per block), its direct distance to its (float64) centroid, the sums
 inertia. Rows in float32 convert to float64 exactly, so the numpy and numba paths stay
 bit-identical.
 
-Sums are accumulated row by row in row order (``np.bincount`` does exactly that, and so does the
-numba loop), so the numpy and numba paths give bit-identical results and a rerun over the same
-blocks is bit-identical too.
+Sums and inertia are accumulated per cluster, row by row in row order (``np.bincount`` does
+exactly that, and so does the numba loop), and a block's inertia is its clusters' summed in
+cluster order, so the numpy and numba paths give bit-identical results and a rerun over the same
+blocks is bit-identical too. Per cluster, so that a pruned pass can keep a cluster's partials
+from the previous pass when its rows did not change (``pruning.Clusters``).
 """
 
 from __future__ import annotations

@@ -22,8 +22,13 @@ from brute force's chunk), the whole brute-force chunk holding it is computed as
 computes it, and the label is taken from there, so ties break exactly as they do without pruning.
 
 Partial sums, and the inertia from each row's directly computed distance to its centroid, are
-accumulated from the labels in row order exactly as brute force accumulates them, so sums, counts,
-weights and inertia are bit-identical, whichever passes found their bounds.
+accumulated per cluster from the labels in row order exactly as brute force accumulates them (a
+block's inertia is its clusters' summed in cluster order), so sums, counts, weights and inertia
+are bit-identical, whichever passes found their bounds. A pass whose labels are all known before
+it folds (one that did not score the whole block) takes from the previous pass the partials of
+every cluster no row joined or left (``Clusters``): the same rows in the same order give the same
+sums, and, when the cluster's centroid did not move either, the same inertia. Only the rows of the
+other clusters are read: late in a fit, when a few rows still move, few of them.
 
 float32 blocks (``KMeans(dtype="float32")``). Brute force then picks the smallest float32 score,
 from a float32 GEMM against the centroids rounded to float32 (``kernels.gemm_centroids``). The

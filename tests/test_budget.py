@@ -79,8 +79,8 @@ def test_available_memory_is_what_meminfo_says_at_most():
 
 
 def test_row_bytes_count_features_norm_weight_labels_and_bounds():
-    # float64 features and squared norm, float64 weight, then per model an int32 label and two
-    # float64 distance bounds
+    # float64 features and squared norm, float64 weight, then per model an int32 label, two
+    # float64 distance bounds and the per-cluster partials' share: 1/16 of the features' bytes
     assert budget.row_bytes(16, weighted=False) == 16 * 8 + 8 + 4 + 16 + 8
     assert budget.row_bytes(4, weighted=True, models=3) == 4 * 8 + 8 + 8 + 3 * (4 + 16 + 2)
 

@@ -332,3 +332,44 @@ def test_auto_prunes_from_32_centroids():
     t = _InProcess(x)
     engine.lloyd(t, _start(x, 16, False), algorithm="auto", max_iter=5)
     assert t.pruning and not any(t.pruning)
+
+
+@pytest.mark.parametrize("side_files", [False, True], ids=["in memory", "side files"])
+def test_whole_runs_keep_per_cluster_partials_beside_the_blocks(tmp_path, monkeypatch,
+                                                                side_files):
+    """Through the engine and the tasks: each pass's per-cluster partials are kept beside the
+    block (the worker's label cache, or a side file next to a file-backed block) and found by
+    the next pass, whose clean clusters' rows are then not read; the run stays "lloyd"'s, bit
+    for bit."""
+    from dataclasses import replace
+
+    from kmeans_dist import engine
+
+    x = _blobs(20000, 8, 40, 1.0, 21)
+    c0 = _start(x, 32, False)
+    t = _InProcess(x)
+    if side_files:
+        t.parts = [[replace(b, scratch=str(tmp_path / f"p{b.part}-{b.start}")) for b in blocks]
+                   for blocks in t.parts]
+    found, clean = [], []
+    fold = pruning._fold_changes
+
+    def spy(x, w, centroids, unmoved, labels, old_labels, kept, fused):
+        found.append(kept is not None)
+        if kept is not None:
+            changed = labels != old_labels
+            touched = set(labels[changed]) | set(old_labels[changed])
+            clean.append(sum(1 for a in range(len(centroids))
+                             if a not in touched and unmoved[a]))
+        return fold(x, w, centroids, unmoved, labels, old_labels, kept, fused)
+
+    monkeypatch.setattr(pruning, "_fold_changes", spy)
+    auto = engine.lloyd(t, c0, algorithm="auto", max_iter=100)
+    lloyd = engine.lloyd(t, c0, algorithm="lloyd", max_iter=100)
+    assert np.array_equal(auto.centroids, lloyd.centroids) and auto.n_iter == lloyd.n_iter
+    assert [(h["inertia"], h["moved"]) for h in auto.history] == \
+        [(h["inertia"], h["moved"]) for h in lloyd.history]
+    assert found and all(found), found  # every sparse pass found the previous pass's partials
+    assert max(clean) > 0  # and some clusters' rows were left unread
+    if side_files:
+        assert list(tmp_path.glob("*.clusters-*.npy"))
