@@ -27,28 +27,13 @@ def _fold_rows(x, lo, hi, labels, centroids, w, has_w, prev, has_prev, sums, wei
     its sums, weight and count; ``acc[0]`` counts the rows moved."""
     d = x.shape[1]
     moved = acc[0]
+    rows = np.empty(_FOLD_ROWS, dtype=np.int64)
     dist = np.empty(_FOLD_ROWS)
     for start in range(lo, hi, _FOLD_ROWS):
         end = min(start + _FOLD_ROWS, hi)
-        r = 0
-        while r + 4 <= end - start:  # four rows' chains side by side, each in column order
-            i = start + r
-            a0, a1, a2, a3 = labels[i], labels[i + 1], labels[i + 2], labels[i + 3]
-            s0 = s1 = s2 = s3 = 0.0
-            for j in range(d):
-                t0 = x[i, j] - centroids[a0, j]
-                t1 = x[i + 1, j] - centroids[a1, j]
-                t2 = x[i + 2, j] - centroids[a2, j]
-                t3 = x[i + 3, j] - centroids[a3, j]
-                s0 += t0 * t0
-                s1 += t1 * t1
-                s2 += t2 * t2
-                s3 += t3 * t3
-            dist[r], dist[r + 1], dist[r + 2], dist[r + 3] = s0, s1, s2, s3
-            r += 4
-        while r < end - start:
-            dist[r] = _distance(x, start + r, centroids, labels[start + r])
-            r += 1
+        for r in range(end - start):
+            rows[r] = start + r
+        _row_distances(x, rows, end - start, labels, centroids, dist)
         for r in range(end - start):
             i = start + r
             a = labels[i]
@@ -66,6 +51,33 @@ def _fold_rows(x, lo, hi, labels, centroids, w, has_w, prev, has_prev, sums, wei
             if has_prev and prev[i] != a:
                 moved += 1.0
     acc[0] = moved
+
+
+@numba.njit(cache=True, nogil=True)
+def _row_distances(x, rows, n, labels, centroids, dist):
+    """``dist[r]``: the squared distance of row ``rows[r]`` to its centroid, for r < n; four
+    rows' chains side by side (each row's sum over its columns is a chain of dependent
+    additions, and independent rows let them overlap), each in column order."""
+    d = x.shape[1]
+    r = 0
+    while r + 4 <= n:
+        i0, i1, i2, i3 = rows[r], rows[r + 1], rows[r + 2], rows[r + 3]
+        a0, a1, a2, a3 = labels[i0], labels[i1], labels[i2], labels[i3]
+        s0 = s1 = s2 = s3 = 0.0
+        for j in range(d):
+            t0 = x[i0, j] - centroids[a0, j]
+            t1 = x[i1, j] - centroids[a1, j]
+            t2 = x[i2, j] - centroids[a2, j]
+            t3 = x[i3, j] - centroids[a3, j]
+            s0 += t0 * t0
+            s1 += t1 * t1
+            s2 += t2 * t2
+            s3 += t3 * t3
+        dist[r], dist[r + 1], dist[r + 2], dist[r + 3] = s0, s1, s2, s3
+        r += 4
+    while r < n:
+        dist[r] = _distance(x, rows[r], centroids, labels[rows[r]])
+        r += 1
 
 
 @numba.njit(cache=True, nogil=True)
@@ -251,32 +263,14 @@ def fold_stale(x, w, has_w, labels, centroids, dirty, stale, sums, weights, coun
     of the other clusters are not read. A few rows at a time, as ``_fold_rows`` folds them."""
     d = x.shape[1]
     m = x.shape[0]
-    rows = np.empty(_FOLD_ROWS + 1, dtype=np.int64)
+    rows = np.empty(_FOLD_ROWS, dtype=np.int64)
     dist = np.empty(_FOLD_ROWS)
     for start in range(0, m, _FOLD_ROWS):
         n = 0
         for i in range(start, min(start + _FOLD_ROWS, m)):
             rows[n] = i  # kept if stale: no branch to mispredict
             n += 1 if stale[labels[i]] else 0
-        r = 0
-        while r + 4 <= n:  # four rows' chains side by side, each in column order
-            i0, i1, i2, i3 = rows[r], rows[r + 1], rows[r + 2], rows[r + 3]
-            a0, a1, a2, a3 = labels[i0], labels[i1], labels[i2], labels[i3]
-            s0 = s1 = s2 = s3 = 0.0
-            for j in range(d):
-                t0 = x[i0, j] - centroids[a0, j]
-                t1 = x[i1, j] - centroids[a1, j]
-                t2 = x[i2, j] - centroids[a2, j]
-                t3 = x[i3, j] - centroids[a3, j]
-                s0 += t0 * t0
-                s1 += t1 * t1
-                s2 += t2 * t2
-                s3 += t3 * t3
-            dist[r], dist[r + 1], dist[r + 2], dist[r + 3] = s0, s1, s2, s3
-            r += 4
-        while r < n:
-            dist[r] = _distance(x, rows[r], centroids, labels[rows[r]])
-            r += 1
+        _row_distances(x, rows, n, labels, centroids, dist)
         for r in range(n):
             i = rows[r]
             a = labels[i]
