@@ -44,19 +44,18 @@ test: check-java install
 	@# numba's machine code compiled once into its cache, before five processes would each compile it
 	@$(PY) -c "from kmeans_dist import kernels; kernels.warm_up()"
 	@$(PYTEST) -m cluster --ignore=tests/test_liveness_cluster.py > $(LOGS)/cluster.log 2>&1 & cl=$$!; \
-	$(PYTEST) tests/test_liveness_cluster.py > $(LOGS)/liveness.log 2>&1 & lv=$$!; \
-	$(PYTEST) tests/connect > $(LOGS)/connect.log 2>&1 & co=$$!; \
-	( $(PYTEST) -m commit > $(LOGS)/commit.log 2>&1; a=$$?; \
+	( $(PYTEST) tests/test_liveness_cluster.py > $(LOGS)/liveness.log 2>&1; a=$$?; \
 	  $(PYTEST) tests/test_liveness.py > $(LOGS)/liveness-local.log 2>&1; b=$$?; \
-	  test $$a = 0 -a $$b = 0 ) & cm=$$!; \
+	  test $$a = 0 -a $$b = 0 ) & lv=$$!; \
+	$(PYTEST) tests/connect > $(LOGS)/connect.log 2>&1 & co=$$!; \
+	$(PYTEST) -m commit > $(LOGS)/commit.log 2>&1 & cm=$$!; \
 	$(PYTEST) -m "not cluster and not commit" --ignore=tests/test_liveness.py; main=$$?; \
 	wait $$cl; cluster=$$?; wait $$lv; liveness=$$?; wait $$co; connect=$$?; wait $$cm; commits=$$?; \
 	echo "--- real clusters (pytest -m cluster) ---"; cat $(LOGS)/cluster.log; \
-	echo "--- real clusters, liveness (pytest tests/test_liveness_cluster.py) ---"; \
-	cat $(LOGS)/liveness.log; \
+	echo "--- liveness: real clusters (pytest tests/test_liveness_cluster.py), then local mode (pytest tests/test_liveness.py) ---"; \
+	cat $(LOGS)/liveness.log $(LOGS)/liveness-local.log; \
 	echo "--- Spark Connect (pytest tests/connect) ---"; cat $(LOGS)/connect.log; \
-	echo "--- output commits (pytest -m commit), then task liveness in local mode (pytest tests/test_liveness.py) ---"; \
-	cat $(LOGS)/commit.log $(LOGS)/liveness-local.log; \
+	echo "--- output commits (pytest -m commit) ---"; cat $(LOGS)/commit.log; \
 	test $$main = 0 -a $$cluster = 0 -a $$liveness = 0 -a $$connect = 0 -a $$commits = 0
 
 # Speed against Spark MLlib and scikit-learn (not part of make test): writes BENCHMARKS.md
