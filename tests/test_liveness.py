@@ -228,6 +228,41 @@ def test_a_long_stage_before_the_resident_one_is_not_an_unreachable_driver(spark
     assert _same(got, _reference(slow, x))
 
 
+def test_finished_tasks_of_a_stage_before_the_resident_one_do_not_end_the_wait(monkeypatch):
+    """With AQE a shuffle's map side runs as a job of its own in the resident job's group, and
+    its finished tasks count as returned ones until the resident job is submitted (seen: a
+    fresh-clone run under load fell back here, "a resident task ended before serving"). A
+    returned task ends the wait only once the resident job has ended; until then the tasks
+    that connect are served."""
+    import queue
+
+    polls = []
+
+    def progress(sc, group):  # one map task done, the other still running, for a while
+        polls.append(time.monotonic())
+        return 1, 1
+
+    monkeypatch.setattr(resident, "group_progress", progress)
+    t = object.__new__(ResidentTransport)
+    t.sc, t._group, t.num_partitions, t.reconnects = None, "g", 2, 0
+    t._job_done, t._job_error = threading.Event(), None
+    t._arrivals, t._conns = queue.Queue(), {}
+
+    def connect():  # the resident tasks connect 3 s later, past the first hint
+        time.sleep(3)
+        for part in (0, 1):
+            t._arrivals.put(("ready", part, f"conn{part}"))
+
+    threading.Thread(target=connect, daemon=True).start()
+    t._wait_for({0, 1}, timeout=20, starting=True)
+    assert t._conns == {0: "conn0", 1: "conn1"} and len(polls) >= 2
+    # once the resident job has ended, a returned task does end the wait, with its reason
+    t._job_done.set()
+    t._job_error = "could not reach the driver"
+    with pytest.raises(resident.ResidentUnavailable, match="could not reach the driver"):
+        t._wait_for({0, 1}, timeout=20, starting=True)
+
+
 def _fake_sc(conf: dict, now_slots: int | None):
     def max_tasks(_profile):
         if now_slots is None:

@@ -362,8 +362,11 @@ class ResidentTransport:
                 raise ResidentUnavailable(f"the resident job ended: {self._job_error}")
             if unseen:
                 running, returned = group_progress(self.sc, self._group)
-                if returned:
-                    self._job_done.wait(10)  # its rows say why
+                # a task that returned is only a hint: the group's last job may still be a stage
+                # before the resident one (AQE runs a shuffle's map side as a job of its own, and
+                # its finished tasks count until the resident job is submitted); the resident
+                # job ending, its rows saying why, is what ends the wait
+                if returned and self._job_done.wait(2):
                     raise ResidentUnavailable(
                         f"a resident task ended before serving: {self._job_error or 'unknown'}")
                 if first is None and running:
