@@ -196,9 +196,16 @@ def _bound_scores(scores: np.ndarray, rows: np.ndarray, x_sq: np.ndarray, c_max:
     xs = x_sq[rows]
     err = _score_err(xs, c_max, gamma)
     labels[rows] = lab
-    upper[rows] = np.sqrt(np.maximum(best + xs + 2.0 * err, 0.0)) * (1.0 + 4.0 * unit)
-    lower[rows] = np.sqrt(np.maximum(second + xs - 2.0 * err, 0.0)) * (1.0 - 4.0 * unit)
+    upper[rows], lower[rows] = _from_best_two(best, second, xs, err, unit)
     return np.flatnonzero(second - best <= 4.0 * err)
+
+
+def _from_best_two(best, second, xs, err, unit) -> tuple[np.ndarray, np.ndarray]:
+    """Upper and lower distance bounds from the best two scores (float64) of rows of squared
+    norms ``xs`` and score error ``err``, each rounded outwards (numba's loops: the same
+    expressions per row)."""
+    return (np.sqrt(np.maximum(best + xs + 2.0 * err, 0.0)) * (1.0 + 4.0 * unit),
+            np.sqrt(np.maximum(second + xs - 2.0 * err, 0.0)) * (1.0 - 4.0 * unit))
 
 
 def _chunk_bounds(scores: np.ndarray, lo: int, x_sq: np.ndarray, c_max: float, gamma: float,
@@ -224,9 +231,8 @@ def _chunk_bounds(scores: np.ndarray, lo: int, x_sq: np.ndarray, c_max: float, g
         fused.best_two_bounds(best, second, x_sq, lo, c_max, gamma, unit, upper, lower)
         return
     xs = x_sq[lo:lo + m]
-    err = _score_err(xs, c_max, gamma)
-    upper[lo:lo + m] = np.sqrt(np.maximum(best + xs + 2.0 * err, 0.0)) * (1.0 + 4.0 * unit)
-    lower[lo:lo + m] = np.sqrt(np.maximum(second + xs - 2.0 * err, 0.0)) * (1.0 - 4.0 * unit)
+    upper[lo:lo + m], lower[lo:lo + m] = _from_best_two(best, second, xs,
+                                                        _score_err(xs, c_max, gamma), unit)
 
 
 class _Accumulator:
@@ -279,10 +285,9 @@ def _partials(sums, weights, counts, inertia, moved, computed, block_bytes
     unless they take more than ``KEPT_SHARE`` of the block's ``block_bytes`` of features."""
     total = kernels.Partials(sums, weights, counts, kernels.sequential_sum(inertia), moved,
                              computed)
-    kept = Clusters(sums.copy(), weights.copy(), counts.copy(), inertia.copy())
-    if kept.nbytes > KEPT_SHARE * block_bytes:
+    if Clusters(sums, weights, counts, inertia).nbytes > KEPT_SHARE * block_bytes:
         return total, None
-    return total, kept
+    return total, Clusters(sums.copy(), weights.copy(), counts.copy(), inertia.copy())
 
 
 def _fold_changes(x, w, centroids, unmoved, labels, old_labels, kept: Clusters | None, fused
