@@ -10,7 +10,9 @@ well-separated data), then on the same cached rows and from the same C0:
   turn, ``repeats`` times each (lloyd, auto, lloyd, auto, ...): Lloyd-phase seconds (the sum of
   the history's ``seconds``, everything after the init), n_iter, each pass's ``computed``; whether
   both give bit-identical centroids, the same n_iter and the same rows moved in every pass;
-- ours ``"auto"`` with ``dtype="float32"`` when ``KMeans`` takes a ``dtype`` (else "n/a");
+- ours ``"auto"`` and ``"lloyd"`` with ``dtype="float32"`` when ``KMeans`` takes a ``dtype``
+  (else "n/a"): seconds, and the bytes the resident tasks held (blocks alone, and with what a
+  pass keeps per row);
 - the read floor (a pass that only reads the resident blocks) and the arithmetic floor;
 - MLlib from C0, per iteration over ``mllib_iters`` iterations (differenced, as bench/measure.py);
 - scikit-learn ``KMeans(init=C0, n_init=1, tol=0, max_iter=300)``, ``algorithm="lloyd"`` and
@@ -147,6 +149,7 @@ def lloyd_phase(model) -> dict:
             "computed_mean": statistics.mean(known) if known else None,
             "computed_last_third": statistics.mean(late) if late else None,
             "inertia": model.inertia, "held_bytes": model.transport.get("held_bytes"),
+            "block_bytes": model.transport.get("block_bytes"),
             "transport": model.transport.get("name"), "storage": model.transport.get("storage")}
 
 
@@ -194,6 +197,9 @@ def float32(df, features, c0, w: Workload, auto64: dict, centroids64) -> dict | 
     phase, centroids = fit_ours(df, features, c0, "auto", dtype="float32")
     phase["max_rel_diff_to_float64"] = measure.rel_diff(centroids, centroids64)
     say(w, f"auto float32: Lloyd phase {phase['seconds']:.2f}s, {phase['n_iter']} iterations")
+    # and every distance computed: where the GEMM's arithmetic is the whole cost
+    phase["lloyd"], _ = fit_ours(df, features, c0, "lloyd", dtype="float32")
+    say(w, f"lloyd float32: Lloyd phase {phase['lloyd']['seconds']:.2f}s")
     return phase
 
 

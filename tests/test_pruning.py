@@ -134,11 +134,12 @@ def test_pruned_passes_keep_brute_forces_labels_and_sums(name, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_a_block_whose_first_stretch_goes_dense_is_scored_whole(monkeypatch, dtype):
-    """One brute-force chunk per stretch, so a block has many: a pass settles the first one;
-    when most of its rows are unsettled the whole block is scored as brute force scores it,
-    else every stretch is settled in turn. Labels, sums and inertia stay brute force's
-    either way (``_lloyd_both`` asserts them), numba and numpy alike."""
+    """One brute-force chunk in the first stretch and two in each later one, so a block has many:
+    a pass settles the first one; when most of its rows are unsettled the whole block is scored
+    as brute force scores it, else every stretch is settled in turn. Labels, sums and inertia
+    stay brute force's either way (``_lloyd_both`` asserts them), numba and numpy alike."""
     monkeypatch.setattr(pruning, "STRETCH_CHUNKS", 1)
+    monkeypatch.setattr(pruning, "SETTLE_CHUNKS", 2)
     settled = []  # one entry per stretch settled
     settle = pruning._settle
     monkeypatch.setattr(pruning, "_settle",
@@ -153,7 +154,7 @@ def test_a_block_whose_first_stretch_goes_dense_is_scored_whole(monkeypatch, dty
     sparse = [n for n in computed[1:] if n < len(x)]
     assert dense and min(sparse) < len(x) / 10, computed
     # a dense pass settled its first stretch only, a sparse one every stretch
-    stretches = -(-len(x) // step)
+    stretches = 1 + -(-(len(x) - step) // (2 * step))
     assert len(settled) == len(dense) + len(sparse) * stretches
     settled.clear()
     numpy_computed, _ = _lloyd_both(x, None, c, numba=False)
@@ -219,6 +220,31 @@ def test_bounds_hold_for_the_exact_distances(dtype):
         assert np.all(bounds.lower <= exact.min(axis=1)), it
         new, _ = kernels.update_centroids(part, c)
         prev, old, c = labels, c, new
+
+
+@pytest.mark.parametrize("case", ["blobs", "duplicates", "a rounding apart", "far from the origin",
+                                  "one centroid"])
+def test_half_separations_are_those_of_the_nearest_centroid(case):
+    """Each centroid's half distance to its nearest other one, against every pair's distance in
+    extended precision: within 1e-15 relative (a few roundings of a d-term sum). The GEMM that
+    rules pairs out must keep the nearest one even where its error dwarfs the gaps (1e6 from
+    the origin: about 1e-2 against squared gaps of 1e-4; a rounding apart)."""
+    rng = np.random.default_rng(21)
+    c = {"blobs": rng.normal(size=(64, 8)) * 3,
+         "duplicates": np.repeat(rng.normal(size=(10, 5)), 3, axis=0),
+         "a rounding apart": np.vstack([np.ones((2, 6)), rng.normal(size=(8, 6))])
+         + np.r_[0, 2.0**-50, [0] * 8][:, None],
+         "far from the origin": 1e6 + 1e-2 * rng.normal(size=(40, 4)),
+         "one centroid": rng.normal(size=(1, 3))}[case]
+    half = pruning._half_separation(c)
+    cl = c.astype(np.longdouble)
+    exact = np.sqrt(((cl[:, None, :] - cl[None]) ** 2).sum(-1))
+    np.fill_diagonal(exact, np.inf)
+    want = 0.5 * exact.min(axis=1)
+    if case == "one centroid":
+        assert half.tolist() == [np.inf]
+    else:
+        assert np.all(np.abs(half - want) <= 1e-15 * want)
 
 
 def test_a_pass_that_lost_its_bounds_rebuilds_them_with_the_same_result():

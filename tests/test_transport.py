@@ -123,6 +123,7 @@ def test_float32_blocks_agree_on_every_transport_bit_for_bit(spark, points):
             assert m.transport["held_bytes"] == len(x) * (3 * 4 + 8 + 8)
         elif transport.startswith("resident"):
             assert m.transport["held_bytes"] == len(x) * (3 * 4 + 8 + 8 + 4 + 16 + 1)
+            assert m.transport["block_bytes"] == len(x) * (3 * 4 + 8 + 8)
 
 
 def test_per_pass_jobs_are_described_for_several_models_and_the_final_scoring(spark, points):
@@ -635,6 +636,7 @@ def test_default_fit_records_resident_blocks_in_memory_within_the_local_budget(s
     assert m.transport["budget"].startswith("local mode: 0.5 x ")
     assert 0 < m.transport["held_bytes"] <= m.transport["budget_per_task"] * 2
     assert m.transport["held_bytes"] == len(x) * (3 * 8 + 8 + 8 + 4 + 16 + 2)
+    assert m.transport["block_bytes"] == len(x) * (3 * 8 + 8 + 8)
 
 
 # --------------------------------------------------------------------------- the side channel's bounds

@@ -54,6 +54,12 @@ class Held:
         """What these rows take held in memory (features, norms, weights, labels)."""
         return self.rows * self.row_bytes
 
+    @property
+    def block_bytes(self) -> int:
+        """Of ``bytes``, the blocks' own (features, norms, weights): the rest is what the label
+        cache keeps per row between passes."""
+        return self.rows * (self.row_bytes - self.state_bytes)
+
     def add(self, block: Block) -> None:
         self.rows += block.rows
         if self.storage == MEMORY and not self.forced and self.bytes > self.budget:
@@ -79,14 +85,14 @@ class Held:
         """What the driver logs and records: rows, bytes they would take in memory, storage
         (and the files' directory)."""
         report = {"rows": self.rows, "bytes": self.bytes, "storage": self.storage,
-                  "budget": self.budget}
+                  "budget": self.budget, "block_bytes": self.block_bytes}
         if self.storage == FILES:
             report["dir"] = _root(self.token)
         return report
 
     def label_room(self) -> int:
         """Bytes left in the budget for the in-memory label cache (blocks held in memory)."""
-        return max(0, self.budget - self.rows * (self.row_bytes - self.state_bytes))
+        return max(0, self.budget - self.block_bytes)
 
     def release(self) -> None:
         """Remove this partition's files (and their label files)."""

@@ -247,6 +247,7 @@ class ResidentTransport:
         return {"name": "resident", "storage": storages[0] if len(storages) == 1 else "mixed",
                 "partitions": self.num_partitions,
                 "held_bytes": sum(r["bytes"] for r in self.held.values()),
+                "block_bytes": sum(r["block_bytes"] for r in self.held.values()),
                 "budget_per_task": self.budget.per_task, "budget": self.budget.source,
                 "reconnects": self.reconnects}
 
