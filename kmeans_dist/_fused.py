@@ -150,7 +150,7 @@ def row_uniforms(bits, key, out):
 
 @numba.njit(cache=True, nogil=True)
 def settle(x, x_sq, centroids, labels, upper, lower, move, top, first, second, half, c_max,
-           gamma, rel, unit, new_upper, new_lower, lo, hi, rows):
+           gamma, rel, under, unit, new_upper, new_lower, lo, hi, rows):
     """pruning._settle for rows lo .. hi, one row at a time: the bounds moved with the
     centroids, the row skipped when they settle it, else its upper bound tightened to its exact
     distance and tried again. Rows still unsettled are written to ``rows``; returns how many."""
@@ -173,7 +173,7 @@ def settle(x, x_sq, centroids, labels, upper, lower, move, top, first, second, h
             for j in range(d):
                 t = x[i, j] - centroids[a, j]
                 dist += t * t
-            u = np.sqrt(dist) * (1.0 + rel)
+            u = np.sqrt(dist + under) * (1.0 + rel)
             sep = 2.0 * half[a] - u
             sep -= 4.0 * unit * (2.0 * half[a] + u)
             if sep > low:

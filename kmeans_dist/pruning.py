@@ -12,7 +12,8 @@ distance from centroid a to its nearest other centroid, every other centroid is 
 
 Exactness under rounding. Brute force picks the smallest *computed* score
 ``fl(||c_j||^2 - 2 x.c_j)``, which can differ from the exact one by up to ``err`` (``score_error``:
-Higham's bound for a dot product, summed in any order, FMA or not). A row is skipped only when
+Higham's bound for a dot product, summed in any order, FMA or not, plus what underflow can do
+near the origin, which a relative bound misses: ``_underflow``). A row is skipped only when
 its exact squared distances differ by more than ``2 err`` (``_sure``), so brute force's rounding
 cannot reorder them either. Every bound is computed with its own rounding pushed outwards (upper
 bounds up, lower bounds down), so the bounds hold for the exact distances. A row that is not
@@ -138,8 +139,22 @@ def _gamma(d: int, unit: float = UNIT) -> float:
     return (d + 2) * unit / (1 - (d + 2) * unit)
 
 
-def _c_max(centroids: np.ndarray) -> float:
-    return float(np.sqrt(kernels.squared_norms(centroids).max()))
+def _c_max(centroids: np.ndarray, gamma: float, dtype=np.float64) -> float:
+    """The largest centroid norm, raised so that ``4 gamma (x_sq + c_max^2)`` (``_score_err``) also
+    covers underflow, which Higham's relative bound does not: each of a score's d products, and
+    the rounded ||c||^2, may underflow in the GEMM's ``dtype``, off by up to half its smallest
+    subnormal, and each of x_sq's d squares in float64 likewise. ``_underflow`` of both, added
+    to every score's error (it matters only for rows and centroids within about 1e-19 of the
+    origin in float32, 1e-154 in float64)."""
+    floor = _underflow(centroids.shape[1], dtype) + _underflow(centroids.shape[1])
+    return float(np.sqrt(kernels.squared_norms(centroids).max() + floor / (4.0 * gamma)))
+
+
+def _underflow(d: int, dtype=np.float64) -> float:
+    """Bound on what underflow takes from or adds to a sum of d + 2 products or squares computed
+    in ``dtype`` (gradual underflow: each off by at most half the smallest subnormal; sums of
+    subnormals are exact), doubled for room."""
+    return (d + 2) * float(np.finfo(dtype).smallest_subnormal)
 
 
 def score_error(x_sq: np.ndarray, centroids: np.ndarray, dtype=np.float64) -> np.ndarray:
@@ -149,7 +164,8 @@ def score_error(x_sq: np.ndarray, centroids: np.ndarray, dtype=np.float64) -> np
     the GEMM's (float32: gamma with float32's unit roundoff, ``centroids`` rounded to float32 as
     the GEMM takes them)."""
     exact = kernels.gemm_centroids(centroids, dtype)
-    return _score_err(x_sq, _c_max(exact), _gamma(exact.shape[1], unit_roundoff(dtype)))
+    gamma = _gamma(exact.shape[1], unit_roundoff(dtype))
+    return _score_err(x_sq, _c_max(exact, gamma, dtype), gamma)
 
 
 def _score_err(x_sq: np.ndarray, c_max: float, gamma: float) -> np.ndarray:
@@ -342,7 +358,8 @@ def full_partials(x: np.ndarray, x_sq: np.ndarray, w: np.ndarray | None, centroi
     labels, upper, lower = np.empty(m, dtype=np.int32), np.empty(m), np.empty(m)
     fused = kernels._fused() if kernels.use_numba(numba) else None
     unit = unit_roundoff(x.dtype)
-    c_max, gamma = _c_max(kernels.gemm_centroids(centroids, x.dtype)), _gamma(d, unit)
+    gamma = _gamma(d, unit)
+    c_max = _c_max(kernels.gemm_centroids(centroids, x.dtype), gamma, x.dtype)
     acc = _Accumulator(x, w, centroids, labels, prev_labels, fused)
     for lo, hi, scores in kernels.score_chunks(x, centroids):
         _chunk_bounds(scores, lo, x_sq, c_max, gamma, unit, labels, upper, lower, fused)
@@ -371,7 +388,7 @@ class Motion:
         rel = _relative(centroids.shape[1], unit_roundoff(dtype))
         now = kernels.gemm_centroids(centroids, dtype)
         diff = now - kernels.gemm_centroids(old, dtype)
-        move = np.sqrt(np.einsum("ij,ij->i", diff, diff)) * (1 + rel)
+        move = np.sqrt(np.einsum("ij,ij->i", diff, diff) + _underflow(diff.shape[1])) * (1 + rel)
         unmoved = np.all(centroids == np.asarray(old, dtype=np.float64), axis=1)
         return cls(centroids, move, _half_separation(now) * (1 - rel), now,
                    np.dtype(dtype).name, unmoved)
@@ -392,7 +409,8 @@ def pruned_partials(x: np.ndarray, x_sq: np.ndarray, w: np.ndarray | None, motio
     m, d = x.shape
     fused = kernels._fused() if kernels.use_numba(numba) else None
     unit, exact = unit_roundoff(x.dtype), motion.exact
-    c_max, gamma = _c_max(exact), _gamma(d, unit)
+    gamma = _gamma(d, unit)
+    c_max = _c_max(exact, gamma, x.dtype)
     upper, lower = np.empty(m), np.empty(m)
     labels = old_labels.copy()
     scores = _Scorer(x, x_sq, centroids, c_max, gamma, unit, labels, upper, lower, fused)
@@ -455,12 +473,12 @@ def _settle(x, x_sq, old_labels, bounds, motion, centroids, c_max, gamma, unit, 
     unsettled."""
     move, half = motion.move, motion.half
     top, first, second = _top_two(move)
-    rel = _relative(centroids.shape[1], unit)
+    rel, under = _relative(centroids.shape[1], unit), _underflow(centroids.shape[1])
     if fused is not None:
         rows = np.empty(hi - lo, dtype=np.intp)
         n = fused.settle(x, x_sq, centroids, old_labels, bounds.upper, bounds.lower, move, top,
-                         first, second, half, c_max, gamma, rel, unit, upper, lower, lo, hi,
-                         rows)
+                         first, second, half, c_max, gamma, rel, under, unit, upper, lower, lo,
+                         hi, rows)
         return rows[:n]
     lab = old_labels[lo:hi]
     err = _score_err(x_sq[lo:hi], c_max, gamma)
@@ -470,7 +488,7 @@ def _settle(x, x_sq, old_labels, bounds, motion, centroids, c_max, gamma, unit, 
     low = _with_separation(low, half[lab], up, unit)
     rows = np.flatnonzero(~_sure(low, up, err, unit))
     if rows.size:
-        tight = np.sqrt(_distances(x[lo + rows], centroids[lab[rows]])) * (1.0 + rel)
+        tight = np.sqrt(_distances(x[lo + rows], centroids[lab[rows]]) + under) * (1.0 + rel)
         up[rows] = tight
         low[rows] = _with_separation(low[rows], half[lab[rows]], tight, unit)
         rows = rows[~_sure(low[rows], tight, err[rows], unit)]
@@ -509,7 +527,8 @@ def _half_separation(centroids: np.ndarray) -> np.ndarray:
     i, j = np.nonzero(near)
     diff = centroids[i] - centroids[j]
     half = np.full(k, np.inf)
-    np.minimum.at(half, i, np.sqrt(np.einsum("ij,ij->i", diff, diff)))
+    dist = np.maximum(np.einsum("ij,ij->i", diff, diff) - _underflow(d), 0.0)
+    np.minimum.at(half, i, np.sqrt(dist))
     return 0.5 * half
 
 
