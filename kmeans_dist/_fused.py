@@ -148,6 +148,21 @@ def row_uniforms(bits, key, out):
             out[lo + i] = (np.float64(z[i] >> _S12) + 0.5) / 4503599627370496.0
 
 
+@numba.njit(inline="always")
+def _up(v):
+    """A float64 bound stored in float32 (pruning.BOUNDS_DTYPE) never below it, as
+    ``pruning._up`` stores it: the same operations, so the same bits."""
+    return np.float32(v * 1.00000011920928955078125 + 1.401298464324817e-45)
+
+
+@numba.njit(inline="always")
+def _down(v):
+    """A float64 bound stored in float32 never above it, within 0 and float32's largest, as
+    ``pruning._down``."""
+    return np.float32(min(max(v * 0.99999988079071044921875 - 1.401298464324817e-45, 0.0),
+                          3.4028234663852886e+38))
+
+
 @numba.njit(cache=True, nogil=True)
 def settle(x, x_sq, centroids, labels, upper, lower, move, top, first, second, half, c_max,
            gamma, rel, under, unit, new_upper, new_lower, lo, hi, rows):
@@ -181,8 +196,8 @@ def settle(x, x_sq, centroids, labels, upper, lower, move, top, first, second, h
             if not low * low * (1.0 - 4.0 * unit) > (u * u + 4.0 * err) * (1.0 + 4.0 * unit):
                 rows[n] = i
                 n += 1
-        new_upper[i] = u
-        new_lower[i] = low
+        new_upper[i] = _up(u)
+        new_lower[i] = _down(low)
     return n
 
 
@@ -222,9 +237,9 @@ def bound_scores(scores, rows, x_sq, c_max, gamma, unit, labels, upper, lower, u
         err = 4.0 * gamma * (xs + c_max * c_max)
         labels[i] = b
         u = s1 + xs + 2.0 * err
-        upper[i] = np.sqrt(u if u > 0.0 else 0.0) * (1.0 + 4.0 * unit)
+        upper[i] = _up(np.sqrt(u if u > 0.0 else 0.0) * (1.0 + 4.0 * unit))
         v = s2 + xs - 2.0 * err
-        lower[i] = np.sqrt(v if v > 0.0 else 0.0) * (1.0 - 4.0 * unit)
+        lower[i] = _down(np.sqrt(v if v > 0.0 else 0.0) * (1.0 - 4.0 * unit))
         if s2 - s1 <= 4.0 * err:
             unsure[n] = r
             n += 1
@@ -240,9 +255,9 @@ def best_two_bounds(best, second, x_sq, lo, c_max, gamma, unit, upper, lower):
         xs = x_sq[i]
         err = 4.0 * gamma * (xs + c_max * c_max)
         u = best[r] + xs + 2.0 * err
-        upper[i] = np.sqrt(u if u > 0.0 else 0.0) * (1.0 + 4.0 * unit)
+        upper[i] = _up(np.sqrt(u if u > 0.0 else 0.0) * (1.0 + 4.0 * unit))
         v = second[r] + xs - 2.0 * err
-        lower[i] = np.sqrt(v if v > 0.0 else 0.0) * (1.0 - 4.0 * unit)
+        lower[i] = _down(np.sqrt(v if v > 0.0 else 0.0) * (1.0 - 4.0 * unit))
 
 
 @numba.njit(cache=True, nogil=True)

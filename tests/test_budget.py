@@ -80,9 +80,9 @@ def test_available_memory_is_what_meminfo_says_at_most():
 
 def test_row_bytes_count_features_norm_weight_labels_and_bounds():
     # float64 features and squared norm, float64 weight, then per model an int32 label, two
-    # float64 distance bounds and the per-cluster partials' share: 1/16 of the features' bytes
-    assert budget.row_bytes(16, weighted=False) == 16 * 8 + 8 + 4 + 16 + 8
-    assert budget.row_bytes(4, weighted=True, models=3) == 4 * 8 + 8 + 8 + 3 * (4 + 16 + 2)
+    # float32 distance bounds and the per-cluster partials' share: 1/16 of the features' bytes
+    assert budget.row_bytes(16, weighted=False) == 16 * 8 + 8 + 4 + 8 + 8
+    assert budget.row_bytes(4, weighted=True, models=3) == 4 * 8 + 8 + 8 + 3 * (4 + 8 + 2)
 
 
 # --------------------------------------------------------------------------- holding
@@ -123,9 +123,9 @@ def test_blocks_within_the_budget_stay_in_memory(local_dirs):
     for b in blocks:
         held.add(b)
     assert held.storage == MEMORY and held.rows == 500
-    row = 3 * 8 + 8 + 8 + 4 + 16 + 2  # features, norm, weight, label, two bounds, partials
+    row = 3 * 8 + 8 + 8 + 4 + 8 + 2  # features, norm, weight, label, two bounds, partials
     assert held.report() == {"rows": 500, "bytes": 500 * row, "storage": MEMORY,
-                             "budget": 500 * row}
+                             "budget": 500 * row, "block_bytes": 500 * row}
     _same_blocks(list(held), blocks)
     assert _files(local_dirs) == []
 

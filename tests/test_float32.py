@@ -127,9 +127,11 @@ def test_float32_blocks_take_at_most_055_of_float64s_at_d16():
         held[dtype] = sum(b.x.nbytes + b.x_sq.nbytes for b in blocks)
         assert held[dtype] == len(x) * budget.block_row_bytes(16, False, dtype)
     assert held["float32"] <= 0.55 * held["float64"]
-    assert budget.row_bytes(16, False, dtype="float32") == 16 * 4 + 8 + 4 + 16 + 4
-    assert budget.row_bytes(4, True, models=2, dtype="float32") == 4 * 4 + 8 + 8 + 2 * (4 + 16 + 1)
-    assert budget.row_bytes(16, False) == budget.row_bytes(16, False, dtype="float64") == 16 * 8 + 8 + 4 + 16 + 8
+    # then per model: label, two float32 bounds, the kept partials' share of the features
+    assert budget.row_bytes(16, False, dtype="float32") == 16 * 4 + 8 + 4 + 8 + 4
+    assert budget.row_bytes(4, True, models=2, dtype="float32") == 4 * 4 + 8 + 8 + 2 * (4 + 8 + 1)
+    assert (budget.row_bytes(16, False) == budget.row_bytes(16, False, dtype="float64")
+            == 16 * 8 + 8 + 4 + 8 + 8)
 
 
 def test_values_beyond_float32s_range_are_invalid_rows():

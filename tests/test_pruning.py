@@ -139,13 +139,16 @@ def test_rows_so_near_the_origin_that_products_underflow(dtype, scale, numba):
     """Products of coordinates below the smallest normal number underflow, each off by up to
     half the smallest subnormal, which Higham's relative bound does not cover: the margins
     must, or a pruned row keeps a centroid brute force changes (without them, 2 rows did in a
-    pass at both scales). Labels and sums stay brute force's in every pass, and the bounds still
-    prune (the inertia, itself made of underflowing squares, is not checked against extended
-    precision here)."""
+    pass at both scales). Labels and sums stay brute force's in every pass. float32 rows still
+    prune; float64 rows this small have distances below what the float32 bounds can hold (they
+    round to 0 and the smallest subnormal), so every row is computed, as it must be. The
+    inertia, itself made of underflowing squares, is not checked against extended precision."""
     x = np.ascontiguousarray((_blobs(6000, 8, 24, 1.0, 1) * scale).astype(dtype))
     c = _start(x, 12, False).astype(np.float64)
     computed, _ = _lloyd_both(x, None, c, numba=numba, exact_inertia=False)
-    assert len(computed) > 10 and min(computed[1:]) < len(x), computed
+    assert len(computed) > 10, computed
+    if dtype == np.float32:
+        assert min(computed[1:]) < len(x), computed
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -303,19 +306,48 @@ def test_near_ties_take_brute_forces_own_chunk(dtype):
     assert np.array_equal(got.sums, ref.sums)
 
 
+def test_bounds_are_stored_in_float32_rounded_outwards():
+    """Upper bounds never below the float64 value they store, lower ones never above, down to
+    the subnormals and up to overflow (an upper bound beyond float32 is inf: no pruning, never a
+    wrong one); numba's loop rounds each value as numpy does."""
+    from kmeans_dist import _fused
+
+    values = np.array([0.0, 1.0, 1 / 3, 2 / 3 * 1e-40, 1e-50, 2.0**-149 * 0.75, 3.4028235e38,
+                       3.5e38, 1e300, np.nextafter(1.0, 2.0)])
+    up, down = pruning._up(values), pruning._down(values)
+    assert up.dtype == down.dtype == np.float32
+    assert np.all(up.astype(np.float64) >= values) and np.all(down.astype(np.float64) <= values)
+    # and loose by at most a float32 unit and a half (and the smallest subnormal)
+    unit, tiny = 2.0**-23, float(np.finfo(np.float32).smallest_subnormal)
+    finite = np.isfinite(up)
+    assert np.all(up[finite] <= values[finite] * (1 + 1.5 * unit) + 2 * tiny)
+    assert np.all((down >= values * (1 - 1.5 * unit) - 2 * tiny) | (values > 3.4e38))
+    assert np.all(down >= 0) and down[0] == down[4] == 0.0
+    assert up[-3] == up[-2] == np.inf and down[-2] == np.finfo(np.float32).max
+    # through the numba loop that stores bounds from the best two scores
+    with np.errstate(over="ignore"):
+        best = values * values  # 1e300 squared: inf, an infinite bound either way
+    got_up, got_down = np.empty(len(values), np.float32), np.empty(len(values), np.float32)
+    _fused.best_two_bounds(best, best, np.zeros(len(values)), 0, 0.0, 0.0, 0.0, got_up, got_down)
+    want_up, want_down = pruning._from_best_two(best, best, np.zeros(len(values)),
+                                                np.zeros(len(values)), 0.0)
+    np.testing.assert_array_equal(got_up, want_up)
+    np.testing.assert_array_equal(got_down, want_down)
+
+
 def test_bounds_take_a_quarter_of_the_block_bytes_at_d16():
-    assert pruning.bytes_per_row(16) == 16 + 8 <= 0.25 * (8 * 16 + 8)
-    assert pruning.bytes_per_row(16, "float32") == 16 + 4
+    assert pruning.bytes_per_row(16) == 8 + 8 <= 0.25 * (8 * 16 + 8)
+    assert pruning.bytes_per_row(16, "float32") == 8 + 4
     x = _blobs(1000, 16, 4, 1.0, 15)
     _, _, bounds = pruning.full_partials(x, kernels.squared_norms(x), None, _start(x, 4, False))
-    assert bounds.upper.nbytes + bounds.lower.nbytes == 16 * len(x)
+    assert bounds.upper.nbytes + bounds.lower.nbytes == 8 * len(x)
     # the per-cluster partials: (k d + 3 k) float64, within a 16th of the block's features
     assert bounds.clusters.nbytes == (4 * 16 + 3 * 4) * 8 <= x.nbytes / 16
     assert bounds.nbytes <= pruning.bytes_per_row(16) * len(x)
     # more centroids than the block's rows can carry: the per-cluster partials are not kept
     _, _, bounds = pruning.full_partials(x[:200], kernels.squared_norms(x[:200]), None,
                                          _start(x, 60, False))
-    assert bounds.clusters is None and bounds.nbytes == 16 * 200
+    assert bounds.clusters is None and bounds.nbytes == 8 * 200
 
 
 class _InProcess:

@@ -122,7 +122,7 @@ def test_float32_blocks_agree_on_every_transport_bit_for_bit(spark, points):
         if transport == "driver":
             assert m.transport["held_bytes"] == len(x) * (3 * 4 + 8 + 8)
         elif transport.startswith("resident"):
-            assert m.transport["held_bytes"] == len(x) * (3 * 4 + 8 + 8 + 4 + 16 + 1)
+            assert m.transport["held_bytes"] == len(x) * (3 * 4 + 8 + 8 + 4 + 8 + 1)
             assert m.transport["block_bytes"] == len(x) * (3 * 4 + 8 + 8)
 
 
@@ -599,7 +599,7 @@ def test_resident_over_its_memory_budget_holds_blocks_in_files(points, caplog):
         assert sorted(transport.held) == [0, 1]
         assert {r["storage"] for r in transport.held.values()} == {"files"}
         assert sum(r["rows"] for r in transport.held.values()) == len(x)
-        assert all(r["bytes"] == r["rows"] * (3 * 8 + 8 + 8 + 4 + 16 + 2)
+        assert all(r["bytes"] == r["rows"] * (3 * 8 + 8 + 8 + 4 + 8 + 2)
                for r in transport.held.values())
         dirs = {r["dir"] for r in transport.held.values()}  # the executors' local directory
         assert len(dirs) == 1 and os.path.isdir(dirs.pop())
@@ -635,7 +635,7 @@ def test_default_fit_records_resident_blocks_in_memory_within_the_local_budget(s
     assert m.transport["name"] == "resident" and m.transport["storage"] == "memory"
     assert m.transport["budget"].startswith("local mode: 0.5 x ")
     assert 0 < m.transport["held_bytes"] <= m.transport["budget_per_task"] * 2
-    assert m.transport["held_bytes"] == len(x) * (3 * 8 + 8 + 8 + 4 + 16 + 2)
+    assert m.transport["held_bytes"] == len(x) * (3 * 8 + 8 + 8 + 4 + 8 + 2)
     assert m.transport["block_bytes"] == len(x) * (3 * 8 + 8 + 8)
 
 
