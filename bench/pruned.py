@@ -334,7 +334,7 @@ def replay(blocks, c0) -> dict:
                     part, labels[i], bounds[i] = pruning.full_partials(x, x_sq, None, centroids)
                 else:
                     part, labels[i], bounds[i] = pruning.pruned_partials(
-                        x, x_sq, None, motion, labels[i], bounds[i])
+                        x, x_sq, None, motion, labels[i], bounds[i], reuse=True)
                 parts.append(part)
             pass_s = time.perf_counter() - t0
             steps = timers.take()

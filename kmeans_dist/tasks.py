@@ -46,6 +46,15 @@ class LabelCache:
             self._entries.move_to_end(key)
             return entry[1]
 
+    def take(self, key: tuple, iteration: int):
+        """``get``, the entry removed: the caller may change it (and puts it back if it will)."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or entry[0] != iteration:
+                return None
+            self._drop(key)
+            return entry[1]
+
     def put(self, key: tuple, iteration: int, labels) -> None:
         """Keep ``labels`` (an array, or anything with ``nbytes``) as the entry of ``iteration``."""
         with self._lock:
@@ -109,9 +118,11 @@ def _save_side(b: Block, run_id: str, iteration: int, kind: str, values: np.ndar
 def stored_bounds(b: Block, run_id: str, iteration: int, shape: tuple[int, int]
                   ) -> pruning.Bounds | None:
     """The block's distance bounds after ``iteration`` if kept (see ``stored_labels``), with its
-    per-cluster partials for ``shape`` = (k, d) centroids when kept too."""
+    per-cluster partials for ``shape`` = (k, d) centroids when kept too: the caller's to change
+    (taken out of the worker's cache, or read from the side file), so a pass that fails half
+    way leaves no half-moved bounds behind for its retry."""
     if b.scratch is None:
-        return LABELS.get((run_id, b.part, b.start, "bounds"), iteration)
+        return LABELS.take((run_id, b.part, b.start, "bounds"), iteration)
     try:
         both = np.load(_label_file(b, run_id, iteration, "bounds"))
     except (FileNotFoundError, ValueError):
@@ -265,7 +276,7 @@ def _pruned_pass(b: Block, step: LloydStep, motions: dict, i: int) -> kernels.Pa
         if i not in motions:
             motions[i] = pruning.Motion.between(step.prev_centroids, step.centroids, b.x.dtype)
         part, labels, bounds = pruning.pruned_partials(b.x, b.x_sq, b.w, motions[i], labels,
-                                                       bounds, numba=step.numba)
+                                                       bounds, numba=step.numba, reuse=True)
     else:
         part, labels, bounds = pruning.full_partials(b.x, b.x_sq, b.w, step.centroids,
                                                      _previous_labels(b, step),

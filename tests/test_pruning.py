@@ -447,3 +447,46 @@ def test_whole_runs_keep_per_cluster_partials_beside_the_blocks(tmp_path, monkey
     assert max(clean) > 0  # and some clusters' rows were left unread
     if side_files:
         assert list(tmp_path.glob("*.clusters-*.npy"))
+
+
+@pytest.mark.parametrize("side_files", [False, True], ids=["in memory", "side files"])
+def test_a_pass_that_fails_half_way_leaves_its_retry_no_half_moved_bounds(tmp_path, monkeypatch,
+                                                                          side_files):
+    """A task's pruned pass moves the bounds in place (no fresh arrays: their page faults cost a
+    fifth of the settling). It takes them out of the worker's cache first (a side file is read
+    into a copy), so when it fails after moving them, its retry finds none, computes every
+    distance, and gives brute force's partials; then the passes prune again."""
+    from kmeans_dist import tasks
+    from kmeans_dist.blocks import Block
+
+    x = _blobs(6000, 6, 24, 1.0, 22)
+    b = Block(0, 0, x, kernels.squared_norms(x),
+              scratch=str(tmp_path / "p0-0") if side_files else None)
+    run, k = f"fail-half-way-{side_files}", 32
+    c = [_start(x, k, False)]
+    for it in range(1, 8):  # into the passes where the bounds settle most rows
+        step = tasks.LloydStep(run, it, c[-1], c[-2] if it > 1 else None, prune=True)
+        part = tasks.lloyd([b], step)
+        c.append(kernels.update_centroids(part, c[-1])[0])
+    assert part.computed < len(x) / 2
+    step = tasks.LloydStep(run, 8, c[-1], c[-2], prune=True)
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("the executor went away")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pruning, "_fold_changes", fail)  # after settling and recomputing in place
+        with pytest.raises(RuntimeError):
+            tasks.lloyd([b], step)
+    labels7 = tasks.stored_labels(b, run, 7)
+    assert labels7 is not None  # the labels were not touched
+    if side_files:  # the side file's bounds were read into a copy: still the pass-7 ones
+        assert tasks.stored_bounds(b, run, 7, (k, 6)) is not None
+    else:
+        assert tasks.stored_bounds(b, run, 7, (k, 6)) is None
+    retry = tasks.lloyd([b], step)
+    ref, _ = kernels.block_partials(x, b.x_sq, None, c[-1], labels7)
+    assert np.array_equal(retry.sums, ref.sums) and np.array_equal(retry.counts, ref.counts)
+    assert retry.inertia == ref.inertia and retry.moved == ref.moved
+    assert retry.computed < len(x) if side_files else retry.computed == len(x)
+    tasks.LABELS.forget({run})
