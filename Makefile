@@ -36,11 +36,6 @@ run: check-java install
 # The other four print their output after the first.
 LOGS := $(VENV)/test-logs
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider
-# two classic tests that run a whole Spark application in a child process of their own (a driver
-# killed and resumed, a resident task killed and retried): they run after the output commits, in
-# that short lane, not on the classic suite's critical path
-APART := tests/test_checkpoint.py::test_killed_driver_resumes_to_the_uninterrupted_model \
-	tests/test_transport.py::test_resident_task_lost_is_retried_by_spark_and_fit_unchanged
 # every JVM the tests start is short-lived: C1 only and the serial collector spend less CPU on
 # JIT and GC threads than they save (a quarter off the job-heavy test modules on 2 cores)
 test: export JDK_JAVA_OPTIONS := -XX:TieredStopAtLevel=1 -XX:+UseSerialGC
@@ -53,18 +48,14 @@ test: check-java install
 	  $(PYTEST) tests/test_liveness.py > $(LOGS)/liveness-local.log 2>&1; b=$$?; \
 	  test $$a = 0 -a $$b = 0 ) & lv=$$!; \
 	$(PYTEST) tests/connect > $(LOGS)/connect.log 2>&1 & co=$$!; \
-	( $(PYTEST) -m commit > $(LOGS)/commit.log 2>&1; a=$$?; \
-	  $(PYTEST) $(APART) > $(LOGS)/apart.log 2>&1; b=$$?; \
-	  test $$a = 0 -a $$b = 0 ) & cm=$$!; \
-	$(PYTEST) -m "not cluster and not commit" --ignore=tests/test_liveness.py \
-	  $(addprefix --deselect ,$(APART)); main=$$?; \
+	$(PYTEST) -m commit > $(LOGS)/commit.log 2>&1 & cm=$$!; \
+	$(PYTEST) -m "not cluster and not commit" --ignore=tests/test_liveness.py; main=$$?; \
 	wait $$cl; cluster=$$?; wait $$lv; liveness=$$?; wait $$co; connect=$$?; wait $$cm; commits=$$?; \
 	echo "--- real clusters (pytest -m cluster) ---"; cat $(LOGS)/cluster.log; \
 	echo "--- liveness: real clusters (pytest tests/test_liveness_cluster.py), then local mode (pytest tests/test_liveness.py) ---"; \
 	cat $(LOGS)/liveness.log $(LOGS)/liveness-local.log; \
 	echo "--- Spark Connect (pytest tests/connect) ---"; cat $(LOGS)/connect.log; \
-	echo "--- output commits (pytest -m commit), then the two child-application tests ---"; \
-	cat $(LOGS)/commit.log $(LOGS)/apart.log; \
+	echo "--- output commits (pytest -m commit) ---"; cat $(LOGS)/commit.log; \
 	test $$main = 0 -a $$cluster = 0 -a $$liveness = 0 -a $$connect = 0 -a $$commits = 0
 
 # Speed against Spark MLlib and scikit-learn (not part of make test): writes BENCHMARKS.md
