@@ -145,6 +145,13 @@ def _gamma(d: int, unit: float = UNIT) -> float:
     return (d + 2) * unit / (1 - (d + 2) * unit)
 
 
+def _score_scale(exact: np.ndarray, dtype) -> tuple[float, float]:
+    """``c_max`` and ``gamma`` of ``_score_err`` for a GEMM over rows of ``dtype`` against the
+    centroids as it sees them (``exact``, ``kernels.gemm_centroids``)."""
+    gamma = _gamma(exact.shape[1], unit_roundoff(dtype))
+    return _c_max(exact, gamma, dtype), gamma
+
+
 def _c_max(centroids: np.ndarray, gamma: float, dtype=np.float64) -> float:
     """The largest centroid norm, raised so that ``4 gamma (x_sq + c_max^2)`` (``_score_err``) also
     covers underflow, which Higham's relative bound does not: each of a score's d products, and
@@ -169,9 +176,7 @@ def score_error(x_sq: np.ndarray, centroids: np.ndarray, dtype=np.float64) -> np
     doubled for the roundings of this bound itself and of the norms it starts from. ``dtype``:
     the GEMM's (float32: gamma with float32's unit roundoff, ``centroids`` rounded to float32 as
     the GEMM takes them)."""
-    exact = kernels.gemm_centroids(centroids, dtype)
-    gamma = _gamma(exact.shape[1], unit_roundoff(dtype))
-    return _score_err(x_sq, _c_max(exact, gamma, dtype), gamma)
+    return _score_err(x_sq, *_score_scale(kernels.gemm_centroids(centroids, dtype), dtype))
 
 
 def _score_err(x_sq: np.ndarray, c_max: float, gamma: float) -> np.ndarray:
@@ -382,14 +387,13 @@ def full_partials(x: np.ndarray, x_sq: np.ndarray, w: np.ndarray | None, centroi
     """A pass that computes every distance, as brute force does (the same labels, from the same
     scores), and leaves the bounds for the next pass. Its partials are accumulated as a pruned
     pass's are, so a fit's result never depends on which passes found their bounds."""
-    m, d = x.shape
+    m = x.shape[0]
     centroids = np.asarray(centroids, dtype=np.float64)  # the inertia's are float64
     labels = np.empty(m, dtype=np.int32)
     upper, lower = np.empty(m, dtype=BOUNDS_DTYPE), np.empty(m, dtype=BOUNDS_DTYPE)
     fused = kernels._fused() if kernels.use_numba(numba) else None
     unit = unit_roundoff(x.dtype)
-    gamma = _gamma(d, unit)
-    c_max = _c_max(kernels.gemm_centroids(centroids, x.dtype), gamma, x.dtype)
+    c_max, gamma = _score_scale(kernels.gemm_centroids(centroids, x.dtype), x.dtype)
     acc = _Accumulator(x, w, centroids, labels, prev_labels, fused)
     for lo, hi, scores in kernels.score_chunks(x, centroids):
         _chunk_bounds(scores, lo, x_sq, c_max, gamma, unit, labels, upper, lower, fused)
@@ -433,17 +437,16 @@ def pruned_partials(x: np.ndarray, x_sq: np.ndarray, w: np.ndarray | None, motio
 
     x: (m, d) rows, x_sq: (m,), w: (m,) or None, old_labels: (m,) the previous pass's labels.
     reuse: write the new bounds over ``bounds``' arrays, which the caller gives up (a pass that
-    fails leaves them half moved). Fresh arrays cost their page faults on every pass: a third
+    fails leaves them half moved). Fresh arrays cost their page faults on every pass: a fifth
     of the time settling the rows took.
     """
     centroids = motion.centroids
     if motion.dtype != x.dtype.name:
         raise ValueError(f"centroid motion for {motion.dtype} rows, but the rows are {x.dtype}")
-    m, d = x.shape
+    m = x.shape[0]
     fused = kernels._fused() if kernels.use_numba(numba) else None
     unit, exact = unit_roundoff(x.dtype), motion.exact
-    gamma = _gamma(d, unit)
-    c_max = _c_max(exact, gamma, x.dtype)
+    c_max, gamma = _score_scale(exact, x.dtype)
     if reuse and bounds.upper.dtype == bounds.lower.dtype == BOUNDS_DTYPE:
         upper, lower = bounds.upper, bounds.lower
     else:

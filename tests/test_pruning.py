@@ -489,4 +489,7 @@ def test_a_pass_that_fails_half_way_leaves_its_retry_no_half_moved_bounds(tmp_pa
     assert np.array_equal(retry.sums, ref.sums) and np.array_equal(retry.counts, ref.counts)
     assert retry.inertia == ref.inertia and retry.moved == ref.moved
     assert retry.computed < len(x) if side_files else retry.computed == len(x)
+    new = kernels.update_centroids(retry, c[-1])[0]
+    after = tasks.lloyd([b], tasks.LloydStep(run, 9, new, c[-1], prune=True))
+    assert after.computed < len(x) / 2  # the retry left bounds: the next pass prunes again
     tasks.LABELS.forget({run})
